@@ -1,0 +1,5 @@
+"""``python -m wsproxy``: the same commands as the ``wsproxy`` script."""
+
+from wsproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Every aiohttp internal that wsproxy relies on, in one place.
+
+aiohttp is the front listener's HTTP/1.x parser and response writer.  Two
+things a proxy needs are not public API, so they live here, the aiohttp minor
+version is pinned in pyproject.toml, and tests/integration/test_aiohttp_adapter.py
+exercises each one over a real socket so an aiohttp upgrade that changes them
+fails loudly:
+
+1. Taking over the client connection after ``101`` (:func:`take_over`):
+   ``request.protocol`` (the server's ``RequestHandler``),
+   ``RequestHandler.keep_alive(False)`` (also cancels the keep-alive timer that
+   would otherwise kill an idle tunnel), ``RequestHandler.set_parser(obj)``
+   (hands over the bytes the client sent in the same read as its handshake,
+   which aiohttp buffered in ``_message_tail``), and
+   ``RequestHandler.connection_lost`` (called by us when the tunnel ends, so
+   aiohttp's own bookkeeping of the connection finishes as for any other
+   disconnect).  After that the transport is re-pointed with the public
+   ``asyncio.Transport.set_protocol``: the tunnel then receives
+   ``data_received``, ``eof_received`` (a client FIN becomes a half-close
+   instead of aiohttp closing the socket) and ``pause_writing``/
+   ``resume_writing`` (backpressure) directly, with no aiohttp code per chunk.
+
+2. Writing the upstream's response as the upstream sent it
+   (:class:`ProxiedResponse`): ``StreamResponse._prepare_headers`` adds
+   ``Content-Type: application/octet-stream`` and ``Server: aiohttp/…`` when
+   absent; a proxy must not invent headers the upstream did not send, so both
+   are removed again unless the upstream had them.  ``_write_headers`` echoes
+   the request's version in the status line; a proxy answers as an HTTP/1.1
+   server (RFC 9110 §2.5), so the status line always says ``HTTP/1.1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
+
+
+class ProxiedResponse(web.StreamResponse):
+    """A streamed response that carries exactly the upstream's headers."""
+
+    async def _prepare_headers(self) -> None:
+        had_content_type = hdrs.CONTENT_TYPE in self.headers
+        had_server = hdrs.SERVER in self.headers
+        await super()._prepare_headers()
+        if not had_content_type:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
+        if not had_server:
+            self.headers.popall(hdrs.SERVER, None)
+        # An HTTP/1.1 status line on a closing connection must say so, or an
+        # HTTP/1.0 client would take the response as persistent (RFC 9112 §9.3).
+        if not self.keep_alive and hdrs.CONNECTION not in self.headers:
+            self.headers[hdrs.CONNECTION] = "close"
+
+    async def _write_headers(self) -> None:
+        writer = self._payload_writer
+        assert writer is not None
+        await writer.write_headers(f"HTTP/1.1 {self.status} {self.reason}", self.headers)
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+class _TailCollector:
+    """Receives what aiohttp buffered after the handshake (the parser contract)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        return None
+
+
+class ClientConnection:
+    """The client's socket once the tunnel owns it."""
+
+    __slots__ = ("_handler", "transport")
+
+    def __init__(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self._handler = handler
+        self.transport = transport
+
+    def release(self, exc: BaseException | None) -> None:
+        """Tell aiohttp the connection is gone, as if it had seen it close."""
+        handler, self._handler = self._handler, None  # type: ignore[assignment]
+        if handler is not None:
+            handler.connection_lost(exc)
+
+
+def take_over(request: web.BaseRequest, protocol: asyncio.Protocol) -> tuple[ClientConnection, bytes]:
+    """Detach the client connection from aiohttp and point it at ``protocol``.
+
+    Call after the ``101`` has been prepared.  Returns the connection and the
+    bytes that arrived after the handshake (to forward upstream first).
+    """
+    handler: Any = request.protocol
+    transport = request.transport
+    if not isinstance(handler, RequestHandler) or transport is None:
+        raise ConnectionResetError("client connection already closed")
+    handler.keep_alive(False)
+    tail = _TailCollector()
+    handler.set_parser(tail)
+    transport.set_protocol(protocol)
+    return ClientConnection(handler, transport), tail.data  # type: ignore[arg-type]

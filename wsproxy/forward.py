@@ -1,0 +1,116 @@
+"""Plain HTTP forwarding: stream a request to an upstream and its response back.
+
+One ``aiohttp.ClientSession`` per upstream, configured so it behaves like a
+proxy and not like a browser:
+
+* HTTP/1.1 on pooled keep-alive connections, whatever the client spoke.
+* No cookie jar (``DummyCookieJar``): one client's ``Set-Cookie`` must never
+  come back in another client's request.
+* No decompression, no redirect following, no ``Accept``/``Accept-Encoding``/
+  ``User-Agent``/``Content-Type`` added: bytes and headers pass as sent.
+* Idle pooled connections are dropped after ``keepalive_timeout`` (default
+  4s, below the 5s of Node.js and most backends), so a connection the
+  backend has already closed is rarely picked; when it still happens, aiohttp
+  retries idempotent requests once on a fresh connection (RFC 9112 §9.3.1.1),
+  and a non-idempotent one is not retried, because the backend may have acted
+  on it.
+* Bodies stream in both directions with aiohttp's own backpressure: an upload
+  is read from the client only as fast as the upstream takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from wsproxy.aiohttp_adapter import ProxiedResponse
+from wsproxy.config import Address, Upstream
+from wsproxy.errors import classify, cut_response
+from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
+
+#: Headers aiohttp's client would otherwise add on its own.
+_NO_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+
+_READ_CHUNK = 64 * 1024
+
+
+def make_session(upstream: Upstream) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        keepalive_timeout=upstream.keepalive_timeout or None,  # type: ignore[arg-type]
+        force_close=upstream.keepalive_timeout == 0,
+        ttl_dns_cache=10,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=upstream.connect_timeout,
+            sock_read=upstream.read_timeout,
+        ),
+        trust_env=False,
+        requote_redirect_url=False,
+        raise_for_status=False,
+    )
+
+
+async def forward_http(
+    request: web.BaseRequest,
+    session: aiohttp.ClientSession,
+    server: Address,
+    client: ClientInfo,
+) -> web.StreamResponse:
+    """Forward one request.
+
+    Raises UpstreamFailure when nothing has been answered yet (the caller
+    sends 502/504); a failure mid-body cuts the client connection.
+    """
+    headers = upstream_request_headers(
+        [(k, v) for k, v in request.headers.items()], client, default_host=str(server)
+    )
+    url = URL(f"http://{server}{request.raw_path}", encoded=True)
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
+        # The proxy takes the body itself, so it says "go ahead" itself.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body = request.content if request.body_exists else None
+    try:
+        upstream_response = await session.request(
+            request.method,
+            url,
+            headers=CIMultiDict(headers),
+            data=body,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
+        )
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise classify(exc) from exc
+
+    async with upstream_response:
+        response = ProxiedResponse(status=upstream_response.status, reason=upstream_response.reason)
+        for name, value in client_response_headers(_decode(upstream_response.raw_headers)):
+            response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream_response.content.iter_chunked(_READ_CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            # Headers are already out: the only honest signal left is to cut
+            # the connection instead of ending the body as if it were whole.
+            cut_response(request, classify(exc), server)
+            return response
+        await response.write_eof()
+    return response
+
+
+def _decode(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+

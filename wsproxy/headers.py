@@ -1,0 +1,242 @@
+"""Header rewriting for both directions of the proxy: pure functions, no I/O.
+
+Theory of operation
+-------------------
+A proxy is two HTTP connections glued together, so every header that describes
+*one connection* must stop at the proxy (RFC 9110 §7.6.1):
+
+    "Intermediaries MUST parse a received Connection header field before a
+    message is forwarded and, for each connection-option in this field, remove
+    any header or trailer field(s) from the message with the same name as the
+    connection-option, and then remove the Connection header field itself (or
+    replace it with the intermediary's own control options for the forwarded
+    message)."
+
+That is the root of the outage in docs/design.md: nginx forwarded `Upgrade` and
+`Connection` (by configuration) but spoke HTTP/1.0, so a Swoole backend applied
+HTTP/1.0 keep-alive rules and closed right after `101`.  Here the upstream
+request is always HTTP/1.1 (the caller's job) and this module decides the
+headers: hop-by-hop fields are dropped, and an upgrade gets exactly
+`Upgrade: <client's value>` and `Connection: upgrade`.
+
+Headers are handled as ordered lists of ``(name, value)`` string pairs, so
+repeated fields (``Set-Cookie``) and their order survive untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+HeaderList = list[tuple[str, str]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: RFC 9110 §7.6.1 lists Connection, Proxy-Connection, Keep-Alive, TE,
+#: Transfer-Encoding and Upgrade; ``Trailer`` is connection-specific as well
+#: (RFC 9110 §6.6.2, it announces trailers of this message's framing).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: Set by this hop from what it saw; values sent by an untrusted client are lies.
+FORWARDED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+
+WEBSOCKET_VERSION = "13"
+
+
+def split_tokens(values: Iterable[str]) -> list[str]:
+    """Comma-separated tokens across every instance of a list-valued header.
+
+    RFC 9110 §5.3: a field sent several times is one comma-joined list.  Tokens
+    are compared case-insensitively, so they come back lower-cased.
+    """
+    tokens = []
+    for value in values:
+        for item in value.split(","):
+            token = item.strip().lower()
+            if token:
+                tokens.append(token)
+    return tokens
+
+
+def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    lname = name.lower()
+    return [value for key, value in headers if key.lower() == lname]
+
+
+def connection_options(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """The names that ``Connection`` declares hop-by-hop (lower-cased)."""
+    return frozenset(split_tokens(header_values(headers, "connection")))
+
+
+def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> HeaderList:
+    """Drop the fixed hop-by-hop set plus every field ``Connection`` names."""
+    drop = HOP_BY_HOP | connection_options(headers)
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+# --- WebSocket handshake -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRejection:
+    """Why a client's WebSocket handshake cannot be forwarded, as an HTTP answer."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether the client asks to upgrade to WebSocket (``Upgrade`` names it).
+
+    Only the ``Upgrade`` header decides: a request that names ``websocket``
+    there is a handshake attempt and is either forwarded as one or rejected
+    with a reason; any other ``Upgrade`` (``h2c``) is dropped as hop-by-hop and
+    the request is forwarded as plain HTTP, as nginx does by default.
+    """
+    return "websocket" in split_tokens(header_values(headers, "upgrade"))
+
+
+def check_websocket_handshake(
+    method: str, headers: Sequence[tuple[str, str]], *, has_body: bool
+) -> HandshakeRejection | None:
+    """RFC 6455 §4.2.1 validation of an opening handshake; None when valid.
+
+    The proxy checks what it can check without the backend, so that a broken
+    client gets a precise 400/426 instead of a confused backend.
+    """
+    if method != "GET":
+        return HandshakeRejection(400, f"WebSocket handshake must use GET, not {method}")
+    if "upgrade" not in connection_options(headers):
+        return HandshakeRejection(400, "WebSocket handshake needs 'upgrade' in Connection")
+    if has_body:
+        return HandshakeRejection(400, "WebSocket handshake must not have a body")
+    versions = header_values(headers, "sec-websocket-version")
+    if not versions:
+        return HandshakeRejection(400, "WebSocket handshake lacks Sec-WebSocket-Version")
+    # §4.2.2: an unsupported version gets 426 and the versions we do speak.
+    if [v.strip() for v in versions] != [WEBSOCKET_VERSION]:
+        return HandshakeRejection(
+            426,
+            "unsupported Sec-WebSocket-Version (only 13)",
+            (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
+        )
+    keys = header_values(headers, "sec-websocket-key")
+    if len(keys) != 1 or not _is_websocket_key(keys[0]):
+        return HandshakeRejection(400, "WebSocket handshake needs one valid Sec-WebSocket-Key")
+    return None
+
+
+def _is_websocket_key(value: str) -> bool:
+    # §4.1: "a base64-encoded value that, when decoded, is 16 bytes in length".
+    try:
+        return len(base64.b64decode(value.strip().encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+
+
+# --- Requests to the upstream ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What this hop knows about the connection a request arrived on."""
+
+    peer_ip: str | None
+    scheme: str  # "http" or "https": the scheme the client used to reach us
+    trusted_proxies: tuple[Network, ...] = ()
+
+    def peer_is_trusted(self) -> bool:
+        if self.peer_ip is None or not self.trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(self.peer_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+
+def forwarded_headers(headers: Sequence[tuple[str, str]], client: ClientInfo) -> HeaderList:
+    """``X-Forwarded-For``/``-Proto``/``-Host`` for the upstream request.
+
+    Only a peer listed in ``proxy.trusted_proxies`` may extend an existing
+    chain; from anyone else the incoming values are replaced, so a client
+    cannot forge its address (the rule uvicorn's proxy_headers and nginx's
+    realip module follow).
+    """
+    trusted = client.peer_is_trusted()
+    incoming_for = ", ".join(header_values(headers, "x-forwarded-for")).strip()
+    peer = client.peer_ip or "unknown"
+    if trusted and incoming_for:
+        forwarded_for = f"{incoming_for}, {peer}"
+    else:
+        forwarded_for = peer
+    proto = client.scheme
+    incoming_proto = header_values(headers, "x-forwarded-proto")
+    if trusted and incoming_proto:
+        proto = incoming_proto[0].strip()
+    result: HeaderList = [("X-Forwarded-For", forwarded_for), ("X-Forwarded-Proto", proto)]
+    incoming_host = header_values(headers, "x-forwarded-host")
+    hosts = header_values(headers, "host")
+    if trusted and incoming_host:
+        result.append(("X-Forwarded-Host", incoming_host[0].strip()))
+    elif hosts:
+        result.append(("X-Forwarded-Host", hosts[0].strip()))
+    return result
+
+
+def upstream_request_headers(
+    headers: Sequence[tuple[str, str]],
+    client: ClientInfo,
+    *,
+    default_host: str,
+    websocket_upgrade: str | None = None,
+) -> HeaderList:
+    """Headers for the HTTP/1.1 request the upstream receives.
+
+    ``Host`` is the client's (virtual hosting keeps working); an HTTP/1.0
+    client may omit it, and HTTP/1.1 requires one, so ``default_host`` (the
+    upstream server's address) fills in.  ``Expect`` is dropped because the
+    proxy answers ``100 Continue`` itself before it reads the body.
+    ``websocket_upgrade`` is the client's ``Upgrade`` value for a handshake.
+    """
+    kept = [
+        (name, value)
+        for name, value in strip_hop_by_hop(headers)
+        if name.lower() not in FORWARDED_HEADERS and name.lower() != "expect"
+    ]
+    if not header_values(kept, "host"):
+        kept.insert(0, ("Host", default_host))
+    kept.extend(forwarded_headers(headers, client))
+    if websocket_upgrade is not None:
+        kept.append(("Upgrade", websocket_upgrade))
+        kept.append(("Connection", "upgrade"))
+    return kept
+
+
+def client_response_headers(
+    headers: Sequence[tuple[str, str]], *, switching_protocols: bool = False
+) -> HeaderList:
+    """Upstream response headers as the client should see them.
+
+    For a ``101`` the upstream's ``Upgrade`` value is kept and
+    ``Connection: upgrade`` re-added: they belong to the switch itself.
+    """
+    kept = strip_hop_by_hop(headers)
+    if switching_protocols:
+        upgrade = header_values(headers, "upgrade")
+        kept.append(("Upgrade", upgrade[0] if upgrade else "websocket"))
+        kept.append(("Connection", "upgrade"))
+    return kept

@@ -1,0 +1,101 @@
+"""Route matching and server choice: pure, no I/O.
+
+Matching rules (documented in the README):
+
+* A route with ``host`` matches only that host: an exact name, or
+  ``*.example.com`` for any subdomain (not ``example.com`` itself).  The
+  request's host comes from ``Host`` without port, lower-cased, trailing dot
+  removed.
+* ``path_prefix`` matches whole path segments: ``/api`` matches ``/api`` and
+  ``/api/x`` but not ``/apix``; a prefix that ends in ``/`` matches anything
+  below it.
+* Among matching routes the most specific host wins (exact, then the longest
+  wildcard, then routes without ``host``), then the longest ``path_prefix``.
+  A host-specific route that does not match the path falls through to the
+  host-less routes, so a catch-all ``/`` route keeps serving other paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from wsproxy.config import Address, Route, Upstream
+
+
+def request_host(host_header: str | None) -> str | None:
+    """The host name from a ``Host`` header, without port, for matching."""
+    if not host_header:
+        return None
+    host = host_header.strip().lower()
+    if host.startswith("["):  # IPv6 literal, "[::1]:8080"
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    host = host.rsplit(":", 1)[0] if ":" in host else host
+    return host.rstrip(".") or None
+
+
+def path_matches(prefix: str, path: str) -> bool:
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def host_specificity(pattern: str | None, host: str | None) -> int | None:
+    """How well a route's ``host`` matches; None when it does not.
+
+    Higher is more specific: exact names beat wildcards, longer wildcards beat
+    shorter ones, and routes without ``host`` match everything at 0.
+    """
+    if pattern is None:
+        return 0
+    if host is None:
+        return None
+    if pattern.startswith("*."):
+        suffix = pattern[1:]  # ".example.com"
+        return len(suffix) if host.endswith(suffix) and len(host) > len(suffix) else None
+    return 1_000_000 if host == pattern else None
+
+
+class Router:
+    """Chooses the route for a request; built once per configuration."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._routes = tuple(routes)
+
+    def match(self, host_header: str | None, path: str) -> Route | None:
+        host = request_host(host_header)
+        best: Route | None = None
+        best_key = (-1, -1)
+        for route in self._routes:
+            specificity = host_specificity(route.host, host)
+            if specificity is None or not path_matches(route.path_prefix, path):
+                continue
+            key = (specificity, len(route.path_prefix))
+            if key > best_key:
+                best, best_key = route, key
+        return best
+
+
+@dataclass(slots=True)
+class RoundRobin:
+    """Per-upstream server rotation, kept as plain data.
+
+    Health checks and weights come later; they will narrow the candidate list
+    this picks from, not change how the caller asks.
+    """
+
+    servers: tuple[Address, ...]
+    _next: int = field(default=0)
+
+    def pick(self) -> Address:
+        server = self.servers[self._next % len(self.servers)]
+        self._next = (self._next + 1) % len(self.servers)
+        return server
+
+
+def balancers(upstreams: Mapping[str, Upstream]) -> dict[str, RoundRobin]:
+    """One rotation per upstream name."""
+    return {name: RoundRobin(upstream.servers) for name, upstream in upstreams.items()}

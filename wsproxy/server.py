@@ -1,0 +1,185 @@
+"""Wiring and lifecycle: listeners, the request dispatch, start and stop.
+
+``Proxy.handle`` is the one dispatch point between aiohttp and the pure parts:
+it matches the route, decides between plain HTTP and a WebSocket handshake,
+and turns every failure into an HTTP answer (``404`` no route, ``400``/``426``
+bad handshake, ``502``/``504`` upstream trouble); nothing reaches the client
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import aiohttp
+from aiohttp import web
+
+from wsproxy.config import Config, Route
+from wsproxy.errors import UpstreamFailure
+from wsproxy.forward import forward_http, make_session
+from wsproxy.headers import ClientInfo, check_websocket_handshake, wants_websocket
+from wsproxy.routing import RoundRobin, Router, balancers
+from wsproxy.tunnel import Tunnel
+from wsproxy.websocket import handle_websocket
+
+log = logging.getLogger("wsproxy")
+
+#: How long an idle keep-alive client connection stays open (nginx: 75s).
+CLIENT_KEEPALIVE_TIMEOUT = 75.0
+
+
+def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> web.Response:
+    response = web.Response(status=status, text=message + "\n")
+    for name, value in headers:
+        response.headers[name] = value
+    return response
+
+
+class Proxy:
+    """Handles every request on the front listeners for one configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(config.routes)
+        self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.tunnels: set[Tunnel] = set()
+
+    async def open(self) -> None:
+        for name, upstream in self.config.upstreams.items():
+            self.sessions[name] = make_session(upstream)
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            await session.close()
+        self.sessions.clear()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = self.router.match(request.headers.get("Host"), request.path)
+        if route is None:
+            return _text(404, "no route matches this request")
+        client = ClientInfo(
+            peer_ip=request.remote,
+            scheme="https" if request.secure else "http",
+            trusted_proxies=self.config.proxy.trusted_proxies,
+        )
+        if self._is_websocket(request):
+            return await self._websocket(request, route, client)
+        upstream = self.config.upstreams[route.upstream]
+        server = self.balancers[route.upstream].pick()
+        try:
+            return await forward_http(request, self.sessions[upstream.name], server, client)
+        except UpstreamFailure as failure:
+            return self._upstream_failed(route, server, failure)
+
+    def _is_websocket(self, request: web.BaseRequest) -> bool:
+        if not wants_websocket(list(request.headers.items())):
+            return False
+        # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
+        # received in an HTTP/1.0 request."  Strict mode does; the default
+        # forwards it, because the client is usually a legacy load balancer
+        # that downgraded a browser's HTTP/1.1 handshake.
+        return request.version >= (1, 1) or self.config.proxy.http10_upgrade == "accept"
+
+    async def _websocket(
+        self, request: web.BaseRequest, route: Route, client: ClientInfo
+    ) -> web.StreamResponse:
+        headers = list(request.headers.items())
+        rejection = check_websocket_handshake(
+            request.method, headers, has_body=request.body_exists
+        )
+        if rejection is not None:
+            return _text(rejection.status, rejection.reason, rejection.headers)
+        upstream = self.config.upstreams[route.upstream]
+        server = self.balancers[route.upstream].pick()
+        try:
+            return await handle_websocket(
+                request,
+                upstream,
+                server,
+                client,
+                buffer_limit=self.config.proxy.tunnel_buffer,
+                idle_timeout=route.websocket.idle_timeout,
+                live=self.tunnels,
+            )
+        except UpstreamFailure as failure:
+            return self._upstream_failed(route, server, failure)
+
+    def _upstream_failed(self, route: Route, server: object, failure: UpstreamFailure) -> web.Response:
+        log.warning("route %s: upstream %s failed: %s", route.name, server, failure)
+        if failure.status == 504:
+            return _text(504, f"upstream timed out ({failure.detail})")
+        return _text(502, f"upstream unavailable ({failure.kind}: {failure.detail})")
+
+
+class ProxyServer:
+    """The front listeners of one process, started and stopped as a unit."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.proxy = Proxy(config)
+        self._runner: web.ServerRunner | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of each listener (port 0 resolved)."""
+        assert self._runner is not None
+        return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+
+    async def start(self) -> None:
+        await self.proxy.open()
+        limit = self.config.proxy.max_header_size
+        server = web.Server(
+            self.proxy.handle,
+            handler_cancellation=False,
+            keepalive_timeout=CLIENT_KEEPALIVE_TIMEOUT,
+            auto_decompress=False,  # bodies pass as sent, compressed or not
+            max_line_size=limit,
+            max_field_size=limit,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=self.config.shutdown.grace_period
+        )
+        await self._runner.setup()
+        try:
+            for listen in self.config.listen:
+                site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
+                await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        # Graceful drain (1001 close frames at a frame boundary) comes with the
+        # frame observer; until then open tunnels are closed with FIN.
+        for tunnel in list(self.proxy.tunnels):
+            tunnel.close("shutdown")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.proxy.close()
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly."""
+    server = ProxyServer(config)
+    await server.start()
+    for host, port in server.addresses:
+        log.info("listening on http://%s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        log.info("stopping")
+        await server.stop()

@@ -1,0 +1,290 @@
+"""The raw splice between a client and an upstream after ``101``.
+
+Theory of operation
+-------------------
+Two transports, two small protocols, no tasks.  ``ClientSide`` is installed on
+the client's transport (see aiohttp_adapter.take_over) and ``UpstreamSide`` on
+the upstream's; each ``data_received`` hands the very bytes object it got to
+the other transport's ``write``.  Nothing re-frames, reassembles, copies or
+delays: WebSocket frames, extensions (``permessage-deflate``), subprotocols
+and even malformed frames pass as they are, so the client and the backend
+negotiate everything end to end.
+
+Invariants:
+
+* **Bounded memory.**  Each transport's write buffer has the high-water mark
+  ``proxy.tunnel_buffer``.  When the client's buffer passes it, asyncio calls
+  ``ClientSide.pause_writing`` and the upstream's reading is paused until
+  ``resume_writing``; the same the other way round.  Per direction the proxy
+  holds at most the high-water mark plus one read.
+* **Half-close.**  A FIN from one side becomes ``write_eof`` on the other where
+  the transport supports it (plain TCP), and the opposite direction keeps
+  flowing; the tunnel ends when both sides have sent FIN.  Where it cannot
+  half-close (TLS), the other side is closed after its buffer drains.
+* **Resets propagate.**  A side lost with an error makes the tunnel abort the
+  other side with ``SO_LINGER`` 0, so the peer sees a reset too, not a polite
+  FIN that would hide the failure.
+* **Idle sessions end.**  ``routes[].websocket.idle_timeout`` (default 1h, not
+  a 60-second read timeout that kills quiet WebSockets) is checked by one
+  timer per session; the hot path only bumps a counter.
+* **One ending.**  ``finished`` resolves once both transports are gone; the
+  aiohttp handler awaits it, then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Literal
+
+from wsproxy.aiohttp_adapter import ClientConnection
+
+Side = Literal["client", "upstream", "proxy"]
+How = Literal["fin", "reset", "idle_timeout", "shutdown", "error"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+#: The idle timer wakes this many times per idle_timeout, so a quiet tunnel is
+#: closed between idle_timeout and 1.25 × idle_timeout after its last byte.
+_IDLE_CHECKS = 4
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with RST instead of FIN, so the peer learns it was an error."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()
+
+
+class Tunnel:
+    """One WebSocket session's splice; see the module docstring."""
+
+    __slots__ = (
+        "_buffer_limit",
+        "_client",
+        "_client_lost",
+        "_idle_handle",
+        "_idle_seen",
+        "_idle_ticks",
+        "_idle_timeout",
+        "_loop",
+        "_upstream_lost",
+        "activity",
+        "client_eof",
+        "client_side",
+        "client_transport",
+        "closed_by",
+        "finished",
+        "how",
+        "upstream_eof",
+        "upstream_side",
+        "upstream_transport",
+    )
+
+    def __init__(
+        self,
+        upstream_transport: asyncio.Transport,
+        *,
+        buffer_limit: int,
+        idle_timeout: float,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.upstream_transport = upstream_transport
+        self.client_transport: asyncio.Transport | None = None
+        self._client: ClientConnection | None = None
+        self.client_side = ClientSide(self)
+        self.upstream_side = UpstreamSide(self)
+        self.finished: asyncio.Future[None] = self._loop.create_future()
+        self.activity = 0
+        self.client_eof = False
+        self.upstream_eof = False
+        self._client_lost = False
+        self._upstream_lost = False
+        self.closed_by: Side | None = None
+        self.how: How | None = None
+        self._idle_timeout = idle_timeout
+        self._idle_seen = -1
+        self._idle_ticks = 0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
+        self._buffer_limit = buffer_limit
+
+    def start(
+        self,
+        client: ClientConnection,
+        *,
+        client_tail: bytes,
+        upstream_tail: bytes,
+        upstream_eof: bool,
+        upstream_lost: tuple[BaseException | None] | None = None,
+    ) -> None:
+        """Go live: forward what each side sent early, then let bytes flow."""
+        self._client = client
+        self.client_transport = client.transport
+        client.transport.set_write_buffer_limits(
+            high=self._buffer_limit, low=self._buffer_limit // 4
+        )
+        self.upstream_transport.set_protocol(self.upstream_side)
+        if client_tail:
+            self.upstream_transport.write(client_tail)
+        if upstream_tail:
+            client.transport.write(upstream_tail)
+        if upstream_eof:
+            self.on_eof("upstream")
+        if upstream_lost is not None:
+            # Lost while the 101 was on its way to the client: replay it.
+            self.on_lost("upstream", upstream_lost[0])
+        elif not self.upstream_transport.is_closing():
+            self.upstream_transport.resume_reading()
+        self._schedule_idle_check()
+
+    # --- events from the two protocols ------------------------------------
+
+    def on_eof(self, side: Literal["client", "upstream"]) -> None:
+        if side == "client":
+            self.client_eof = True
+            peer = self.upstream_transport
+        else:
+            self.upstream_eof = True
+            peer = self.client_transport  # type: ignore[assignment]
+        self._record_end(side, "fin")
+        if self.client_eof and self.upstream_eof:
+            self._close_both()
+        elif peer is not None and peer.can_write_eof() and not peer.is_closing():
+            peer.write_eof()
+        elif peer is not None:
+            peer.close()
+
+    def on_lost(self, side: Literal["client", "upstream"], exc: BaseException | None) -> None:
+        if side == "client":
+            self._client_lost = True
+            peer = self.upstream_transport
+            client, self._client = self._client, None
+            if client is not None:
+                client.release(exc)
+        else:
+            self._upstream_lost = True
+            peer = self.client_transport  # type: ignore[assignment]
+        if exc is not None:
+            self._record_end(side, "reset")
+            if peer is not None and not peer.is_closing():
+                _reset(peer)
+        else:
+            self._record_end(side, "fin")
+            if peer is not None:
+                peer.close()
+        if self._client_lost and self._upstream_lost:
+            self._finish()
+
+    def close(self, how: How, *, reset: bool = False) -> None:
+        """End the session for the proxy's own reasons."""
+        self._record_end("proxy", how)
+        for transport in (self.client_transport, self.upstream_transport):
+            if transport is not None and not transport.is_closing():
+                if reset:
+                    _reset(transport)
+                else:
+                    transport.close()
+        if self.client_transport is None:
+            # Not started yet: nothing will report the client side lost.
+            self._client_lost = True
+
+    # --- internals --------------------------------------------------------
+
+    def _record_end(self, side: Side, how: How) -> None:
+        if self.closed_by is None:
+            self.closed_by = side
+            self.how = how
+
+    def _close_both(self) -> None:
+        for transport in (self.client_transport, self.upstream_transport):
+            if transport is not None:
+                transport.close()
+
+    def _finish(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _schedule_idle_check(self) -> None:
+        self._idle_handle = self._loop.call_later(
+            self._idle_timeout / _IDLE_CHECKS, self._check_idle
+        )
+
+    def _check_idle(self) -> None:
+        if self.activity != self._idle_seen:
+            self._idle_seen = self.activity
+            self._idle_ticks = 0
+        else:
+            self._idle_ticks += 1
+            if self._idle_ticks >= _IDLE_CHECKS:
+                self._idle_handle = None
+                self.close("idle_timeout")
+                return
+        self._schedule_idle_check()
+
+
+class ClientSide(asyncio.Protocol):
+    """Installed on the client transport: its bytes go to the upstream."""
+
+    __slots__ = ("_tunnel", "_upstream")
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+        self._upstream = tunnel.upstream_transport
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel.activity += 1
+        self._upstream.write(data)
+
+    def eof_received(self) -> bool:
+        self._tunnel.on_eof("client")
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._tunnel.on_lost("client", exc)
+
+    def pause_writing(self) -> None:
+        self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self._upstream.is_closing():
+            self._upstream.resume_reading()
+
+
+class UpstreamSide(asyncio.Protocol):
+    """Installed on the upstream transport: its bytes go to the client."""
+
+    __slots__ = ("_tunnel",)
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        tunnel.activity += 1
+        tunnel.client_transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._tunnel.on_eof("upstream")
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._tunnel.on_lost("upstream", exc)
+
+    def pause_writing(self) -> None:
+        client = self._tunnel.client_transport
+        if client is not None:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self._tunnel.client_transport
+        if client is not None and not client.is_closing():
+            client.resume_reading()
