@@ -94,18 +94,20 @@ class ClientConnection:
             handler.connection_lost(exc)
 
 
-def take_over(request: web.BaseRequest, protocol: asyncio.Protocol) -> tuple[ClientConnection, bytes]:
+def take_over(
+    request: web.BaseRequest, protocol: asyncio.Protocol
+) -> tuple[ClientConnection, bytes]:
     """Detach the client connection from aiohttp and point it at ``protocol``.
 
     Call after the ``101`` has been prepared.  Returns the connection and the
     bytes that arrived after the handshake (to forward upstream first).
     """
-    handler: Any = request.protocol
+    handler = request.protocol
     transport = request.transport
     if not isinstance(handler, RequestHandler) or transport is None:
         raise ConnectionResetError("client connection already closed")
     handler.keep_alive(False)
     tail = _TailCollector()
-    handler.set_parser(tail)
+    handler.set_parser(tail)  # type: ignore[arg-type]  # duck-typed parser contract
     transport.set_protocol(protocol)
-    return ClientConnection(handler, transport), tail.data  # type: ignore[arg-type]
+    return ClientConnection(handler, transport), tail.data

@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the proxy with a YAML configuration")
     serve.add_argument("-c", "--config", required=True, metavar="FILE")
-    check = commands.add_parser("check", help="validate a configuration; exit 0, or 2 with every error")
+    check = commands.add_parser(
+        "check", help="validate a configuration; exit 0, or 2 with every error"
+    )
     check.add_argument("-c", "--config", required=True, metavar="FILE")
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in echo backend")
     demo.add_argument("--host", default="127.0.0.1", help="front listener host (default 127.0.0.1)")

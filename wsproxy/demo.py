@@ -81,7 +81,9 @@ async def run_demo(host: str, port: int, *, ready: asyncio.Event | None = None) 
         await proxy.start()
         proxy_host, proxy_port = proxy.addresses[0]
         shown = "localhost" if proxy_host in ("127.0.0.1", "::1") else proxy_host
-        print(f"wsproxy demo: open http://{shown}:{proxy_port}/ (backend on 127.0.0.1:{backend_port})")
+        print(
+            f"wsproxy demo: open http://{shown}:{proxy_port}/ (backend on 127.0.0.1:{backend_port})"
+        )
         print("Press Ctrl-C to stop.", flush=True)
         if ready is not None:
             ready.set()

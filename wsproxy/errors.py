@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import ssl
 from typing import Literal
-
-import logging
 
 import aiohttp
 from aiohttp import web

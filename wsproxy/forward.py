@@ -20,8 +20,6 @@ proxy and not like a browser:
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -41,7 +39,7 @@ _READ_CHUNK = 64 * 1024
 def make_session(upstream: Upstream) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,
-        keepalive_timeout=upstream.keepalive_timeout or None,  # type: ignore[arg-type]
+        keepalive_timeout=upstream.keepalive_timeout or None,
         force_close=upstream.keepalive_timeout == 0,
         ttl_dns_cache=10,
     )
@@ -90,7 +88,7 @@ async def forward_http(
             compress=None,
             chunked=None,
         )
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise classify(exc) from exc
 
     async with upstream_response:
@@ -101,7 +99,7 @@ async def forward_http(
         try:
             async for chunk in upstream_response.content.iter_chunked(_READ_CHUNK):
                 await response.write(chunk)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # Headers are already out: the only honest signal left is to cut
             # the connection instead of ending the body as if it were whole.
             cut_response(request, classify(exc), server)
@@ -112,5 +110,3 @@ async def forward_http(
 
 def _decode(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-
-

@@ -179,10 +179,7 @@ def forwarded_headers(headers: Sequence[tuple[str, str]], client: ClientInfo) ->
     trusted = client.peer_is_trusted()
     incoming_for = ", ".join(header_values(headers, "x-forwarded-for")).strip()
     peer = client.peer_ip or "unknown"
-    if trusted and incoming_for:
-        forwarded_for = f"{incoming_for}, {peer}"
-    else:
-        forwarded_for = peer
+    forwarded_for = f"{incoming_for}, {peer}" if trusted and incoming_for else peer
     proto = client.scheme
     incoming_proto = header_values(headers, "x-forwarded-proto")
     if trusted and incoming_proto:

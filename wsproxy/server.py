@@ -88,9 +88,7 @@ class Proxy:
         self, request: web.BaseRequest, route: Route, client: ClientInfo
     ) -> web.StreamResponse:
         headers = list(request.headers.items())
-        rejection = check_websocket_handshake(
-            request.method, headers, has_body=request.body_exists
-        )
+        rejection = check_websocket_handshake(request.method, headers, has_body=request.body_exists)
         if rejection is not None:
             return _text(rejection.status, rejection.reason, rejection.headers)
         upstream = self.config.upstreams[route.upstream]
@@ -108,7 +106,9 @@ class Proxy:
         except UpstreamFailure as failure:
             return self._upstream_failed(route, server, failure)
 
-    def _upstream_failed(self, route: Route, server: object, failure: UpstreamFailure) -> web.Response:
+    def _upstream_failed(
+        self, route: Route, server: object, failure: UpstreamFailure
+    ) -> web.Response:
         log.warning("route %s: upstream %s failed: %s", route.name, server, failure)
         if failure.status == 504:
             return _text(504, f"upstream timed out ({failure.detail})")

@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from typing import Literal
@@ -46,18 +47,16 @@ How = Literal["fin", "reset", "idle_timeout", "shutdown", "error"]
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 #: The idle timer wakes this many times per idle_timeout, so a quiet tunnel is
-#: closed between idle_timeout and 1.25 × idle_timeout after its last byte.
+#: closed between idle_timeout and 1.25 x idle_timeout after its last byte.
 _IDLE_CHECKS = 4
 
 
-def _reset(transport: asyncio.BaseTransport) -> None:
+def _reset(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except OSError:
-            pass
     transport.abort()
 
 

@@ -138,4 +138,6 @@ async def _relay_refusal(
 
 def _decode(headers: Any) -> list[tuple[str, str]]:
     """h11 keeps the upstream's header-name casing in ``raw_items()``."""
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw_items()]
+    return [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw_items()
+    ]

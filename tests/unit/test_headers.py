@@ -1,0 +1,209 @@
+"""Pure header logic: hop-by-hop removal, handshake validation, forwarded headers."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from wsproxy.headers import (
+    ClientInfo,
+    check_websocket_handshake,
+    client_response_headers,
+    connection_options,
+    strip_hop_by_hop,
+    upstream_request_headers,
+    wants_websocket,
+)
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+HANDSHAKE = [
+    ("Host", "example.test"),
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", KEY),
+    ("Sec-WebSocket-Version", "13"),
+]
+CLIENT = ClientInfo(peer_ip="192.0.2.7", scheme="http")
+
+
+def names(headers: list[tuple[str, str]]) -> list[str]:
+    return [name.lower() for name, _ in headers]
+
+
+def test_connection_options_are_case_insensitive_across_repeated_fields() -> None:
+    headers = [("Connection", "Keep-Alive, X-Foo"), ("connection", " UPGRADE ")]
+    assert connection_options(headers) == {"keep-alive", "x-foo", "upgrade"}
+
+
+def test_strip_hop_by_hop_drops_fixed_set_and_named_fields_keeping_order() -> None:
+    headers = [
+        ("Connection", "close, X-Secret"),
+        ("X-Secret", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Checksum"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Set-Cookie", "a=1"),
+        ("X-Custom", "kept"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert strip_hop_by_hop(headers) == [
+        ("Set-Cookie", "a=1"),
+        ("X-Custom", "kept"),
+        ("Set-Cookie", "b=2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "expected"),
+    [("websocket", True), ("WebSocket", True), ("h2c, websocket", True), ("h2c", False)],
+)
+def test_wants_websocket_reads_the_upgrade_token_list(upgrade: str, expected: bool) -> None:
+    assert wants_websocket([("Upgrade", upgrade)]) is expected
+
+
+def test_no_upgrade_header_is_not_a_websocket_request() -> None:
+    assert not wants_websocket([("Connection", "upgrade")])
+
+
+def test_valid_handshake_passes() -> None:
+    assert check_websocket_handshake("GET", HANDSHAKE, has_body=False) is None
+
+
+def test_firefox_connection_list_passes() -> None:
+    headers = [(n, "keep-alive, Upgrade" if n == "Connection" else v) for n, v in HANDSHAKE]
+    assert check_websocket_handshake("GET", headers, has_body=False) is None
+
+
+def replace(name: str, value: str | None) -> list[tuple[str, str]]:
+    kept = [(n, v) for n, v in HANDSHAKE if n != name]
+    return kept if value is None else [*kept, (name, value)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "method", "status"),
+    [
+        (replace("Sec-WebSocket-Version", "8"), "GET", 426),
+        (replace("Sec-WebSocket-Version", "13, 8"), "GET", 426),
+        (replace("Sec-WebSocket-Version", None), "GET", 400),
+        (replace("Sec-WebSocket-Key", None), "GET", 400),
+        (replace("Sec-WebSocket-Key", "not base64!"), "GET", 400),
+        (replace("Sec-WebSocket-Key", "c2hvcnQ="), "GET", 400),  # 5 bytes, not 16
+        (replace("Connection", "keep-alive"), "GET", 400),
+        (HANDSHAKE, "POST", 400),
+        ([*HANDSHAKE, ("Sec-WebSocket-Key", KEY)], "GET", 400),  # two keys
+    ],
+)
+def test_bad_handshakes_get_precise_statuses(
+    headers: list[tuple[str, str]], method: str, status: int
+) -> None:
+    rejection = check_websocket_handshake(method, headers, has_body=False)
+    assert rejection is not None
+    assert rejection.status == status
+
+
+def test_426_names_the_supported_version() -> None:
+    rejection = check_websocket_handshake(
+        "GET", replace("Sec-WebSocket-Version", "8"), has_body=False
+    )
+    assert rejection is not None
+    assert rejection.headers == (("Sec-WebSocket-Version", "13"),)
+
+
+def test_handshake_with_body_is_rejected() -> None:
+    rejection = check_websocket_handshake("GET", HANDSHAKE, has_body=True)
+    assert rejection is not None
+    assert rejection.status == 400
+
+
+def test_upgrade_request_gets_exactly_upgrade_and_connection_upgrade() -> None:
+    incoming = [*HANDSHAKE, ("Connection", "keep-alive"), ("Keep-Alive", "300")]
+    out = upstream_request_headers(
+        incoming, CLIENT, default_host="10.0.0.1:80", websocket_upgrade="websocket"
+    )
+    assert [v for n, v in out if n.lower() == "connection"] == ["upgrade"]
+    assert [v for n, v in out if n.lower() == "upgrade"] == ["websocket"]
+    assert "keep-alive" not in names(out)
+    assert ("Sec-WebSocket-Key", KEY) in out
+    assert ("Host", "example.test") in out
+
+
+def test_plain_request_has_no_connection_header_and_host_is_filled_in() -> None:
+    out = upstream_request_headers(
+        [("Connection", "keep-alive"), ("Accept", "*/*")], CLIENT, default_host="10.0.0.1:80"
+    )
+    assert "connection" not in names(out)
+    assert out[0] == ("Host", "10.0.0.1:80")
+    assert ("Accept", "*/*") in out
+
+
+def test_expect_is_not_forwarded() -> None:
+    out = upstream_request_headers(
+        [("Host", "h"), ("Expect", "100-continue")], CLIENT, default_host="x"
+    )
+    assert "expect" not in names(out)
+
+
+def test_untrusted_client_cannot_forge_forwarded_headers() -> None:
+    incoming = [
+        ("Host", "public.test"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.test"),
+    ]
+    out = dict(upstream_request_headers(incoming, CLIENT, default_host="x"))
+    assert out["X-Forwarded-For"] == "192.0.2.7"
+    assert out["X-Forwarded-Proto"] == "http"
+    assert out["X-Forwarded-Host"] == "public.test"
+
+
+def test_trusted_proxy_extends_the_chain() -> None:
+    trusted = ClientInfo(
+        peer_ip="10.1.2.3",
+        scheme="http",
+        trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+    )
+    incoming = [
+        ("Host", "h"),
+        ("X-Forwarded-For", "203.0.113.5"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "public.test"),
+    ]
+    out = dict(upstream_request_headers(incoming, trusted, default_host="x"))
+    assert out["X-Forwarded-For"] == "203.0.113.5, 10.1.2.3"
+    assert out["X-Forwarded-Proto"] == "https"
+    assert out["X-Forwarded-Host"] == "public.test"
+
+
+def test_101_response_keeps_upgrade_and_says_connection_upgrade() -> None:
+    upstream = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade, X-Hop"),
+        ("X-Hop", "1"),
+        ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+    ]
+    out = client_response_headers(upstream, switching_protocols=True)
+    assert out == [
+        ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+        ("Upgrade", "websocket"),
+        ("Connection", "upgrade"),
+    ]
+
+
+def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
+    code = (
+        "import sys, wsproxy.headers, wsproxy.routing;"
+        "bad = [m for m in ('asyncio', 'aiohttp') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
