@@ -32,7 +32,6 @@ fails loudly:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler

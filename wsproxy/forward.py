@@ -38,7 +38,7 @@ _READ_CHUNK = 64 * 1024
 
 def make_session(upstream: Upstream) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
-        limit=0,
+        limit=upstream.max_connections,
         keepalive_timeout=upstream.keepalive_timeout or None,
         force_close=upstream.keepalive_timeout == 0,
         ttl_dns_cache=10,
@@ -50,6 +50,8 @@ def make_session(upstream: Upstream) -> aiohttp.ClientSession:
         skip_auto_headers=_NO_AUTO_HEADERS,
         timeout=aiohttp.ClientTimeout(
             total=None,
+            # "connect" includes the wait for a free slot under max_connections.
+            connect=upstream.connect_timeout,
             sock_connect=upstream.connect_timeout,
             sock_read=upstream.read_timeout,
         ),
