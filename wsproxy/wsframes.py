@@ -1,0 +1,258 @@
+"""A passive WebSocket frame observer: reads frame headers, never touches bytes.
+
+Theory of operation
+-------------------
+The tunnel forwards every chunk unchanged and then shows it to one observer
+per direction (``feed``).  The observer keeps only what it needs between
+chunks: the number of payload bytes still to skip, and up to 14 bytes of a
+frame header that was split across reads (RFC 6455 §5.2: 2 bytes, plus 2 or 8
+of extended length, plus 4 of masking key).  Payloads are skipped by length
+arithmetic; only a close frame's payload (at most 125 bytes, §5.5) is kept and
+unmasked, to read its code and reason (§5.5.1, §7.4).
+
+Invariants:
+
+* ``feed`` never raises on any input and never alters, copies into the output
+  or delays the bytes: it only reads them after the tunnel has written them.
+* Results do not depend on how the stream was cut into chunks: whole, split at
+  every offset, or one byte at a time, the counts are the same (tested with
+  hypothesis against frames encoded by wsproto).
+* The first protocol violation is recorded in ``error`` and observation of
+  that direction stops; bytes keep being counted (``bytes``) and keep flowing.
+  Malformed frames are counted, never "fixed".
+* ``in_frame`` is False exactly at frame boundaries, where a proxy may insert a
+  frame of its own (a ``1001`` close on shutdown) without corrupting the stream.
+
+RSV bits are legal only when an extension negotiated in the ``101`` claims
+them (§5.2): ``permessage-deflate`` claims RSV1 (RFC 7692 §6), so the observer
+is built with the bits the handshake allowed.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Final
+
+
+class Opcode(IntEnum):
+    """RFC 6455 §5.2 opcodes; 0x3-0x7 and 0xB-0xF are reserved."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+#: Label for each of the 16 opcode values (the metrics' ``opcode`` label).
+OPCODE_NAMES: Final = tuple(
+    Opcode(value).name.lower() if value in Opcode._value2member_map_ else "reserved"
+    for value in range(16)
+)
+
+#: RFC 6455 §7.4.1: 1005 "no status code present" is never sent on the wire;
+#: it is what a close frame without a code reports.
+NO_STATUS_CODE: Final = 1005
+#: §7.4.1: 1006, the connection closed without any close frame.
+ABNORMAL_CLOSURE: Final = 1006
+
+RSV1: Final = 0x40
+RSV2: Final = 0x20
+RSV3: Final = 0x10
+
+
+def close_code_is_valid(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame (RFC 6455 §7.4)."""
+    if 1000 <= code <= 1014:
+        return code not in (1004, 1005, 1006)
+    return 3000 <= code <= 4999
+
+
+def allowed_rsv_bits(extensions_header: str | None) -> int:
+    """RSV bits the negotiated extensions (the 101's header) make legal."""
+    if not extensions_header:
+        return 0
+    names = {item.split(";", 1)[0].strip().lower() for item in extensions_header.split(",")}
+    # permessage-deflate uses RSV1 (RFC 7692 §6); for an extension we do not
+    # know, allow every bit rather than flag frames we cannot judge.
+    known = {"permessage-deflate"}
+    if names - known - {""}:
+        return RSV1 | RSV2 | RSV3
+    return RSV1 if "permessage-deflate" in names else 0
+
+
+class FrameObserver:
+    """Counts one direction's frames, messages and bytes; reads close frames.
+
+    ``client_side`` is True for the client-to-upstream direction, whose frames
+    must be masked (§5.1); upstream frames must not be.
+    """
+
+    __slots__ = (
+        "_allowed_rsv",
+        "_close_buffer",
+        "_close_mask",
+        "_close_remaining",
+        "_fragmented",
+        "_head",
+        "_skip",
+        "_want_mask",
+        "bytes",
+        "close_code",
+        "close_reason",
+        "error",
+        "frames",
+        "messages",
+    )
+
+    def __init__(self, *, client_side: bool, allowed_rsv: int = 0) -> None:
+        self._want_mask = 0x80 if client_side else 0
+        self._allowed_rsv = allowed_rsv
+        self._skip = 0
+        self._head = b""
+        self._fragmented = False
+        self._close_buffer: bytearray | None = None
+        self._close_mask = b""
+        self._close_remaining = 0
+        self.bytes = 0
+        self.messages = 0
+        self.frames = [0] * 16
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.error: str | None = None
+
+    @property
+    def in_frame(self) -> bool:
+        """True while a frame has started but not ended (no boundary here)."""
+        return self._skip > 0 or bool(self._head) or self._close_remaining > 0
+
+    @property
+    def frame_count(self) -> int:
+        return sum(self.frames)
+
+    @property
+    def saw_close(self) -> bool:
+        return self.close_code is not None
+
+    def feed(self, data: bytes) -> None:
+        size = len(data)
+        self.bytes += size
+        if self.error is not None:
+            return
+        skip = self._skip
+        if skip >= size and self._close_remaining == 0:
+            self._skip = skip - size  # the common case: deep inside a payload
+            return
+        pos = 0
+        if self._close_remaining:
+            pos = self._take_close_payload(data, 0)
+            if pos == size:
+                return
+        elif skip:
+            pos = skip
+            self._skip = 0
+        if self._head:
+            data = self._head + data[pos:]
+            self._head = b""
+            pos = 0
+            size = len(data)
+        while pos < size and self.error is None:
+            pos = self._frame(data, pos, size)
+
+    def _frame(self, data: bytes, pos: int, size: int) -> int:
+        """Parse one frame header at ``pos``; return where the next one starts.
+
+        Returns ``size`` when the header or the payload runs past the chunk
+        (state saved for the next feed) and -1 on a protocol error.
+        """
+        available = size - pos
+        if available < 2:
+            self._head = data[pos:]
+            return size
+        first = data[pos]
+        second = data[pos + 1]
+        length = second & 0x7F
+        header = 2
+        if length == 126:
+            header = 4
+        elif length == 127:
+            header = 10
+        mask_bit = second & 0x80
+        if mask_bit:
+            header += 4
+        if available < header:
+            self._head = data[pos:]
+            return size
+        if length == 126:
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        elif length == 127:
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if length >> 63:
+                return self._fail("64-bit payload length with the most significant bit set")
+        opcode = first & 0x0F
+        fin = first & 0x80
+        if first & 0x70 & ~self._allowed_rsv:
+            return self._fail("reserved bits set without a negotiated extension")
+        if mask_bit != self._want_mask:
+            return self._fail("unmasked client frame" if self._want_mask else "masked server frame")
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                return self._fail(f"reserved control opcode {opcode:#x}")
+            if length > 125:
+                return self._fail("control frame longer than 125 bytes")
+            if not fin:
+                return self._fail("fragmented control frame")
+        elif opcode == 0:
+            if not self._fragmented:
+                return self._fail("continuation frame without a message to continue")
+        elif opcode > 0x2:
+            return self._fail(f"reserved data opcode {opcode:#x}")
+        elif self._fragmented:
+            return self._fail("new data frame inside a fragmented message")
+        self.frames[opcode] += 1
+        if opcode < 0x8:
+            self._fragmented = not fin
+            if fin:
+                self.messages += 1
+        pos += header
+        if opcode == 0x8 and self.close_code is None:
+            self._close_buffer = bytearray()
+            self._close_mask = data[pos - 4 : pos] if mask_bit else b""
+            self._close_remaining = length
+            return self._take_close_payload(data, pos)
+        end = pos + length
+        if end > size:
+            self._skip = end - size
+            return size
+        return end
+
+    def _take_close_payload(self, data: bytes, pos: int) -> int:
+        buffer = self._close_buffer
+        assert buffer is not None
+        taken = data[pos : pos + self._close_remaining]
+        buffer += taken
+        self._close_remaining -= len(taken)
+        if self._close_remaining == 0:
+            self._read_close(bytes(buffer))
+        return pos + len(taken)
+
+    def _read_close(self, payload: bytes) -> None:
+        self._close_buffer = None
+        if self._close_mask:
+            mask = self._close_mask
+            payload = bytes(byte ^ mask[i & 3] for i, byte in enumerate(payload))
+        if not payload:
+            self.close_code = NO_STATUS_CODE
+            return
+        if len(payload) == 1:
+            self.error = "close frame with a 1-byte payload"
+            return
+        self.close_code = int.from_bytes(payload[:2], "big")
+        self.close_reason = payload[2:].decode("utf-8", errors="replace")
+
+    def _fail(self, reason: str) -> int:
+        self.error = reason
+        self._skip = 0
+        self._head = b""
+        return -1
