@@ -13,7 +13,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from tests.support.wire import Head, accept_for, read_head
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Head], Awaitable[None]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Head], Awaitable[bool]]
 
 
 @dataclass
@@ -95,7 +95,9 @@ def switching_protocols(head: Head, extra: str = "") -> bytes:
     ).encode()
 
 
-async def echo_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+async def echo_frames(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen
+) -> None:
     """A WebSocket echo server on an already switched connection (wsproto)."""
     ws = Connection(ConnectionType.SERVER)
     while True:
@@ -106,7 +108,9 @@ async def echo_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, TextMessage | BytesMessage):
-                writer.write(ws.send(type(event)(data=event.data, message_finished=event.message_finished)))
+                writer.write(
+                    ws.send(type(event)(data=event.data, message_finished=event.message_finished))
+                )
             elif isinstance(event, Ping):
                 writer.write(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
@@ -124,7 +128,9 @@ def swoole_like() -> RawBackend:
     """
     backend: RawBackend
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head) -> bool:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
         seen = Seen(head, writer=writer)
         backend.seen.append(seen)
         if not is_upgrade(head):
@@ -154,14 +160,18 @@ def swoole_like() -> RawBackend:
     return backend
 
 
-def recording(after_switch: Callable[[Seen], Awaitable[None]] | None = None, extra: str = "") -> RawBackend:
+def recording(
+    after_switch: Callable[[Seen], Awaitable[None]] | None = None, extra: str = ""
+) -> RawBackend:
     """Answers ``101`` and records every byte received after it.
 
     ``after_switch`` may write to ``seen.writer``; the default only records.
     """
     backend: RawBackend
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head) -> bool:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
         seen = Seen(head, writer=writer)
         backend.seen.append(seen)
         writer.write(switching_protocols(head, extra))

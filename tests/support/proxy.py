@@ -47,7 +47,10 @@ def need_program(name: str) -> str:
     """Path of a system program; skip (or fail in CI) when it is absent."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if path is None:
-        message = f"{name} is not installed (apt-get install {name}); {REQUIRE_ENV}=1 makes this a failure"
+        message = (
+            f"{name} is not installed (apt-get install {name}); "
+            f"{REQUIRE_ENV}=1 makes this a failure"
+        )
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(message)
         pytest.skip(message)
