@@ -8,8 +8,10 @@ fails loudly:
 
 1. Taking over the client connection after ``101`` (:func:`take_over`):
    ``request.protocol`` (the server's ``RequestHandler``),
-   ``RequestHandler.keep_alive(False)`` (also cancels the keep-alive timer that
-   would otherwise kill an idle tunnel), ``RequestHandler.set_parser(obj)``
+   ``RequestHandler.keep_alive(False)`` (when the handler returns, aiohttp
+   closes the connection instead of parsing the tunnel's leftovers as a next
+   request; its keep-alive timer only runs between requests, so it never
+   touches a live tunnel), ``RequestHandler.set_parser(obj)``
    (hands over the bytes the client sent in the same read as its handshake,
    which aiohttp buffered in ``_message_tail``), and
    ``RequestHandler.connection_lost`` (called by us when the tunnel ends, so

@@ -7,14 +7,13 @@ front of it is the real one, built from a configuration parsed like any file.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from importlib import resources
 
 from aiohttp import WSMsgType, web
 
 from wsproxy.config import parse_config
-from wsproxy.server import ProxyServer
+from wsproxy.server import ProxyServer, wait_for_stop_signal
 
 log = logging.getLogger("wsproxy.demo")
 
@@ -70,7 +69,7 @@ routes:
 """
 
 
-async def run_demo(host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
+async def run_demo(host: str, port: int) -> None:
     runner = web.AppRunner(backend_app(), access_log=None)
     await runner.setup()
     backend = web.TCPSite(runner, "127.0.0.1", 0)
@@ -81,13 +80,12 @@ async def run_demo(host: str, port: int, *, ready: asyncio.Event | None = None) 
         await proxy.start()
         proxy_host, proxy_port = proxy.addresses[0]
         shown = "localhost" if proxy_host in ("127.0.0.1", "::1") else proxy_host
-        print(
-            f"wsproxy demo: open http://{shown}:{proxy_port}/ (backend on 127.0.0.1:{backend_port})"
-        )
-        print("Press Ctrl-C to stop.", flush=True)
-        if ready is not None:
-            ready.set()
-        await asyncio.Event().wait()
+
+        def announce() -> None:
+            print(f"wsproxy demo: open http://{shown}:{proxy_port}/")
+            print(f"(echo backend on 127.0.0.1:{backend_port}; Ctrl-C stops)", flush=True)
+
+        await wait_for_stop_signal(announce)
     finally:
         await proxy.stop()
         await runner.cleanup()

@@ -33,8 +33,6 @@ from wsproxy.headers import ClientInfo, client_response_headers, upstream_reques
 #: Headers aiohttp's client would otherwise add on its own.
 _NO_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 
-_READ_CHUNK = 64 * 1024
-
 
 def make_session(upstream: Upstream) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
@@ -98,14 +96,19 @@ async def forward_http(
         for name, value in client_response_headers(_decode(upstream_response.raw_headers)):
             response.headers.add(name, value)
         await response.prepare(request)
-        try:
-            async for chunk in upstream_response.content.iter_chunked(_READ_CHUNK):
-                await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            # Headers are already out: the only honest signal left is to cut
-            # the connection instead of ending the body as if it were whole.
-            cut_response(request, classify(exc), server)
-            return response
+        while True:
+            try:
+                chunk = await upstream_response.content.readany()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # Headers are already out: the only honest signal left is to
+                # cut the connection instead of ending the body as if whole.
+                cut_response(request, classify(exc), server)
+                return response
+            if not chunk:
+                break
+            # A client that went away raises ConnectionError here; the
+            # dispatcher treats that as a disconnect, not an upstream failure.
+            await response.write(chunk)
         await response.write_eof()
     return response
 

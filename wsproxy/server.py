@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -58,6 +58,15 @@ class Proxy:
         self.sessions.clear()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except ConnectionError as exc:
+            # The client went away while we were answering: nobody is left to
+            # tell, and it is not a server error (aiohttp would log a 500).
+            log.debug("client %s disconnected: %s", request.remote, exc)
+            return web.Response(status=499)
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.router.match(request.headers.get("Host"), request.path)
         if route is None:
             return _text(404, "no route matches this request")
@@ -164,22 +173,37 @@ class ProxyServer:
         await self.proxy.close()
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+async def wait_for_stop_signal(on_ready: Callable[[], None] | None = None) -> None:
+    """Return on the first SIGINT or SIGTERM (a container's stop).
+
+    ``on_ready`` runs once the handlers are installed: announcing readiness
+    before that would let an early SIGTERM kill the process uncleanly.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then stop cleanly."""
     server = ProxyServer(config)
     await server.start()
-    for host, port in server.addresses:
-        log.info("listening on http://%s:%d", host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    if ready is not None:
-        ready.set()
+
+    def announce() -> None:
+        for host, port in server.addresses:
+            log.info("listening on http://%s:%d", host, port)
+
     try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        await wait_for_stop_signal(announce)
         log.info("stopping")
+    finally:
         await server.stop()

@@ -1,0 +1,269 @@
+"""The bug wsproxy exists to remove, reproduced with a real nginx (PRODUCT.md, "Why it exists").
+
+nginx forwards to upstreams as HTTP/1.0 unless told ``proxy_http_version 1.1``.
+A Swoole-like backend applies the HTTP/1.0 keep-alive rule to the WebSocket
+handshake: it answers ``101`` and closes the connection right after.  The
+browser sees "connected", then the socket dies before any data.
+
+* the beta nginx (``Upgrade``/``Connection`` forwarded, no ``proxy_http_version``)
+  reproduces the early close;
+* the fixed nginx (``proxy_http_version 1.1``) keeps the session open;
+* wsproxy, with no special configuration, keeps it open too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tests.support.backends import RawBackend, swoole_like
+from tests.support.proxy import config_text, need_program, running_proxy
+from tests.support.wire import encode_frame, open_raw, read_head
+
+STARTUP_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+#: What Chrome sends for ``new WebSocket("ws://host/ws")``.
+BROWSER_HEADERS = [
+    ("Pragma", "no-cache"),
+    ("Cache-Control", "no-cache"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"),
+    ("Origin", "http://localhost"),
+    ("Accept-Encoding", "gzip, deflate, br"),
+    ("Accept-Language", "en-US,en;q=0.9"),
+    ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nginx_conf(prefix: Path, port: int, backend_port: int, *, http11: bool) -> str:
+    # Every path nginx would otherwise take from its compiled-in defaults
+    # (/var/lib/nginx, /var/log/nginx, /run) is moved under the temporary prefix.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    version = "            proxy_http_version 1.1;\n" if http11 else ""
+    return f"""\
+{user}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{
+    worker_connections 64;
+}}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend_port};
+{version}            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        }}
+    }}
+}}
+"""
+
+
+def _diagnostics(prefix: Path) -> str:
+    parts = []
+    for name in ("stderr.log", "error.log"):
+        path = prefix / name
+        text = path.read_text(errors="replace") if path.exists() else "(absent)"
+        parts.append(f"--- nginx {name} ---\n{text}")
+    return "\n".join(parts)
+
+
+async def _port_accepts(port: int) -> bool:
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def running_nginx(prefix: Path, backend_port: int, *, http11: bool) -> AsyncIterator[int]:
+    """Run nginx in the foreground under ``prefix``; yields its port."""
+    nginx = need_program("nginx")
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf(prefix, port, backend_port, http11=http11))
+    # Startup errors go to stderr before nginx has read its error_log directive.
+    stderr = os.open(prefix / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            nginx,
+            "-p",
+            str(prefix),
+            "-c",
+            str(conf),
+            "-g",
+            "daemon off;",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    finally:
+        os.close(stderr)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not await _port_accepts(port):
+            if process.returncode is not None:
+                raise AssertionError(
+                    f"nginx exited with status {process.returncode} before listening on "
+                    f"{port}\n{_diagnostics(prefix)}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"nginx did not listen on {port} within {STARTUP_TIMEOUT}s\n"
+                    f"{_diagnostics(prefix)}"
+                )
+            await asyncio.sleep(0.02)  # polling a condition under a deadline
+        yield port
+        if process.returncode is not None:
+            raise AssertionError(
+                f"nginx exited with status {process.returncode} during the test\n"
+                f"{_diagnostics(prefix)}"
+            )
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def handshake(port: int) -> bytes:
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: localhost:{port}",
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ]
+    lines += [f"{name}: {value}" for name, value in BROWSER_HEADERS]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    assert not second & 0x80, "a server must not mask its frames"
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def read_rest(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything until EOF (a reset counts as the end too)."""
+    data = bytearray()
+    async with asyncio.timeout(timeout):
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return bytes(data)
+
+
+async def open_session(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
+    """Send a browser's handshake; expect ``101``; return when it arrived."""
+    reader, writer = await open_raw("127.0.0.1", port)
+    writer.write(handshake(port))
+    async with asyncio.timeout(5):
+        head = await read_head(reader)
+    assert head.status == 101, head.start_line
+    return reader, writer, time.monotonic()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def assert_session_echoes(port: int, backend: RawBackend) -> None:
+    reader, writer, _switched = await open_session(port)
+    try:
+        writer.write(encode_frame(0x1, b"heartbeat"))
+        async with asyncio.timeout(5):
+            opcode, payload = await read_server_frame(reader)
+        assert (opcode, payload) == (0x1, b"heartbeat")
+        writer.write(encode_frame(0x8, struct.pack("!H", 1000)))
+        async with asyncio.timeout(5):
+            opcode, payload = await read_server_frame(reader)
+        assert (opcode, payload) == (0x8, struct.pack("!H", 1000))
+    finally:
+        await close_writer(writer)
+    [seen] = backend.seen
+    assert seen.head.version == "HTTP/1.1", seen.head.start_line
+
+
+async def test_beta_nginx_without_proxy_http_version_closes_right_after_101(
+    tmp_path: Path,
+) -> None:
+    async with (
+        swoole_like() as backend,
+        running_nginx(tmp_path, backend.port, http11=False) as port,
+    ):
+        reader, writer, switched = await open_session(port)
+        try:
+            # The browser believes it is connected and sends its first message.
+            try:
+                writer.write(encode_frame(0x1, b"heartbeat"))
+                await writer.drain()
+            except ConnectionError:
+                pass  # already closed: that is the bug
+            rest = await read_rest(reader, timeout=5)
+            ended = time.monotonic()
+        finally:
+            await close_writer(writer)
+
+        assert rest == b"", f"expected EOF and no echo, got {rest!r}"
+        assert ended - switched < 2.0
+        [seen] = backend.seen
+        # What nginx sent upstream: HTTP/1.0 with Upgrade and Connection forwarded.
+        assert seen.head.version == "HTTP/1.0", seen.head.start_line
+        assert seen.head.get("Upgrade") == "websocket"
+        assert seen.head.get("Connection") == "upgrade"
+        # The backend itself hung up right after its 101, as in the packet capture.
+        assert seen.switched_at is not None
+        assert seen.closed_at is not None
+        assert seen.closed_at - seen.switched_at < 0.5
+        assert seen.received == b""
+
+
+async def test_nginx_with_proxy_http_version_11_keeps_the_session(tmp_path: Path) -> None:
+    async with swoole_like() as backend, running_nginx(tmp_path, backend.port, http11=True) as port:
+        await assert_session_echoes(port, backend)
+
+
+async def test_wsproxy_keeps_the_session_with_no_special_configuration() -> None:
+    async with swoole_like() as backend, running_proxy(config_text(backend.port)) as (_s, port):
+        await assert_session_echoes(port, backend)
