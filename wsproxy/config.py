@@ -56,6 +56,7 @@ from wsproxy.units import format_size, parse_duration, parse_size
 __all__ = [
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
+    "AccessLogSettings",
     "Address",
     "Config",
     "ConfigError",
@@ -224,6 +225,16 @@ class ProxySettings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     tunnel_buffer: int = 262144
     max_header_size: int = 8192
+    observe_frames: bool = True
+
+
+AccessLogFormat = Literal["json", "text", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogSettings:
+    format: AccessLogFormat = "json"
+    redact_query: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +246,7 @@ class Config:
     shutdown: ShutdownSettings
     proxy: ProxySettings
     source: str  # the file name the configuration came from
+    access_log: AccessLogSettings = AccessLogSettings()
 
 
 DEFAULT_LISTEN: tuple[Address, ...] = (Address("127.0.0.1", 8080),)
@@ -243,6 +255,7 @@ _UPSTREAM_DEFAULTS = Upstream("", ())
 _WEBSOCKET_DEFAULTS = WebSocketSettings()
 _SHUTDOWN_DEFAULTS = ShutdownSettings()
 _PROXY_DEFAULTS = ProxySettings()
+_ACCESS_LOG_DEFAULTS = AccessLogSettings()
 
 # --------------------------------------------------------------------------
 # Public entry points
@@ -1018,10 +1031,35 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
     )
     tunnel_buffer = m.get("tunnel_buffer", _size(minimum=4 * 1024), d.tunnel_buffer)
     max_header = m.get("max_header_size", _size(minimum=1024), d.max_header_size)
+    observe = m.get("observe_frames", _boolean, d.observe_frames)
     m.finish()
-    if http10 is None or trusted is None or tunnel_buffer is None or max_header is None or not m.ok:
+    if (
+        http10 is None
+        or trusted is None
+        or tunnel_buffer is None
+        or max_header is None
+        or observe is None
+        or not m.ok
+    ):
         return None
-    return ProxySettings(http10, trusted, tunnel_buffer, max_header)
+    return ProxySettings(http10, trusted, tunnel_buffer, max_header, observe)
+
+
+_ACCESS_LOG_FORMAT: _Parser[AccessLogFormat] = _choice(
+    {"json": "json", "text": "text", "off": "off"}
+)
+
+
+def _access_log(ctx: _Ctx, node: Node, path: str) -> AccessLogSettings | None:
+    d = _ACCESS_LOG_DEFAULTS
+    m = _Map(ctx, node, path)
+    # The annotation keeps mypy from widening the Literal to str.
+    log_format: AccessLogFormat | None = m.get("format", _ACCESS_LOG_FORMAT, d.format)
+    redact = m.get("redact_query", _boolean, d.redact_query)
+    m.finish()
+    if log_format is None or redact is None or not m.ok:
+        return None
+    return AccessLogSettings(log_format, redact)
 
 
 def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
@@ -1050,6 +1088,7 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
     routes = m.require("routes", _routes(known))
     shutdown = m.get("shutdown", _shutdown, _SHUTDOWN_DEFAULTS)
     proxy = m.get("proxy", _proxy, _PROXY_DEFAULTS)
+    access_log = m.get("access_log", _access_log, _ACCESS_LOG_DEFAULTS)
     m.finish()
 
     admin_node = m.node("admin")
@@ -1082,6 +1121,7 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
         or routes is None
         or shutdown is None
         or proxy is None
+        or access_log is None
     ):
         return None
     built = {name: upstream for name, upstream in upstreams.items() if upstream is not None}
@@ -1095,4 +1135,5 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
         shutdown=shutdown,
         proxy=proxy,
         source=filename,
+        access_log=access_log,
     )

@@ -20,6 +20,8 @@ proxy and not like a browser:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -27,7 +29,7 @@ from yarl import URL
 
 from wsproxy.aiohttp_adapter import ProxiedResponse
 from wsproxy.config import Address, Upstream
-from wsproxy.errors import classify, cut_response
+from wsproxy.errors import UpstreamFailure, classify, cut_response
 from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
 
 #: Headers aiohttp's client would otherwise add on its own.
@@ -64,6 +66,9 @@ async def forward_http(
     session: aiohttp.ClientSession,
     server: Address,
     client: ClientInfo,
+    request_id: str,
+    *,
+    on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
     """Forward one request.
 
@@ -71,7 +76,7 @@ async def forward_http(
     sends 502/504); a failure mid-body cuts the client connection.
     """
     headers = upstream_request_headers(
-        [(k, v) for k, v in request.headers.items()], client, default_host=str(server)
+        list(request.headers.items()), client, default_host=str(server), request_id=request_id
     )
     url = URL(f"http://{server}{request.raw_path}", encoded=True)
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
@@ -102,7 +107,9 @@ async def forward_http(
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Headers are already out: the only honest signal left is to
                 # cut the connection instead of ending the body as if whole.
-                cut_response(request, classify(exc), server)
+                failure = classify(exc)
+                on_cut(failure)
+                cut_response(request, failure, server)
                 return response
             if not chunk:
                 break

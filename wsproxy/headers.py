@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,7 +53,16 @@ HOP_BY_HOP = frozenset(
 #: Set by this hop from what it saw; values sent by an untrusted client are lies.
 FORWARDED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 
+#: Request headers this hop sets itself (``Expect`` because the proxy answers
+#: ``100 Continue`` on its own before it reads the body).
+_REPLACED_BY_PROXY = FORWARDED_HEADERS | {"expect", "x-request-id"}
+
 WEBSOCKET_VERSION = "13"
+
+#: A client's X-Request-ID is kept only if it looks like an ID: printable,
+#: no spaces or quotes, at most 128 characters (what Heroku and nginx's
+#: $request_id users send); anything else could inject into logs.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 
 
 def split_tokens(values: Iterable[str]) -> list[str]:
@@ -150,6 +160,14 @@ def _is_websocket_key(value: str) -> bool:
 # --- Requests to the upstream ------------------------------------------------
 
 
+def choose_request_id(headers: Sequence[tuple[str, str]], new_id: str) -> str:
+    """The client's ``X-Request-ID`` if it sent exactly one well-formed one."""
+    sent = header_values(headers, "x-request-id")
+    if len(sent) == 1 and _REQUEST_ID.fullmatch(sent[0].strip()):
+        return sent[0].strip()
+    return new_id
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """What this hop knows about the connection a request arrived on."""
@@ -199,24 +217,27 @@ def upstream_request_headers(
     client: ClientInfo,
     *,
     default_host: str,
+    request_id: str,
     websocket_upgrade: str | None = None,
 ) -> HeaderList:
     """Headers for the HTTP/1.1 request the upstream receives.
 
     ``Host`` is the client's (virtual hosting keeps working); an HTTP/1.0
     client may omit it, and HTTP/1.1 requires one, so ``default_host`` (the
-    upstream server's address) fills in.  ``Expect`` is dropped because the
-    proxy answers ``100 Continue`` itself before it reads the body.
+    upstream server's address) fills in.
     ``websocket_upgrade`` is the client's ``Upgrade`` value for a handshake.
+    ``request_id`` (see :func:`choose_request_id`) goes in ``X-Request-ID``,
+    so the backend's logs and ours name the same request.
     """
     kept = [
         (name, value)
         for name, value in strip_hop_by_hop(headers)
-        if name.lower() not in FORWARDED_HEADERS and name.lower() != "expect"
+        if name.lower() not in _REPLACED_BY_PROXY
     ]
     if not header_values(kept, "host"):
         kept.insert(0, ("Host", default_host))
     kept.extend(forwarded_headers(headers, client))
+    kept.append(("X-Request-ID", request_id))
     if websocket_upgrade is not None:
         kept.append(("Upgrade", websocket_upgrade))
         kept.append(("Connection", "upgrade"))

@@ -12,18 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+import time
+import uuid
+from collections.abc import Callable, KeysView, Sequence
+from functools import partial
+from typing import TextIO
 
 import aiohttp
 from aiohttp import web
 
-from wsproxy.config import Config, Route
+from wsproxy.admin import admin_app
+from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import forward_http, make_session
-from wsproxy.headers import ClientInfo, check_websocket_handshake, wants_websocket
+from wsproxy.headers import (
+    ClientInfo,
+    check_websocket_handshake,
+    choose_request_id,
+    wants_websocket,
+)
+from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
+from wsproxy.sessions import redact_query
 from wsproxy.tunnel import Tunnel
-from wsproxy.websocket import handle_websocket
+from wsproxy.websocket import TunnelSettings, handle_websocket
 
 log = logging.getLogger("wsproxy")
 
@@ -41,12 +53,18 @@ def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) ->
 class Proxy:
     """Handles every request on the front listeners for one configuration."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, observability: Observability) -> None:
         self.config = config
+        self.observability = observability
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
-        self.tunnels: set[Tunnel] = set()
+        self.draining = False
+
+    @property
+    def tunnels(self) -> KeysView[Tunnel]:
+        """The open WebSocket sessions."""
+        return self.observability.live.keys()
 
     async def open(self) -> None:
         for name, upstream in self.config.upstreams.items():
@@ -58,31 +76,69 @@ class Proxy:
         self.sessions.clear()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        exchange = self._exchange(request)
         try:
-            return await self._dispatch(request)
+            response = await self._dispatch(request, exchange)
         except ConnectionError as exc:
             # The client went away while we were answering: nobody is left to
             # tell, and it is not a server error (aiohttp would log a 500).
-            log.debug("client %s disconnected: %s", request.remote, exc)
-            return web.Response(status=499)
+            log.debug("client %s disconnected: %s", exchange.client, exc)
+            response = web.Response(status=499)  # nginx's "client closed request"
+        fields: dict[str, object] = {}
+        if response.prepared:
+            fields["bytes_to_client"] = response.body_length
+        self.observability.request_done(exchange, response.status, time.monotonic(), **fields)
+        return response
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _exchange(self, request: web.BaseRequest) -> Exchange:
+        headers = list(request.headers.items())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote)
+        path = request.raw_path
+        if self.config.access_log.redact_query:
+            path = redact_query(path)
+        return Exchange(
+            request_id=choose_request_id(headers, uuid.uuid4().hex),
+            method=request.method,
+            path=path,
+            client=client,
+            version=f"HTTP/{request.version.major}.{request.version.minor}",
+            started=time.monotonic(),
+        )
+
+    async def _dispatch(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         route = self.router.match(request.headers.get("Host"), request.path)
         if route is None:
             return _text(404, "no route matches this request")
+        exchange.route = route.name
         client = ClientInfo(
             peer_ip=request.remote,
             scheme="https" if request.secure else "http",
             trusted_proxies=self.config.proxy.trusted_proxies,
         )
-        if self._is_websocket(request):
-            return await self._websocket(request, route, client)
         upstream = self.config.upstreams[route.upstream]
-        server = self.balancers[route.upstream].pick()
+        if self._is_websocket(request):
+            return await self._websocket(request, route, upstream, client, exchange)
+        server = self._pick(upstream, exchange)
         try:
-            return await forward_http(request, self.sessions[upstream.name], server, client)
+            response = await forward_http(
+                request,
+                self.sessions[upstream.name],
+                server,
+                client,
+                exchange.request_id,
+                on_cut=partial(self.observability.upstream_failed, upstream.name, str(server)),
+            )
         except UpstreamFailure as failure:
-            return self._upstream_failed(route, server, failure)
+            return self._upstream_failed(exchange, failure)
+        self.observability.upstream_ok(upstream.name, str(server))
+        return response
+
+    def _pick(self, upstream: Upstream, exchange: Exchange) -> Address:
+        server = self.balancers[upstream.name].pick()
+        exchange.upstream = upstream.name
+        exchange.server = str(server)
+        return server
 
     def _is_websocket(self, request: web.BaseRequest) -> bool:
         if not wants_websocket(list(request.headers.items())):
@@ -94,31 +150,46 @@ class Proxy:
         return request.version >= (1, 1) or self.config.proxy.http10_upgrade == "accept"
 
     async def _websocket(
-        self, request: web.BaseRequest, route: Route, client: ClientInfo
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        upstream: Upstream,
+        client: ClientInfo,
+        exchange: Exchange,
     ) -> web.StreamResponse:
         headers = list(request.headers.items())
         rejection = check_websocket_handshake(request.method, headers, has_body=request.body_exists)
         if rejection is not None:
+            exchange.upgrade_result = "bad_handshake"
             return _text(rejection.status, rejection.reason, rejection.headers)
-        upstream = self.config.upstreams[route.upstream]
-        server = self.balancers[route.upstream].pick()
+        server = self._pick(upstream, exchange)
+        settings = TunnelSettings(
+            buffer_limit=self.config.proxy.tunnel_buffer,
+            idle_timeout=route.websocket.idle_timeout,
+            early_close_window=route.websocket.early_close_window,
+            observe_frames=self.config.proxy.observe_frames,
+        )
         try:
             return await handle_websocket(
-                request,
-                upstream,
-                server,
-                client,
-                buffer_limit=self.config.proxy.tunnel_buffer,
-                idle_timeout=route.websocket.idle_timeout,
-                live=self.tunnels,
+                request, upstream, server, client, exchange, settings, self.observability
             )
         except UpstreamFailure as failure:
-            return self._upstream_failed(route, server, failure)
+            exchange.upgrade_result = "upstream_unavailable"
+            return self._upstream_failed(exchange, failure)
 
-    def _upstream_failed(
-        self, route: Route, server: object, failure: UpstreamFailure
-    ) -> web.Response:
-        log.warning("route %s: upstream %s failed: %s", route.name, server, failure)
+    def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
+        assert exchange.upstream is not None
+        assert exchange.server is not None
+        self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
+        exchange.extra["error"] = str(failure)
+        log.warning(
+            "route %s: upstream %s server %s failed: %s (request %s)",
+            exchange.route,
+            exchange.upstream,
+            exchange.server,
+            failure,
+            exchange.request_id,
+        )
         if failure.status == 504:
             return _text(504, f"upstream timed out ({failure.detail})")
         return _text(502, f"upstream unavailable ({failure.kind}: {failure.detail})")
@@ -127,16 +198,24 @@ class Proxy:
 class ProxyServer:
     """The front listeners of one process, started and stopped as a unit."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, access_log: TextIO | None = None) -> None:
         self.config = config
-        self.proxy = Proxy(config)
+        self.observability = Observability(config, access_log)
+        self.proxy = Proxy(config, self.observability)
         self._runner: web.ServerRunner | None = None
+        self._admin: web.AppRunner | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of each listener (port 0 resolved)."""
         assert self._runner is not None
         return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        assert self._admin is not None
+        address = self._admin.addresses[0]
+        return str(address[0]), int(address[1])
 
     async def start(self) -> None:
         await self.proxy.open()
@@ -154,22 +233,34 @@ class ProxyServer:
             server, handle_signals=False, shutdown_timeout=self.config.shutdown.grace_period
         )
         await self._runner.setup()
+        self._admin = web.AppRunner(
+            admin_app(self.observability, lambda: self.proxy.draining),
+            access_log=None,
+            handle_signals=False,
+        )
+        await self._admin.setup()
         try:
             for listen in self.config.listen:
                 site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
                 await site.start()
+            admin = self.config.admin
+            await web.TCPSite(self._admin, admin.host, admin.port, reuse_address=True).start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
         # Graceful drain (1001 close frames at a frame boundary) comes with the
-        # frame observer; until then open tunnels are closed with FIN.
+        # production-behaviour work; until then open tunnels are closed with FIN.
+        self.proxy.draining = True
         for tunnel in list(self.proxy.tunnels):
-            tunnel.close("shutdown")
+            tunnel.close("drain")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
         await self.proxy.close()
 
 
@@ -201,6 +292,7 @@ async def serve(config: Config) -> None:
     def announce() -> None:
         for host, port in server.addresses:
             log.info("listening on http://%s:%d", host, port)
+        log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
 
     try:
         await wait_for_stop_signal(announce)

@@ -27,6 +27,10 @@ Invariants:
 * **Idle sessions end.**  ``routes[].websocket.idle_timeout`` (default 1h, not
   a 60-second read timeout that kills quiet WebSockets) is checked by one
   timer per session; the hot path only bumps a counter.
+* **Seen, not touched.**  After each write, the chunk is shown to that
+  direction's passive frame observer (wsframes.py), which only counts; its
+  first close frame, or else the first FIN or reset, decides ``closed_by``
+  and ``how``.
 * **One ending.**  ``finished`` resolves once both transports are gone; the
   aiohttp handler awaits it, then returns.
 """
@@ -37,12 +41,16 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from typing import Literal
 
 from wsproxy.aiohttp_adapter import ClientConnection
+from wsproxy.wsframes import ByteCounter, FrameObserver
 
 Side = Literal["client", "upstream", "proxy"]
-How = Literal["fin", "reset", "idle_timeout", "shutdown", "error"]
+#: How a session ended: the first close frame, FIN or reset of a side, or the
+#: proxy's own reason (``max_lifetime`` is reserved for the limits to come).
+How = Literal["close_frame", "fin", "reset", "idle_timeout", "drain", "max_lifetime", "error"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -73,13 +81,18 @@ class Tunnel:
         "_idle_timeout",
         "_loop",
         "_upstream_lost",
-        "activity",
+        "c2u",
         "client_eof",
         "client_side",
         "client_transport",
+        "close_code",
+        "close_reason",
         "closed_by",
+        "ended",
         "finished",
         "how",
+        "started",
+        "u2c",
         "upstream_eof",
         "upstream_side",
         "upstream_transport",
@@ -91,15 +104,27 @@ class Tunnel:
         *,
         buffer_limit: int,
         idle_timeout: float,
+        observe_frames: bool = True,
+        allowed_rsv: int = 0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.upstream_transport = upstream_transport
+        kind = FrameObserver if observe_frames else ByteCounter
+        #: client-to-upstream and upstream-to-client observers.
+        self.c2u = kind(client_side=True, allowed_rsv=allowed_rsv)
+        self.u2c = kind(client_side=False, allowed_rsv=allowed_rsv)
+        self.c2u.on_close = self._client_close_frame
+        self.u2c.on_close = self._upstream_close_frame
+        self.close_code: int | None = None
+        self.close_reason = ""
+        # time.monotonic, not loop.time(): uvloop's clock has millisecond steps,
+        # and early closes are often sub-millisecond.
+        self.started = self.ended = time.monotonic()
         self.client_transport: asyncio.Transport | None = None
         self._client: ClientConnection | None = None
         self.client_side = ClientSide(self)
         self.upstream_side = UpstreamSide(self)
         self.finished: asyncio.Future[None] = self._loop.create_future()
-        self.activity = 0
         self.client_eof = False
         self.upstream_eof = False
         self._client_lost = False
@@ -123,6 +148,7 @@ class Tunnel:
         upstream_lost: tuple[BaseException | None] | None = None,
     ) -> None:
         """Go live: forward what each side sent early, then let bytes flow."""
+        self.started = time.monotonic()
         self._client = client
         self.client_transport = client.transport
         client.transport.set_write_buffer_limits(
@@ -131,8 +157,10 @@ class Tunnel:
         self.upstream_transport.set_protocol(self.upstream_side)
         if client_tail:
             self.upstream_transport.write(client_tail)
+            self.c2u.feed(client_tail)
         if upstream_tail:
             client.transport.write(upstream_tail)
+            self.u2c.feed(upstream_tail)
         if upstream_eof:
             self.on_eof("upstream")
         if upstream_lost is not None:
@@ -180,6 +208,22 @@ class Tunnel:
         if self._client_lost and self._upstream_lost:
             self._finish()
 
+    def _client_close_frame(self) -> None:
+        self._close_frame("client", self.c2u)
+
+    def _upstream_close_frame(self) -> None:
+        self._close_frame("upstream", self.u2c)
+
+    def _close_frame(self, side: Side, observer: FrameObserver) -> None:
+        if self.close_code is None:
+            self.close_code = observer.close_code
+            self.close_reason = observer.close_reason
+        self._record_end(side, "close_frame")
+
+    @property
+    def activity(self) -> int:
+        return self.c2u.bytes + self.u2c.bytes
+
     def close(self, how: How, *, reset: bool = False) -> None:
         """End the session for the proxy's own reasons."""
         self._record_end("proxy", how)
@@ -206,6 +250,7 @@ class Tunnel:
                 transport.close()
 
     def _finish(self) -> None:
+        self.ended = time.monotonic()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -233,15 +278,16 @@ class Tunnel:
 class ClientSide(asyncio.Protocol):
     """Installed on the client transport: its bytes go to the upstream."""
 
-    __slots__ = ("_tunnel", "_upstream")
+    __slots__ = ("_observer", "_tunnel", "_upstream")
 
     def __init__(self, tunnel: Tunnel) -> None:
         self._tunnel = tunnel
         self._upstream = tunnel.upstream_transport
+        self._observer = tunnel.c2u
 
     def data_received(self, data: bytes) -> None:
-        self._tunnel.activity += 1
         self._upstream.write(data)
+        self._observer.feed(data)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("client")
@@ -261,15 +307,15 @@ class ClientSide(asyncio.Protocol):
 class UpstreamSide(asyncio.Protocol):
     """Installed on the upstream transport: its bytes go to the client."""
 
-    __slots__ = ("_tunnel",)
+    __slots__ = ("_observer", "_tunnel")
 
     def __init__(self, tunnel: Tunnel) -> None:
         self._tunnel = tunnel
+        self._observer = tunnel.u2c
 
     def data_received(self, data: bytes) -> None:
-        tunnel = self._tunnel
-        tunnel.activity += 1
-        tunnel.client_transport.write(data)  # type: ignore[union-attr]
+        self._tunnel.client_transport.write(data)  # type: ignore[union-attr]
+        self._observer.feed(data)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("upstream")

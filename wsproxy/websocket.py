@@ -16,7 +16,8 @@ Order of events for one session:
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -25,11 +26,27 @@ from aiohttp import web
 from wsproxy.aiohttp_adapter import ProxiedResponse, take_over
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, cut_response
-from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
+from wsproxy.headers import (
+    ClientInfo,
+    client_response_headers,
+    header_values,
+    upstream_request_headers,
+)
+from wsproxy.observe import Exchange, Observability
+from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstream import UpstreamHandshake, open_handshake
+from wsproxy.wsframes import allowed_rsv_bits
 
-log = logging.getLogger("wsproxy.websocket")
+
+@dataclass(frozen=True, slots=True)
+class TunnelSettings:
+    """The route's and the proxy's settings one session runs with."""
+
+    buffer_limit: int
+    idle_timeout: float
+    early_close_window: float
+    observe_frames: bool
 
 
 async def handle_websocket(
@@ -37,20 +54,16 @@ async def handle_websocket(
     upstream: Upstream,
     server: Address,
     client: ClientInfo,
-    *,
-    buffer_limit: int,
-    idle_timeout: float,
-    live: set[Tunnel],
+    exchange: Exchange,
+    settings: TunnelSettings,
+    observability: Observability,
 ) -> web.StreamResponse:
-    """Run one session to its end; raises UpstreamFailure before any answer.
-
-    The session is in ``live`` while it runs, so shutdown can reach it.
-    """
-    client_headers = list(request.headers.items())
+    """Run one session to its end; raises UpstreamFailure before any answer."""
     headers = upstream_request_headers(
-        client_headers,
+        list(request.headers.items()),
         client,
         default_host=str(server),
+        request_id=exchange.request_id,
         websocket_upgrade=request.headers.get("Upgrade", "websocket"),
     )
     handshake = await open_handshake(server, upstream.connect_timeout)
@@ -59,6 +72,7 @@ async def handle_websocket(
             handshake.send_request(request.method, request.raw_path, headers)
         except h11.LocalProtocolError as exc:
             handshake.close()
+            exchange.upgrade_result = "bad_handshake"
             return web.Response(status=400, text=f"request cannot be forwarded: {exc}\n")
         event = await handshake.next_event(upstream.read_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
@@ -66,12 +80,31 @@ async def handle_websocket(
     except BaseException:
         handshake.close()
         raise
+    observability.upstream_ok(upstream.name, str(server))
 
     if isinstance(event, h11.InformationalResponse):  # 101
-        return await _tunnel(request, handshake, event, buffer_limit, idle_timeout, live)
+        exchange.upgrade_result = "accepted"
+        exchange.websocket_session = True
+        info = SessionInfo(
+            route=exchange.route,
+            client=exchange.client,
+            server=str(server),
+            request_id=exchange.request_id,
+            path=exchange.path,
+            upstream_version="HTTP/1.1",  # what h11 wrote on the request line
+            upstream_connection=", ".join(header_values(headers, "connection")),
+            early_close_window=settings.early_close_window,
+        )
+        return await _tunnel(request, handshake, event, settings, info, observability)
     assert isinstance(event, h11.Response)
+    exchange.upgrade_result = "upstream_rejected"
+
+    def on_cut(failure: UpstreamFailure) -> None:
+        observability.upstream_failed(upstream.name, str(server), failure)
+        cut_response(request, failure, server)
+
     try:
-        return await _relay_refusal(request, handshake, event, upstream.read_timeout, server)
+        return await _relay_refusal(request, handshake, event, upstream.read_timeout, on_cut)
     finally:
         handshake.close()
 
@@ -80,14 +113,22 @@ async def _tunnel(
     request: web.BaseRequest,
     handshake: UpstreamHandshake,
     event: h11.InformationalResponse,
-    buffer_limit: int,
-    idle_timeout: float,
-    live: set[Tunnel],
+    settings: TunnelSettings,
+    info: SessionInfo,
+    observability: Observability,
 ) -> web.StreamResponse:
     assert handshake.transport is not None
-    tunnel = Tunnel(handshake.transport, buffer_limit=buffer_limit, idle_timeout=idle_timeout)
+    response_headers = _decode(event.headers)
+    extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
+    tunnel = Tunnel(
+        handshake.transport,
+        buffer_limit=settings.buffer_limit,
+        idle_timeout=settings.idle_timeout,
+        observe_frames=settings.observe_frames,
+        allowed_rsv=allowed_rsv_bits(extensions),
+    )
     response = ProxiedResponse(status=101, reason=event.reason.decode("latin-1") or None)
-    for name, value in client_response_headers(_decode(event.headers), switching_protocols=True):
+    for name, value in client_response_headers(response_headers, switching_protocols=True):
         response.headers.add(name, value)
     try:
         await response.prepare(request)
@@ -95,18 +136,18 @@ async def _tunnel(
     except BaseException:
         tunnel.close("error", reset=True)
         raise
-    tunnel.start(
-        connection,
-        client_tail=client_tail,
-        upstream_tail=handshake.trailing_data(),
-        upstream_eof=handshake.saw_eof(),
-        upstream_lost=(handshake.lost,) if handshake.is_lost else None,
-    )
-    live.add(tunnel)
+    observability.session_started(tunnel, info)
     try:
+        tunnel.start(
+            connection,
+            client_tail=client_tail,
+            upstream_tail=handshake.trailing_data(),
+            upstream_eof=handshake.saw_eof(),
+            upstream_lost=(handshake.lost,) if handshake.is_lost else None,
+        )
         await tunnel.finished
     finally:
-        live.discard(tunnel)
+        observability.session_ended(tunnel)
     return response
 
 
@@ -115,7 +156,7 @@ async def _relay_refusal(
     handshake: UpstreamHandshake,
     event: h11.Response,
     read_timeout: float,
-    server: Address,
+    on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
     """Give the client the upstream's own non-101 answer, body and all."""
     response = ProxiedResponse(status=event.status_code, reason=event.reason.decode("latin-1"))
@@ -130,7 +171,7 @@ async def _relay_refusal(
             elif isinstance(body_event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
     except UpstreamFailure as failure:
-        cut_response(request, failure, server)
+        on_cut(failure)
         return response
     await response.write_eof()
     return response

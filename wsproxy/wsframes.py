@@ -30,6 +30,7 @@ is built with the bits the handshake allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Final
 
@@ -104,6 +105,7 @@ class FrameObserver:
         "error",
         "frames",
         "messages",
+        "on_close",
     )
 
     def __init__(self, *, client_side: bool, allowed_rsv: int = 0) -> None:
@@ -121,6 +123,8 @@ class FrameObserver:
         self.close_code: int | None = None
         self.close_reason = ""
         self.error: str | None = None
+        #: Called once, when this direction's first close frame is complete.
+        self.on_close: Callable[[], None] | None = None
 
     @property
     def in_frame(self) -> bool:
@@ -242,17 +246,32 @@ class FrameObserver:
         if self._close_mask:
             mask = self._close_mask
             payload = bytes(byte ^ mask[i & 3] for i, byte in enumerate(payload))
-        if not payload:
-            self.close_code = NO_STATUS_CODE
-            return
         if len(payload) == 1:
             self.error = "close frame with a 1-byte payload"
             return
-        self.close_code = int.from_bytes(payload[:2], "big")
-        self.close_reason = payload[2:].decode("utf-8", errors="replace")
+        if payload:
+            self.close_code = int.from_bytes(payload[:2], "big")
+            self.close_reason = payload[2:].decode("utf-8", errors="replace")
+        else:
+            self.close_code = NO_STATUS_CODE
+        if self.on_close is not None:
+            self.on_close()
 
     def _fail(self, reason: str) -> int:
         self.error = reason
         self._skip = 0
         self._head = b""
         return -1
+
+
+class ByteCounter(FrameObserver):
+    """The observer switched off (``proxy.observe_frames: false``): bytes only.
+
+    Frames, messages and close codes stay at zero / unknown, so sessions end
+    with code 1006 and ``closed_by`` from FIN or reset alone.
+    """
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        self.bytes += len(data)

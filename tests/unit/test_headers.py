@@ -11,6 +11,7 @@ import pytest
 from wsproxy.headers import (
     ClientInfo,
     check_websocket_handshake,
+    choose_request_id,
     client_response_headers,
     connection_options,
     strip_hop_by_hop,
@@ -124,7 +125,7 @@ def test_handshake_with_body_is_rejected() -> None:
 def test_upgrade_request_gets_exactly_upgrade_and_connection_upgrade() -> None:
     incoming = [*HANDSHAKE, ("Connection", "keep-alive"), ("Keep-Alive", "300")]
     out = upstream_request_headers(
-        incoming, CLIENT, default_host="10.0.0.1:80", websocket_upgrade="websocket"
+        incoming, CLIENT, default_host="10.0.0.1:80", request_id="r1", websocket_upgrade="websocket"
     )
     assert [v for n, v in out if n.lower() == "connection"] == ["upgrade"]
     assert [v for n, v in out if n.lower() == "upgrade"] == ["websocket"]
@@ -135,7 +136,10 @@ def test_upgrade_request_gets_exactly_upgrade_and_connection_upgrade() -> None:
 
 def test_plain_request_has_no_connection_header_and_host_is_filled_in() -> None:
     out = upstream_request_headers(
-        [("Connection", "keep-alive"), ("Accept", "*/*")], CLIENT, default_host="10.0.0.1:80"
+        [("Connection", "keep-alive"), ("Accept", "*/*")],
+        CLIENT,
+        default_host="10.0.0.1:80",
+        request_id="r1",
     )
     assert "connection" not in names(out)
     assert out[0] == ("Host", "10.0.0.1:80")
@@ -144,7 +148,7 @@ def test_plain_request_has_no_connection_header_and_host_is_filled_in() -> None:
 
 def test_expect_is_not_forwarded() -> None:
     out = upstream_request_headers(
-        [("Host", "h"), ("Expect", "100-continue")], CLIENT, default_host="x"
+        [("Host", "h"), ("Expect", "100-continue")], CLIENT, default_host="x", request_id="r1"
     )
     assert "expect" not in names(out)
 
@@ -156,7 +160,7 @@ def test_untrusted_client_cannot_forge_forwarded_headers() -> None:
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "evil.test"),
     ]
-    out = dict(upstream_request_headers(incoming, CLIENT, default_host="x"))
+    out = dict(upstream_request_headers(incoming, CLIENT, default_host="x", request_id="r1"))
     assert out["X-Forwarded-For"] == "192.0.2.7"
     assert out["X-Forwarded-Proto"] == "http"
     assert out["X-Forwarded-Host"] == "public.test"
@@ -174,7 +178,7 @@ def test_trusted_proxy_extends_the_chain() -> None:
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "public.test"),
     ]
-    out = dict(upstream_request_headers(incoming, trusted, default_host="x"))
+    out = dict(upstream_request_headers(incoming, trusted, default_host="x", request_id="r1"))
     assert out["X-Forwarded-For"] == "203.0.113.5, 10.1.2.3"
     assert out["X-Forwarded-Proto"] == "https"
     assert out["X-Forwarded-Host"] == "public.test"
@@ -207,3 +211,32 @@ def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ([("X-Request-ID", "abc-123")], "abc-123"),
+        ([("x-request-id", " 7f3e:9a/b+c= ")], "7f3e:9a/b+c="),
+        ([], "fresh"),
+        ([("X-Request-ID", "")], "fresh"),
+        ([("X-Request-ID", "has space")], "fresh"),
+        ([("X-Request-ID", 'quote"d')], "fresh"),
+        ([("X-Request-ID", "a" * 129)], "fresh"),
+        ([("X-Request-ID", "a"), ("X-Request-ID", "b")], "fresh"),
+    ],
+)
+def test_client_request_id_is_kept_only_when_well_formed(
+    sent: list[tuple[str, str]], expected: str
+) -> None:
+    assert choose_request_id(sent, "fresh") == expected
+
+
+def test_upstream_gets_exactly_one_request_id() -> None:
+    out = upstream_request_headers(
+        [("Host", "h"), ("X-Request-ID", "from-client"), ("x-request-id", "dup")],
+        CLIENT,
+        default_host="x",
+        request_id="chosen",
+    )
+    assert [v for n, v in out if n.lower() == "x-request-id"] == ["chosen"]

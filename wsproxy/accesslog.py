@@ -1,0 +1,58 @@
+"""Access log lines on stdout: one per HTTP request, one per WebSocket session.
+
+``access_log.format``: ``json`` (default; one JSON object per line, for log
+shippers), ``text`` (``key=value`` pairs for people), or ``off``.  Lines are
+flushed one by one, so a container's log follows requests as they end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from wsproxy.config import AccessLogSettings
+
+
+def timestamp(now: float) -> str:
+    """RFC 3339 UTC with milliseconds."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    return f"{seconds}.{int(now * 1000) % 1000:03d}Z"
+
+
+def format_json(fields: dict[str, object]) -> str:
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def format_text(fields: dict[str, object]) -> str:
+    parts = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not text or any(c.isspace() or c in '"=' for c in text):
+            text = json.dumps(text, ensure_ascii=False)
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+class AccessLog:
+    __slots__ = ("_format", "_stream")
+
+    def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
+        self._format = settings.format
+        self._stream = stream
+
+    @property
+    def enabled(self) -> bool:
+        return self._format != "off"
+
+    def write(self, fields: dict[str, object]) -> None:
+        if self._format == "off":
+            return
+        entry: dict[str, object] = {"ts": timestamp(time.time()), **fields}
+        line = format_json(entry) if self._format == "json" else format_text(entry)
+        stream = self._stream or sys.stdout
+        stream.write(line + "\n")
+        stream.flush()

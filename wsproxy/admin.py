@@ -1,0 +1,47 @@
+"""The admin listener: metrics and health, on its own address, away from traffic.
+
+``/healthz`` answers 200 while the process runs (liveness: restart me if
+not).  ``/readyz`` answers 503 while draining or when every server of every
+upstream failed its last attempt, so a load balancer stops sending traffic
+that could only get 502s (readiness).  ``/metrics`` is the Prometheus text
+format; ``/status.json`` is what the status page will show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from wsproxy.observe import Observability
+
+
+def admin_app(observability: Observability, draining: Callable[[], bool]) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(observability.metrics.registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if draining():
+            return web.Response(status=503, text="draining\n")
+        if observability.all_servers_down():
+            return web.Response(status=503, text="every upstream server is down\n")
+        return web.Response(text="ready\n")
+
+    async def status(request: web.Request) -> web.Response:
+        now = time.monotonic()
+        return web.json_response(observability.status(now, draining()))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status.json", status)
+    return app

@@ -1,0 +1,207 @@
+"""Prometheus metrics: the names and labels of PRODUCT.md, in one place.
+
+Label values come only from the configuration (route, upstream and server
+names) and from fixed sets (methods, results, ``closed_by``, close codes,
+opcodes, directions), so cardinality stays bounded whatever clients send.
+
+The tunnel's hot path makes no prometheus-client call: each direction's frame
+observer counts in plain integers.  :class:`SessionCollector` publishes at
+scrape time the totals folded in when sessions ended plus the live counts of
+open sessions, so a scrape is exact for long-lived WebSockets too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from wsproxy.config import Config
+from wsproxy.sessions import SessionInfo, SessionReport
+from wsproxy.tunnel import Tunnel
+from wsproxy.wsframes import OPCODE_NAMES, FrameObserver
+
+DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+UPGRADE_RESULTS = ("accepted", "upstream_rejected", "upstream_unavailable", "bad_handshake")
+
+#: HTTP latency: sub-millisecond to a minute.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: WebSocket lifetimes: a failed session lasts milliseconds, a healthy one hours.
+SESSION_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+class SessionCollector(Collector):
+    """Active sessions, frames, messages and bytes: folded totals plus live counts."""
+
+    def __init__(self, routes: Iterable[str], live: Mapping[Tunnel, SessionInfo]) -> None:
+        self._routes = tuple(routes)
+        self._live = live  # open session -> what it is
+        self._frames: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def fold(self, route: str, session: Tunnel) -> None:
+        """Add an ended session's counts to the totals (then drop it from live)."""
+        for direction, observer in zip(DIRECTIONS, (session.c2u, session.u2c), strict=True):
+            self._add(route, direction, observer, self._frames, self._messages, self._bytes)
+
+    @staticmethod
+    def _add(
+        route: str,
+        direction: str,
+        observer: FrameObserver,
+        frames: defaultdict[tuple[str, str, str], int],
+        messages: defaultdict[tuple[str, str], int],
+        byte_counts: defaultdict[tuple[str, str], int],
+    ) -> None:
+        for opcode, count in enumerate(observer.frames):
+            if count:
+                frames[(route, direction, OPCODE_NAMES[opcode])] += count
+        messages[(route, direction)] += observer.messages
+        byte_counts[(route, direction)] += observer.bytes
+
+    def collect(self) -> Iterator[Metric]:
+        frames = defaultdict(int, self._frames)
+        messages = defaultdict(int, self._messages)
+        byte_counts = defaultdict(int, self._bytes)
+        active: dict[str, int] = dict.fromkeys(self._routes, 0)
+        for session, info in list(self._live.items()):
+            route = info.route
+            active[route] = active.get(route, 0) + 1
+            for direction, observer in zip(DIRECTIONS, (session.c2u, session.u2c), strict=True):
+                self._add(route, direction, observer, frames, messages, byte_counts)
+
+        gauge = GaugeMetricFamily(
+            "wsproxy_websocket_active_connections",
+            "WebSocket sessions open now.",
+            labels=["route"],
+        )
+        for route, count in active.items():
+            gauge.add_metric([route], count)
+        yield gauge
+
+        frame_family = CounterMetricFamily(
+            "wsproxy_websocket_frames",
+            "WebSocket frames seen by the passive observer.",
+            labels=["route", "direction", "opcode"],
+        )
+        for frame_labels, count in sorted(frames.items()):
+            frame_family.add_metric(list(frame_labels), count)
+        yield frame_family
+
+        message_family = CounterMetricFamily(
+            "wsproxy_websocket_messages",
+            "Complete WebSocket messages (final data frames).",
+            labels=["route", "direction"],
+        )
+        for message_labels, count in sorted(messages.items()):
+            message_family.add_metric(list(message_labels), count)
+        yield message_family
+
+        bytes_family = CounterMetricFamily(
+            "wsproxy_websocket_bytes",
+            "Bytes relayed through WebSocket tunnels (frames and payloads).",
+            labels=["route", "direction"],
+        )
+        for byte_labels, count in sorted(byte_counts.items()):
+            bytes_family.add_metric(list(byte_labels), count)
+        yield bytes_family
+
+
+#: ``*_created`` series double the exposition for no use on a proxy's counters.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """Every wsproxy metric, on a registry of its own (one per server)."""
+
+    def __init__(self, config: Config, live: Mapping[Tunnel, SessionInfo]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "wsproxy_http_requests",
+            "HTTP requests answered, including WebSocket handshakes.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "wsproxy_http_request_duration_seconds",
+            "Time to answer a plain HTTP request (WebSocket sessions excluded).",
+            ["route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "wsproxy_upstream_errors",
+            "Failures to reach or understand an upstream server.",
+            ["upstream", "server", "kind"],
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "wsproxy_upstream_server_up",
+            "1 when the last attempt to reach the server worked, 0 when it failed.",
+            ["upstream", "server"],
+            registry=r,
+        )
+        self.upgrades = Counter(
+            "wsproxy_websocket_upgrades",
+            "WebSocket handshakes by outcome.",
+            ["route", "result"],
+            registry=r,
+        )
+        self.session_duration = Histogram(
+            "wsproxy_websocket_connection_duration_seconds",
+            "WebSocket session lifetime from 101 to the end.",
+            ["route"],
+            buckets=SESSION_BUCKETS,
+            registry=r,
+        )
+        self.closes = Counter(
+            "wsproxy_websocket_closes",
+            "Ended WebSocket sessions by who closed first and the close code.",
+            ["route", "closed_by", "code"],
+            registry=r,
+        )
+        self.early_closes = Counter(
+            "wsproxy_websocket_early_closes",
+            "WebSocket sessions that ended within the route's early_close_window.",
+            ["route", "closed_by", "code"],
+            registry=r,
+        )
+        self.protocol_errors = Counter(
+            "wsproxy_websocket_protocol_errors",
+            "Sessions in which a direction broke RFC 6455 framing (observation stopped).",
+            ["route", "direction"],
+            registry=r,
+        )
+        self.sessions = SessionCollector((route.name for route in config.routes), live)
+        r.register(self.sessions)
+        # Series that exist from the start, so rate() and absent() work at once.
+        for route in config.routes:
+            for result in UPGRADE_RESULTS:
+                self.upgrades.labels(route.name, result)
+        for upstream in config.upstreams.values():
+            for server in upstream.servers:
+                self.upstream_up.labels(upstream.name, str(server)).set(1)
+
+    def session_ended(self, report: SessionReport, session: Tunnel) -> None:
+        route = report.info.route
+        self.sessions.fold(route, session)
+        self.session_duration.labels(route).observe(report.duration)
+        self.closes.labels(route, report.closed_by, report.code).inc()
+        if report.early:
+            self.early_closes.labels(route, report.closed_by, report.code).inc()
+        for direction, stats in zip(
+            DIRECTIONS, (report.client_to_upstream, report.upstream_to_client), strict=True
+        ):
+            if stats.error is not None:
+                self.protocol_errors.labels(route, direction).inc()

@@ -1,0 +1,198 @@
+"""Where the proxy reports what happened: metrics, access log, warnings, status.
+
+One ``Observability`` per server.  The request paths call it at a few points
+(a request answered, an upstream attempt's outcome, a session started and
+ended); it fans out to Prometheus metrics, the access log, the early-close
+warning and the data the status endpoint shows.  Nothing here runs per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from wsproxy.accesslog import AccessLog, format_text, timestamp
+from wsproxy.config import Config
+from wsproxy.errors import UpstreamFailure
+from wsproxy.metrics import Metrics
+from wsproxy.sessions import (
+    DirectionStats,
+    SessionInfo,
+    SessionReport,
+    diagnosis,
+    method_label,
+)
+from wsproxy.tunnel import Tunnel
+from wsproxy.wsframes import FrameObserver
+
+log = logging.getLogger("wsproxy.early_close")
+upstream_log = logging.getLogger("wsproxy.upstream")
+
+#: Early closes the status endpoint remembers.
+RECENT_EARLY_CLOSES = 50
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request/response turned out to be, filled in as it goes."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str
+    version: str
+    started: float
+    route: str = "none"
+    upstream: str | None = None
+    server: str | None = None
+    websocket_session: bool = False  # a 101 was relayed: the session logs itself
+    upgrade_result: str | None = None  # set for WebSocket handshake attempts
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _stats(observer: FrameObserver) -> DirectionStats:
+    return DirectionStats(
+        bytes=observer.bytes,
+        frames=observer.frame_count,
+        messages=observer.messages,
+        error=observer.error,
+    )
+
+
+def build_report(info: SessionInfo, tunnel: Tunnel) -> SessionReport:
+    return SessionReport(
+        info=info,
+        duration=max(0.0, tunnel.ended - tunnel.started),
+        closed_by=tunnel.closed_by or "proxy",
+        how=tunnel.how or "error",
+        close_code=tunnel.close_code,
+        close_reason=tunnel.close_reason,
+        client_to_upstream=_stats(tunnel.c2u),
+        upstream_to_client=_stats(tunnel.u2c),
+    )
+
+
+def early_close_message(report: SessionReport) -> str:
+    """The single WARNING line logged for an early close: diagnosis, then facts."""
+    details = {
+        name: value
+        for name, value in report.fields().items()
+        if name not in ("type", "status", "early")
+    }
+    return (
+        f"early close on route {report.info.route!r}: {diagnosis(report)}; {format_text(details)}"
+    )
+
+
+class Observability:
+    def __init__(self, config: Config, stream: TextIO | None = None) -> None:
+        self.live: dict[Tunnel, SessionInfo] = {}
+        self.metrics = Metrics(config, self.live)
+        self.access_log = AccessLog(config.access_log, stream)
+        self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
+            maxlen=RECENT_EARLY_CLOSES
+        )
+        self.server_up: dict[tuple[str, str], bool] = {
+            (upstream.name, str(server)): True
+            for upstream in config.upstreams.values()
+            for server in upstream.servers
+        }
+
+    # --- upstream health, passively: the last attempt decides ---------------
+
+    def upstream_ok(self, upstream: str, server: str) -> None:
+        if not self.server_up.get((upstream, server), True):
+            upstream_log.info("upstream %s server %s answers again", upstream, server)
+        self.server_up[(upstream, server)] = True
+        self.metrics.upstream_up.labels(upstream, server).set(1)
+
+    def upstream_failed(self, upstream: str, server: str, failure: UpstreamFailure) -> None:
+        self.server_up[(upstream, server)] = False
+        self.metrics.upstream_up.labels(upstream, server).set(0)
+        self.metrics.upstream_errors.labels(upstream, server, failure.kind).inc()
+
+    def all_servers_down(self) -> bool:
+        return bool(self.server_up) and not any(self.server_up.values())
+
+    # --- requests ----------------------------------------------------------
+
+    def request_done(self, exchange: Exchange, status: int, now: float, **fields: object) -> None:
+        metrics = self.metrics
+        metrics.http_requests.labels(
+            exchange.route, method_label(exchange.method), str(status)
+        ).inc()
+        if exchange.upgrade_result is not None:
+            metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
+        if exchange.websocket_session:
+            return  # the session has its own duration histogram and log line
+        duration = now - exchange.started
+        metrics.http_duration.labels(exchange.route).observe(duration)
+        if self.access_log.enabled:
+            self.access_log.write(
+                {
+                    "type": "http",
+                    "request_id": exchange.request_id,
+                    "route": exchange.route,
+                    "client": exchange.client,
+                    "upstream": exchange.server,
+                    "method": exchange.method,
+                    "path": exchange.path,
+                    "version": exchange.version,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
+                    **fields,
+                    **exchange.extra,
+                }
+            )
+
+    # --- WebSocket sessions ------------------------------------------------
+
+    def session_started(self, tunnel: Tunnel, info: SessionInfo) -> None:
+        self.live[tunnel] = info
+
+    def session_ended(self, tunnel: Tunnel) -> SessionReport | None:
+        info = self.live.pop(tunnel, None)
+        if info is None:
+            return None
+        report = build_report(info, tunnel)
+        self.metrics.session_ended(report, tunnel)
+        if report.early:
+            self.recent_early_closes.append((time.time(), report))
+            log.warning(early_close_message(report))
+        self.access_log.write(report.fields())
+        return report
+
+    # --- the status endpoint ----------------------------------------------
+
+    def status(self, now: float, draining: bool) -> dict[str, object]:
+        sessions = [
+            {
+                "request_id": info.request_id,
+                "route": info.route,
+                "client": info.client,
+                "upstream": info.server,
+                "path": info.path,
+                "age_seconds": round(now - tunnel.started, 3),
+                "bytes_client_to_upstream": tunnel.c2u.bytes,
+                "bytes_upstream_to_client": tunnel.u2c.bytes,
+                "messages_client_to_upstream": tunnel.c2u.messages,
+                "messages_upstream_to_client": tunnel.u2c.messages,
+            }
+            for tunnel, info in list(self.live.items())
+        ]
+        early = [
+            {"at": timestamp(at), **report.fields()}
+            for at, report in reversed(self.recent_early_closes)
+        ]
+        upstreams: dict[str, dict[str, str]] = {}
+        for (upstream, server), up in self.server_up.items():
+            upstreams.setdefault(upstream, {})[server] = "up" if up else "down"
+        return {
+            "draining": draining,
+            "active_sessions": sessions,
+            "recent_early_closes": early,
+            "upstreams": upstreams,
+        }
