@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from wsproxy.config import (
     DEFAULT_ADMIN,
     DEFAULT_LISTEN,
+    AccessLogSettings,
     Address,
     Config,
     ConfigError,
@@ -1226,3 +1227,28 @@ def test_config_and_units_import_neither_asyncio_nor_aiohttp() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_access_log_and_observer_defaults() -> None:
+    config = parse(MINIMAL)
+    assert config.access_log == AccessLogSettings(format="json", redact_query=True)
+    assert config.proxy.observe_frames is True
+
+
+def test_access_log_and_observer_settings() -> None:
+    config = parse(
+        MINIMAL
+        + "access_log:\n  format: text\n  redact_query: false\n"
+        + "proxy:\n  observe_frames: false\n"
+    )
+    assert config.access_log == AccessLogSettings(format="text", redact_query=False)
+    assert config.proxy.observe_frames is False
+
+
+def test_access_log_errors() -> None:
+    found = errors(MINIMAL + "access_log:\n  format: xml\n  redact_query: 1\n  colour: no\n")
+    assert len(found) == 3
+    assert "access_log.format: " in found[0]
+    assert "'xml'" in found[0]
+    assert "access_log.redact_query: " in found[1]
+    assert "access_log.colour: unknown key" in found[2]

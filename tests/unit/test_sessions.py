@@ -1,0 +1,156 @@
+"""Pure session reporting: label values, redaction, wording, log formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import pytest
+
+from wsproxy.accesslog import AccessLog, format_text, timestamp
+from wsproxy.config import AccessLogSettings
+from wsproxy.sessions import (
+    DirectionStats,
+    SessionInfo,
+    SessionReport,
+    close_code_label,
+    diagnosis,
+    method_label,
+    redact_query,
+)
+
+INFO = SessionInfo(
+    route="chat",
+    client="192.0.2.1:5000",
+    server="127.0.0.1:1215",
+    request_id="r1",
+    path="/ws",
+    upstream_version="HTTP/1.1",
+    upstream_connection="upgrade",
+    early_close_window=10.0,
+)
+QUIET = DirectionStats(bytes=0, frames=0, messages=0)
+
+
+def report(**changes: object) -> SessionReport:
+    values: dict[str, object] = {
+        "info": INFO,
+        "duration": 0.0005,
+        "closed_by": "upstream",
+        "how": "fin",
+        "close_code": None,
+        "close_reason": "",
+        "client_to_upstream": QUIET,
+        "upstream_to_client": QUIET,
+    }
+    values.update(changes)
+    return SessionReport(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [
+        (None, "1006"),
+        (1000, "1000"),
+        (1005, "1005"),
+        (4001, "4001"),
+        (1006, "invalid"),  # reserved: must never be sent in a frame
+        (999, "invalid"),
+        (5000, "invalid"),
+        (2000, "invalid"),
+    ],
+)
+def test_close_code_labels_are_bounded(code: int | None, label: str) -> None:
+    assert close_code_label(code) == label
+
+
+@pytest.mark.parametrize(
+    ("method", "label"), [("GET", "GET"), ("PATCH", "PATCH"), ("PURGE", "other"), ("get", "other")]
+)
+def test_method_labels_are_bounded(method: str, label: str) -> None:
+    assert method_label(method) == label
+
+
+@pytest.mark.parametrize(
+    ("path", "redacted"),
+    [
+        ("/ws", "/ws"),
+        ("/ws?token=secret", "/ws?token=redacted"),
+        ("/ws?a=1&b=2&a=3", "/ws?a=redacted&b=redacted&a=redacted"),
+        ("/ws?flag", "/ws?flag=redacted"),
+        ("/ws?", "/ws?redacted"),
+        ("/ws?we%20ird=x", "/ws?we%20ird=redacted"),
+    ],
+)
+def test_query_values_are_redacted_names_kept(path: str, redacted: str) -> None:
+    assert redact_query(path) == redacted
+
+
+def test_early_is_relative_to_the_route_window() -> None:
+    assert report(duration=9.99).early
+    assert not report(duration=10.0).early
+
+
+def test_report_fields_carry_every_log_field() -> None:
+    fields = report(
+        closed_by="client",
+        how="close_frame",
+        close_code=4001,
+        close_reason="bye",
+        client_to_upstream=DirectionStats(bytes=20, frames=2, messages=1),
+        upstream_to_client=DirectionStats(bytes=9, frames=1, messages=0, error="masked"),
+    ).fields()
+    assert fields["code"] == "4001"
+    assert fields["close_frame"] is True
+    assert fields["closed_by"] == "client"
+    assert fields["bytes_client_to_upstream"] == 20
+    assert fields["frames_upstream_to_client"] == 1
+    assert fields["protocol_error_upstream_to_client"] == "masked"
+    assert fields["upstream_request"] == "HTTP/1.1 Connection: upgrade"
+    assert fields["duration_ms"] == 0.5
+
+
+def test_diagnosis_of_an_upstream_drop_names_what_the_upstream_received() -> None:
+    text = diagnosis(report())
+    assert "without a close frame" in text
+    assert "HTTP/1.1" in text
+    assert "not the HTTP/1.0 keep-alive rule" in text
+
+
+def test_diagnosis_of_an_http10_upstream_request_points_at_keep_alive() -> None:
+    info = dataclasses.replace(INFO, upstream_version="HTTP/1.0")
+    assert "HTTP/1.0 keep-alive rules" in diagnosis(report(info=info))
+
+
+def test_diagnosis_of_an_upstream_close_frame_quotes_the_reason() -> None:
+    text = diagnosis(report(close_code=4003, close_reason="forbidden", how="close_frame"))
+    assert "4003" in text
+    assert "forbidden" in text
+
+
+def test_text_format_quotes_only_what_needs_it() -> None:
+    line = format_text({"a": "plain", "b": "two words", "c": "", "d": True, "e": None, "f": 3})
+    assert line == 'a=plain b="two words" c="" d=true f=3'
+
+
+def test_timestamp_is_rfc3339_utc_with_milliseconds() -> None:
+    assert timestamp(0.25) == "1970-01-01T00:00:00.250Z"
+
+
+@pytest.mark.parametrize("log_format", ["json", "text", "off"])
+def test_access_log_formats(log_format: str) -> None:
+    stream = io.StringIO()
+    AccessLog(AccessLogSettings(format=log_format), stream).write(  # type: ignore[arg-type]
+        {"type": "http", "status": 200, "path": "/x y"}
+    )
+    out = stream.getvalue()
+    if log_format == "off":
+        assert out == ""
+    elif log_format == "json":
+        entry = json.loads(out)
+        assert entry["status"] == 200
+        assert entry["path"] == "/x y"
+        assert "ts" in entry
+    else:
+        assert out.endswith('type=http status=200 path="/x y"\n')
