@@ -13,16 +13,20 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from wsproxy.observe import Observability
+
+#: Pinned, not CONTENT_TYPE_LATEST: newer prometheus-client releases announce
+#: 1.0.0, which older scrapers reject; the body is the 0.0.4 text format.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def admin_app(observability: Observability, draining: Callable[[], bool]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(observability.metrics.registry)
         response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 
     async def healthz(request: web.Request) -> web.Response:

@@ -1045,16 +1045,21 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
     return ProxySettings(http10, trusted, tunnel_buffer, max_header, observe)
 
 
-_ACCESS_LOG_FORMAT: _Parser[AccessLogFormat] = _choice(
-    {"json": "json", "text": "text", "off": "off"}
-)
+_FORMAT_CHOICE: _Parser[AccessLogFormat] = _choice({"json": "json", "text": "text", "off": "off"})
+
+
+def _access_log_format(ctx: _Ctx, node: Node, path: str) -> AccessLogFormat | None:
+    # YAML 1.1 reads a bare `off` as the boolean false; it means "off" here.
+    if isinstance(node, ScalarNode) and node.tag == _BOOL and node.value.lower() in ("off", "no"):
+        return "off"
+    return _FORMAT_CHOICE(ctx, node, path)
 
 
 def _access_log(ctx: _Ctx, node: Node, path: str) -> AccessLogSettings | None:
     d = _ACCESS_LOG_DEFAULTS
     m = _Map(ctx, node, path)
     # The annotation keeps mypy from widening the Literal to str.
-    log_format: AccessLogFormat | None = m.get("format", _ACCESS_LOG_FORMAT, d.format)
+    log_format: AccessLogFormat | None = m.get("format", _access_log_format, d.format)
     redact = m.get("redact_query", _boolean, d.redact_query)
     m.finish()
     if log_format is None or redact is None or not m.ok:

@@ -48,7 +48,7 @@ class Exchange:
     route: str = "none"
     upstream: str | None = None
     server: str | None = None
-    websocket_session: bool = False  # a 101 was relayed: the session logs itself
+    websocket_session: bool = False  # a 101 was relayed: counted and logged as a session
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -120,14 +120,14 @@ class Observability:
     # --- requests ----------------------------------------------------------
 
     def request_done(self, exchange: Exchange, status: int, now: float, **fields: object) -> None:
+        if exchange.websocket_session:
+            return  # counted when its 101 was relayed; the session logs itself
         metrics = self.metrics
         metrics.http_requests.labels(
             exchange.route, method_label(exchange.method), str(status)
         ).inc()
         if exchange.upgrade_result is not None:
             metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
-        if exchange.websocket_session:
-            return  # the session has its own duration histogram and log line
         duration = now - exchange.started
         metrics.http_duration.labels(exchange.route).observe(duration)
         if self.access_log.enabled:
@@ -150,8 +150,11 @@ class Observability:
 
     # --- WebSocket sessions ------------------------------------------------
 
-    def session_started(self, tunnel: Tunnel, info: SessionInfo) -> None:
+    def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
+        """A 101 was relayed: count the handshake now, not when the session ends."""
         self.live[tunnel] = info
+        self.metrics.http_requests.labels(info.route, method_label(method), "101").inc()
+        self.metrics.upgrades.labels(info.route, "accepted").inc()
 
     def session_ended(self, tunnel: Tunnel) -> SessionReport | None:
         info = self.live.pop(tunnel, None)

@@ -136,7 +136,7 @@ async def _tunnel(
     except BaseException:
         tunnel.close("error", reset=True)
         raise
-    observability.session_started(tunnel, info)
+    observability.session_started(tunnel, info, request.method)
     try:
         tunnel.start(
             connection,

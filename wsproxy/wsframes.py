@@ -196,6 +196,8 @@ class FrameObserver:
                 return self._fail("64-bit payload length with the most significant bit set")
         opcode = first & 0x0F
         fin = first & 0x80
+        # Counted before it is judged: a malformed frame is still a frame seen.
+        self.frames[opcode] += 1
         if first & 0x70 & ~self._allowed_rsv:
             return self._fail("reserved bits set without a negotiated extension")
         if mask_bit != self._want_mask:
@@ -214,7 +216,6 @@ class FrameObserver:
             return self._fail(f"reserved data opcode {opcode:#x}")
         elif self._fragmented:
             return self._fail("new data frame inside a fragmented message")
-        self.frames[opcode] += 1
         if opcode < 0x8:
             self._fragmented = not fin
             if fin:

@@ -1252,3 +1252,9 @@ def test_access_log_errors() -> None:
     assert "'xml'" in found[0]
     assert "access_log.redact_query: " in found[1]
     assert "access_log.colour: unknown key" in found[2]
+
+
+@pytest.mark.parametrize("value", ["off", '"off"', "Off"])
+def test_access_log_off_may_be_written_bare(value: str) -> None:
+    """YAML 1.1 reads a bare `off` as false; for this key it means "off"."""
+    assert parse(MINIMAL + f"access_log:\n  format: {value}\n").access_log.format == "off"

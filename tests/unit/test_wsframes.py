@@ -233,3 +233,10 @@ def test_opcode_names_cover_all_sixteen_values() -> None:
 )
 def test_close_code_validity_follows_rfc_6455(code: int, valid: bool) -> None:
     assert close_code_is_valid(code) is valid
+
+
+def test_a_malformed_frame_is_counted_under_its_opcode() -> None:
+    observer = observe([encode_frame(0x3, b"x") + encode_frame(0x1, b"after")], True)
+    assert observer.frames[0x3] == 1
+    assert OPCODE_NAMES[0x3] == "reserved"
+    assert observer.frames[0x1] == 0  # observation stopped at the error
