@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test lint clean bench-observer
+.PHONY: demo test lint clean bench bench-quick bench-observer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(STAMP_RUN)
 
+$(STAMP_BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@ $(STAMP_RUN)
+
 demo: $(STAMP_RUN)
 	$(BIN)/wsproxy demo
 
@@ -30,6 +35,18 @@ lint: $(STAMP_DEV)
 
 test: lint
 	$(BIN)/pytest -q
+
+# Side by side with nginx, HAProxy, Caddy and a direct connection (about 10
+# minutes); then docs/performance.md's table and chart are regenerated.
+bench: $(STAMP_BENCH)
+	bench/install.sh
+	cd bench && ../$(BIN)/python run.py
+	$(BIN)/python bench/report.py
+
+# The same harness for a few seconds: checks that every part starts and runs.
+bench-quick: $(STAMP_BENCH)
+	bench/install.sh
+	cd bench && ../$(BIN)/python run.py --quick --out /tmp/wsproxy-bench-quick
 
 # Tunnel throughput and proxy CPU per message, frame observer on versus off.
 bench-observer: $(STAMP_RUN)

@@ -1,0 +1,143 @@
+"""Turn a bench/run.py result into docs/performance.md's table and chart.
+
+    .venv/bin/python bench/report.py [bench/results/bench-....json]
+
+Without an argument, the newest result is used. The table replaces what
+stands between the ``results:start`` and ``results:end`` markers of
+docs/performance.md; the chart is docs/performance.png.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DOC = ROOT / "docs" / "performance.md"
+CHART = ROOT / "docs" / "performance.png"
+TARGETS = ("direct", "nginx", "haproxy", "caddy", "wsproxy")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+TITLES = {
+    "pingpong_1": "64 B ping-pong, 1 connection",
+    "pingpong_50": "64 B ping-pong, 50 connections",
+    "stream_1mib_4": "1 MiB messages streamed, 4 connections",
+    "http_get": "plain HTTP GET, keep-alive, 50 connections (wrk)",
+}
+UNITS = {"msgs_per_s": "msgs/s", "mb_per_s": "MB/s", "requests_per_s": "req/s"}
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"Run of {result['when']}, {result['rounds']} interleaved rounds, medians; "
+        f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}.",
+        "",
+    ]
+    for workload, summary in result["summary"].items():
+        metric = summary["metric"]
+        title = TITLES.get(workload, workload)
+        lines.append(f"**{title}** ({UNITS[metric]})")
+        if summary["generator_bound"]:
+            lines.append("")
+            lines.append(
+                "_Direct is not clearly faster than every proxy here: this workload is "
+                "limited by the load generator or the backend, not only by the proxies._"
+            )
+        lines.append("")
+        extra = " | p50 µs | p99 µs" if workload == "pingpong_1" else ""
+        cpu = "CPU s / 100k msgs" if metric != "mb_per_s" else "CPU s / GB"
+        lines.append(
+            f"| target | {UNITS[metric]} | × nginx | × best of three | × direct | {cpu}{extra} |"
+        )
+        lines.append("|---" * (6 + (2 if extra else 0)) + "|")
+        for name in TARGETS:
+            row = summary["targets"][name]
+            cost = row.get("cpu_s_per_gb" if metric == "mb_per_s" else "cpu_s_per_100k_msgs")
+            cells = [
+                f"**{name}**" if name == "wsproxy" else name,
+                fmt(row[metric]),
+                fmt(row["ratio_to_nginx"], 2),
+                fmt(row["ratio_to_best_of_three"], 2),
+                fmt(row["ratio_to_direct"], 2),
+                fmt(cost, 2),
+            ]
+            if extra:
+                cells += [fmt(row.get("p50_us"), 1), fmt(row.get("p99_us"), 1)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(
+        f"**Idle WebSockets** ({next(iter(result['idle'].values()))['connections']:,} held open): "
+        "proxy RSS per connection"
+    )
+    lines.append("")
+    lines.append("| proxy | KB per connection |")
+    lines.append("|---|---|")
+    for name in TARGETS[1:]:
+        value = result["idle"][name]["kb_per_connection"]
+        label = f"**{name}**" if name == "wsproxy" else name
+        lines.append(f"| {label} | {value:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def chart(result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(result["summary"])
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(4 * (len(workloads) + 1), 4))
+    colors = {
+        "direct": "#999999",
+        "nginx": "#2f9e44",
+        "haproxy": "#1971c2",
+        "caddy": "#e8590c",
+        "wsproxy": "#862e9c",
+    }
+    for axis, workload in zip(axes, workloads, strict=False):
+        summary = result["summary"][workload]
+        metric = summary["metric"]
+        values = [summary["targets"][name][metric] for name in TARGETS]
+        axis.bar(TARGETS, values, color=[colors[name] for name in TARGETS])
+        axis.set_title(TITLES.get(workload, workload), fontsize=9)
+        axis.set_ylabel(UNITS[metric])
+        axis.tick_params(axis="x", labelrotation=45, labelsize=8)
+    idle_axis = axes[-1]
+    names = list(TARGETS[1:])
+    idle_axis.bar(
+        names,
+        [result["idle"][name]["kb_per_connection"] for name in names],
+        color=[colors[name] for name in names],
+    )
+    idle_axis.set_title("RSS per idle WebSocket (lower is better)", fontsize=9)
+    idle_axis.set_ylabel("KB")
+    idle_axis.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(CHART, dpi=110)
+
+
+def main() -> int:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else max((HERE / "results").glob("bench-*.json"))
+    result = json.loads(path.read_text())
+    text = DOC.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{DOC} lacks the {START} / {END} markers")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    source = f"Source: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`.\n\n"
+    DOC.write_text(before + START + "\n" + source + table(result) + END + after)
+    chart(result)
+    print(f"updated {DOC.relative_to(ROOT)} and {CHART.relative_to(ROOT)} from {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""The things being measured: a direct connection and four proxies, all on loopback.
+
+Every target fronts the same two backends: the picows WebSocket echo
+(``/ws``) and a static nginx origin for plain HTTP (``/``). Each proxy runs
+with one worker/thread and the configuration its documentation recommends for
+WebSockets; wsproxy runs with its shipped defaults (JSON access log to stdout,
+frame observer on).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend import raise_file_limit  # type: ignore[import-not-found]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") / 1024
+
+#: The hard open-file limit here is 20000. nginx's worker_connections counts
+#: client and upstream connections alike, so 11000 fits; HAProxy's maxconn
+#: counts sessions (two descriptors each, and it refuses to start unless
+#: 2 x maxconn plus its own fit under the limit), so it gets 9000. Both hold
+#: the 5000 idle WebSockets of the memory workload.
+MAX_CONNECTIONS = 11000
+HAPROXY_MAXCONN = 9000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {process.returncode} at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (nginx's worker, for instance)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for each in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def rss_kb(pid: int) -> float:
+    total = 0.0
+    for each in process_tree(pid):
+        try:
+            pages = int(Path(f"/proc/{each}/statm").read_text().split()[1])
+        except OSError:
+            continue
+        total += pages * PAGE_KB
+    return total
+
+
+@dataclass
+class Target:
+    name: str
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=Path)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def need(program: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise RuntimeError(f"{program} is not installed (bench/install.sh installs it)")
+    return path
+
+
+def _spawn(
+    name: str,
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    stdout: int | None = subprocess.DEVNULL,
+) -> Target:
+    log = (workdir / f"{name}.stderr").open("wb")
+    process = subprocess.Popen(
+        argv,
+        stdout=stdout,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+        cwd=workdir,
+        preexec_fn=raise_file_limit,
+    )
+    target = Target(name, port, process, workdir)
+    try:
+        wait_port(port, process, name)
+    except RuntimeError as exc:
+        target.stop()
+        detail = (workdir / f"{name}.stderr").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{exc}\n{detail}") from exc
+    return target
+
+
+def start_backend(workdir: Path) -> Target:
+    port = free_port()
+    return _spawn("backend", [sys.executable, str(HERE / "backend.py"), str(port)], port, workdir)
+
+
+def start_origin(workdir: Path) -> Target:
+    """A static nginx answering ``ok`` for the plain-HTTP workload."""
+    port = free_port()
+    conf = workdir / "origin.conf"
+    conf.write_text(
+        f"""\
+worker_processes 1;
+daemon off;
+pid {workdir}/origin.pid;
+error_log {workdir}/origin-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/tmp-body;
+  proxy_temp_path {workdir}/tmp-proxy;
+  fastcgi_temp_path {workdir}/tmp-fcgi;
+  uwsgi_temp_path {workdir}/tmp-uwsgi;
+  scgi_temp_path {workdir}/tmp-scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+"""
+    )
+    return _spawn("origin", [need("nginx"), "-p", str(workdir), "-c", str(conf)], port, workdir)
+
+
+def start_nginx(workdir: Path, ws: int, http: int) -> Target:
+    """nginx with the article's fix: HTTP/1.1 upstream plus the upgrade map."""
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""\
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections {MAX_CONNECTIONS}; }}
+http {{
+  access_log {workdir}/nginx-access.log;
+  client_body_temp_path {workdir}/tmp-body;
+  proxy_temp_path {workdir}/tmp-proxy;
+  fastcgi_temp_path {workdir}/tmp-fcgi;
+  uwsgi_temp_path {workdir}/tmp-uwsgi;
+  scgi_temp_path {workdir}/tmp-scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  upstream ws {{ server 127.0.0.1:{ws}; }}
+  upstream web {{ server 127.0.0.1:{http}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location /ws {{
+      proxy_pass http://ws;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+    }}
+    location / {{
+      proxy_pass http://web;
+      proxy_http_version 1.1;
+      proxy_set_header Connection $connection_upgrade;
+    }}
+  }}
+}}
+"""
+    )
+    return _spawn("nginx", [need("nginx"), "-p", str(workdir), "-c", str(conf)], port, workdir)
+
+
+def start_haproxy(workdir: Path, ws: int, http: int) -> Target:
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(
+        f"""\
+global
+  nbthread 1
+  maxconn {HAPROXY_MAXCONN}
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+
+frontend fe
+  bind 127.0.0.1:{port}
+  use_backend ws if {{ path_beg /ws }}
+  default_backend web
+
+backend ws
+  server s1 127.0.0.1:{ws}
+
+backend web
+  server s1 127.0.0.1:{http}
+"""
+    )
+    return _spawn("haproxy", [need("haproxy"), "-db", "-f", str(conf)], port, workdir)
+
+
+def start_caddy(workdir: Path, ws: int, http: int) -> Target:
+    port = free_port()
+    conf = workdir / "Caddyfile"
+    conf.write_text(
+        f"""\
+{{
+  admin off
+  auto_https off
+}}
+
+http://127.0.0.1:{port} {{
+  handle /ws* {{
+    reverse_proxy 127.0.0.1:{ws}
+  }}
+  handle {{
+    reverse_proxy 127.0.0.1:{http}
+  }}
+}}
+"""
+    )
+    env = {
+        "GOMAXPROCS": "1",
+        "HOME": str(workdir),
+        "XDG_DATA_HOME": str(workdir / "caddy-data"),
+        "XDG_CONFIG_HOME": str(workdir / "caddy-config"),
+    }
+    argv = [need("caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"]
+    return _spawn("caddy", argv, port, workdir, env)
+
+
+def start_wsproxy(workdir: Path, ws: int, http: int) -> Target:
+    port = free_port()
+    conf = workdir / "wsproxy.yaml"
+    conf.write_text(
+        f"""\
+listen:
+  - host: 127.0.0.1
+    port: {port}
+admin:
+  host: 127.0.0.1
+  port: {free_port()}
+upstreams:
+  ws:
+    servers: ["127.0.0.1:{ws}"]
+  web:
+    servers: ["127.0.0.1:{http}"]
+routes:
+  - path_prefix: /ws
+    upstream: ws
+  - path_prefix: /
+    upstream: web
+"""
+    )
+    argv = [sys.executable, "-m", "wsproxy", "serve", "-c", str(conf)]
+    # The access log goes to stdout as shipped; here stdout is /dev/null.
+    return _spawn("wsproxy", argv, port, workdir)
+
+
+PROXIES = {
+    "nginx": start_nginx,
+    "haproxy": start_haproxy,
+    "caddy": start_caddy,
+    "wsproxy": start_wsproxy,
+}
