@@ -8,15 +8,15 @@ fails loudly:
 
 1. Taking over the client connection after ``101`` (:func:`take_over`):
    ``request.protocol`` (the server's ``RequestHandler``),
-   ``RequestHandler.keep_alive(False)`` (when the handler returns, aiohttp
-   closes the connection instead of parsing the tunnel's leftovers as a next
-   request; its keep-alive timer only runs between requests, so it never
-   touches a live tunnel), ``RequestHandler.set_parser(obj)``
-   (hands over the bytes the client sent in the same read as its handshake,
-   which aiohttp buffered in ``_message_tail``), and
-   ``RequestHandler.connection_lost`` (called by us when the tunnel ends, so
-   aiohttp's own bookkeeping of the connection finishes as for any other
-   disconnect).  After that the transport is re-pointed with the public
+   ``RequestHandler.keep_alive(False)`` (aiohttp will not read another
+   request from this connection), ``RequestHandler.set_parser(obj)`` (hands
+   over the bytes the client sent in the same read as its handshake, which
+   aiohttp buffered in ``_message_tail``), and
+   ``RequestHandler.transport = None`` then ``RequestHandler.connection_lost(None)``
+   (aiohttp forgets the connection as for any disconnect: it leaves its
+   server's connection list and the handler can return at once; without the
+   first step, connection_lost would close the transport the tunnel now owns).
+   The transport is re-pointed with the public
    ``asyncio.Transport.set_protocol``: the tunnel then receives
    ``data_received``, ``eof_received`` (a client FIN becomes a half-close
    instead of aiohttp closing the socket) and ``pause_writing``/
@@ -79,29 +79,18 @@ class _TailCollector:
         return None
 
 
-class ClientConnection:
-    """The client's socket once the tunnel owns it."""
-
-    __slots__ = ("_handler", "transport")
-
-    def __init__(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        self._handler = handler
-        self.transport = transport
-
-    def release(self, exc: BaseException | None) -> None:
-        """Tell aiohttp the connection is gone, as if it had seen it close."""
-        handler, self._handler = self._handler, None  # type: ignore[assignment]
-        if handler is not None:
-            handler.connection_lost(exc)
-
-
 def take_over(
     request: web.BaseRequest, protocol: asyncio.Protocol
-) -> tuple[ClientConnection, bytes]:
+) -> tuple[asyncio.Transport, bytes]:
     """Detach the client connection from aiohttp and point it at ``protocol``.
 
-    Call after the ``101`` has been prepared.  Returns the connection and the
+    Call after the ``101`` has been prepared.  Returns the transport and the
     bytes that arrived after the handshake (to forward upstream first).
+
+    Afterwards aiohttp considers the connection gone: the handler may return
+    at once, and everything aiohttp and the handler held for the request (the
+    request, its headers, the handler's frames) is freed, which is most of
+    what an idle session would otherwise cost.  The tunnel owns the transport.
     """
     handler = request.protocol
     transport = request.transport
@@ -111,4 +100,10 @@ def take_over(
     tail = _TailCollector()
     handler.set_parser(tail)  # type: ignore[arg-type]  # duck-typed parser contract
     transport.set_protocol(protocol)
-    return ClientConnection(handler, transport), tail.data
+    # As if the client had gone: aiohttp drops the connection from its
+    # bookkeeping.  Its transport reference goes first (connection_lost would
+    # otherwise close the transport, now the tunnel's), so nothing aiohttp
+    # does when the handler returns can write to or close the tunnel.
+    handler.transport = None
+    handler.connection_lost(None)
+    return transport, tail.data

@@ -156,17 +156,16 @@ class Observability:
         self.metrics.http_requests.labels(info.route, method_label(method), "101").inc()
         self.metrics.upgrades.labels(info.route, "accepted").inc()
 
-    def session_ended(self, tunnel: Tunnel) -> SessionReport | None:
+    def session_ended(self, tunnel: Tunnel) -> None:
         info = self.live.pop(tunnel, None)
         if info is None:
-            return None
+            return
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
         if report.early:
             self.recent_early_closes.append((time.time(), report))
             log.warning(early_close_message(report))
         self.access_log.write(report.fields())
-        return report
 
     # --- the status endpoint ----------------------------------------------
 

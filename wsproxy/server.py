@@ -253,8 +253,15 @@ class ProxyServer:
         # Graceful drain (1001 close frames at a frame boundary) comes with the
         # production-behaviour work; until then open tunnels are closed with FIN.
         self.proxy.draining = True
-        for tunnel in list(self.proxy.tunnels):
+        tunnels = list(self.proxy.tunnels)
+        for tunnel in tunnels:
             tunnel.close("drain")
+        if tunnels:
+            # Sessions are not aiohttp's (it forgot them at the 101); wait for
+            # their ends so each is counted and logged before we exit.
+            await asyncio.wait(
+                [tunnel.finished for tunnel in tunnels], timeout=self.config.shutdown.grace_period
+            )
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

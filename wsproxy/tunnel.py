@@ -31,8 +31,9 @@ Invariants:
   direction's passive frame observer (wsframes.py), which only counts; its
   first close frame, or else the first FIN or reset, decides ``closed_by``
   and ``how``.
-* **One ending.**  ``finished`` resolves once both transports are gone; the
-  aiohttp handler awaits it, then returns.
+* **One ending.**  Once both transports are gone, ``on_finished`` is called
+  once and ``finished`` resolves.  Nothing else holds the session: the aiohttp
+  handler returned when the tunnel started (aiohttp_adapter.take_over).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Literal
 
-from wsproxy.aiohttp_adapter import ClientConnection
 from wsproxy.wsframes import ByteCounter, FrameObserver
 
 Side = Literal["client", "upstream", "proxy"]
@@ -73,7 +74,6 @@ class Tunnel:
 
     __slots__ = (
         "_buffer_limit",
-        "_client",
         "_client_lost",
         "_idle_handle",
         "_idle_seen",
@@ -91,6 +91,7 @@ class Tunnel:
         "ended",
         "finished",
         "how",
+        "on_finished",
         "started",
         "u2c",
         "upstream_eof",
@@ -121,7 +122,7 @@ class Tunnel:
         # and early closes are often sub-millisecond.
         self.started = self.ended = time.monotonic()
         self.client_transport: asyncio.Transport | None = None
-        self._client: ClientConnection | None = None
+        self.on_finished: Callable[[Tunnel], None] | None = None
         self.client_side = ClientSide(self)
         self.upstream_side = UpstreamSide(self)
         self.finished: asyncio.Future[None] = self._loop.create_future()
@@ -140,7 +141,7 @@ class Tunnel:
 
     def start(
         self,
-        client: ClientConnection,
+        client: asyncio.Transport,
         *,
         client_tail: bytes,
         upstream_tail: bytes,
@@ -149,17 +150,14 @@ class Tunnel:
     ) -> None:
         """Go live: forward what each side sent early, then let bytes flow."""
         self.started = time.monotonic()
-        self._client = client
-        self.client_transport = client.transport
-        client.transport.set_write_buffer_limits(
-            high=self._buffer_limit, low=self._buffer_limit // 4
-        )
+        self.client_transport = client
+        client.set_write_buffer_limits(high=self._buffer_limit, low=self._buffer_limit // 4)
         self.upstream_transport.set_protocol(self.upstream_side)
         if client_tail:
             self.upstream_transport.write(client_tail)
             self.c2u.feed(client_tail)
         if upstream_tail:
-            client.transport.write(upstream_tail)
+            client.write(upstream_tail)
             self.u2c.feed(upstream_tail)
         if upstream_eof:
             self.on_eof("upstream")
@@ -191,9 +189,6 @@ class Tunnel:
         if side == "client":
             self._client_lost = True
             peer = self.upstream_transport
-            client, self._client = self._client, None
-            if client is not None:
-                client.release(exc)
         else:
             self._upstream_lost = True
             peer = self.client_transport  # type: ignore[assignment]
@@ -256,6 +251,9 @@ class Tunnel:
             self._idle_handle = None
         if not self.finished.done():
             self.finished.set_result(None)
+            on_finished, self.on_finished = self.on_finished, None
+            if on_finished is not None:
+                on_finished(self)
 
     def _schedule_idle_check(self) -> None:
         self._idle_handle = self._loop.call_later(

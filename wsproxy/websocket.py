@@ -132,22 +132,21 @@ async def _tunnel(
         response.headers.add(name, value)
     try:
         await response.prepare(request)
-        connection, client_tail = take_over(request, tunnel.client_side)
+        client_transport, client_tail = take_over(request, tunnel.client_side)
     except BaseException:
         tunnel.close("error", reset=True)
         raise
+    # From here the session lives on its own: the observability hub holds it
+    # until it ends, and this handler returns so aiohttp frees the request.
     observability.session_started(tunnel, info, request.method)
-    try:
-        tunnel.start(
-            connection,
-            client_tail=client_tail,
-            upstream_tail=handshake.trailing_data(),
-            upstream_eof=handshake.saw_eof(),
-            upstream_lost=(handshake.lost,) if handshake.is_lost else None,
-        )
-        await tunnel.finished
-    finally:
-        observability.session_ended(tunnel)
+    tunnel.on_finished = observability.session_ended
+    tunnel.start(
+        client_transport,
+        client_tail=client_tail,
+        upstream_tail=handshake.trailing_data(),
+        upstream_eof=handshake.saw_eof(),
+        upstream_lost=(handshake.lost,) if handshake.is_lost else None,
+    )
     return response
 
 
