@@ -196,10 +196,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--idle", type=int, default=5000, help="idle WebSockets to hold")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--only", nargs="+", metavar="WORKLOAD", help="run only these workloads (exploration)"
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     idle_connections = 200 if args.quick else args.idle
     specs = workloads(args.quick)
+    if args.only:
+        specs = {name: spec for name, spec in specs.items() if name in args.only}
 
     workdir = Path(tempfile.mkdtemp(prefix="wsproxy-bench-"))
     started: list[Target] = []
@@ -237,7 +242,7 @@ def main() -> int:
         idle = {
             name: idle_memory(target, idle_connections)
             for name, target in targets.items()
-            if name != "direct"
+            if name != "direct" and not args.only
         }
         for name, value in idle.items():
             print(f"idle {name:8} {value['kb_per_connection']:.2f} KB/connection", flush=True)

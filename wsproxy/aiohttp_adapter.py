@@ -23,7 +23,9 @@ fails loudly:
    ``resume_writing`` (backpressure) directly, with no aiohttp code per chunk.
 
 2. Writing the upstream's response as the upstream sent it
-   (:class:`ProxiedResponse`): ``StreamResponse._prepare_headers`` adds
+   (:class:`ProxiedResponse`): ``_send_headers_immediately`` (a class
+   attribute aiohttp's own ``Response`` sets to False) lets head and body
+   share one write; ``StreamResponse._prepare_headers`` adds
    ``Content-Type: application/octet-stream`` and ``Server: aiohttp/…`` when
    absent; a proxy must not invent headers the upstream did not send, so both
    are removed again unless the upstream had them.  ``_write_headers`` echoes
@@ -40,7 +42,18 @@ from aiohttp.web_protocol import RequestHandler
 
 
 class ProxiedResponse(web.StreamResponse):
-    """A streamed response that carries exactly the upstream's headers."""
+    """A streamed response that carries exactly the upstream's headers.
+
+    ``coalesce=True`` holds the head back until the first body write (or the
+    end), so head and body leave in one ``send()``: one system call per small
+    response instead of two.  A ``101`` must not wait: its head goes out at
+    ``prepare()``.
+    """
+
+    def __init__(self, *, status: int, reason: str | None = None, coalesce: bool = False) -> None:
+        super().__init__(status=status, reason=reason)
+        if coalesce:
+            self._send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
         had_content_type = hdrs.CONTENT_TYPE in self.headers

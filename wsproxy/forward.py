@@ -75,10 +75,11 @@ async def forward_http(
     Raises UpstreamFailure when nothing has been answered yet (the caller
     sends 502/504); a failure mid-body cuts the client connection.
     """
+    address = str(server)
     headers = upstream_request_headers(
-        list(request.headers.items()), client, default_host=str(server), request_id=request_id
+        list(request.headers.items()), client, default_host=address, request_id=request_id
     )
-    url = URL(f"http://{server}{request.raw_path}", encoded=True)
+    url = URL(f"http://{address}{request.raw_path}", encoded=True)
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
         # The proxy takes the body itself, so it says "go ahead" itself.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -97,7 +98,9 @@ async def forward_http(
         raise classify(exc) from exc
 
     async with upstream_response:
-        response = ProxiedResponse(status=upstream_response.status, reason=upstream_response.reason)
+        response = ProxiedResponse(
+            status=upstream_response.status, reason=upstream_response.reason, coalesce=True
+        )
         for name, value in client_response_headers(_decode(upstream_response.raw_headers)):
             response.headers.add(name, value)
         await response.prepare(request)

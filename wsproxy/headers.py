@@ -186,6 +186,14 @@ class ClientInfo:
         return any(address in network for network in self.trusted_proxies)
 
 
+def _index(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Values by lower-cased name, in order: one pass instead of one per lookup."""
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        index.setdefault(name.lower(), []).append(value)
+    return index
+
+
 def forwarded_headers(headers: Sequence[tuple[str, str]], client: ClientInfo) -> HeaderList:
     """``X-Forwarded-For``/``-Proto``/``-Host`` for the upstream request.
 
@@ -194,18 +202,24 @@ def forwarded_headers(headers: Sequence[tuple[str, str]], client: ClientInfo) ->
     cannot forge its address (the rule uvicorn's proxy_headers and nginx's
     realip module follow).
     """
+    return _forwarded(_index(headers), client)
+
+
+def _forwarded(index: dict[str, list[str]], client: ClientInfo) -> HeaderList:
     trusted = client.peer_is_trusted()
-    incoming_for = ", ".join(header_values(headers, "x-forwarded-for")).strip()
     peer = client.peer_ip or "unknown"
-    forwarded_for = f"{incoming_for}, {peer}" if trusted and incoming_for else peer
+    forwarded_for = peer
     proto = client.scheme
-    incoming_proto = header_values(headers, "x-forwarded-proto")
-    if trusted and incoming_proto:
-        proto = incoming_proto[0].strip()
+    if trusted:
+        incoming_for = ", ".join(index.get("x-forwarded-for", ())).strip()
+        if incoming_for:
+            forwarded_for = f"{incoming_for}, {peer}"
+        if incoming_proto := index.get("x-forwarded-proto"):
+            proto = incoming_proto[0].strip()
     result: HeaderList = [("X-Forwarded-For", forwarded_for), ("X-Forwarded-Proto", proto)]
-    incoming_host = header_values(headers, "x-forwarded-host")
-    hosts = header_values(headers, "host")
-    if trusted and incoming_host:
+    incoming_host = index.get("x-forwarded-host") if trusted else None
+    hosts = index.get("host")
+    if incoming_host:
         result.append(("X-Forwarded-Host", incoming_host[0].strip()))
     elif hosts:
         result.append(("X-Forwarded-Host", hosts[0].strip()))
@@ -229,14 +243,13 @@ def upstream_request_headers(
     ``request_id`` (see :func:`choose_request_id`) goes in ``X-Request-ID``,
     so the backend's logs and ours name the same request.
     """
-    kept = [
-        (name, value)
-        for name, value in strip_hop_by_hop(headers)
-        if name.lower() not in _REPLACED_BY_PROXY
-    ]
-    if not header_values(kept, "host"):
+    index = _index(headers)
+    hop_by_hop = HOP_BY_HOP | frozenset(split_tokens(index.get("connection", ())))
+    drop = hop_by_hop | _REPLACED_BY_PROXY
+    kept = [(name, value) for name, value in headers if name.lower() not in drop]
+    if "host" not in index or "host" in hop_by_hop:
         kept.insert(0, ("Host", default_host))
-    kept.extend(forwarded_headers(headers, client))
+    kept.extend(_forwarded(index, client))
     kept.append(("X-Request-ID", request_id))
     if websocket_upgrade is not None:
         kept.append(("Upgrade", websocket_upgrade))

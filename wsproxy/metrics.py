@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,11 +27,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from wsproxy.config import Config
-from wsproxy.sessions import SessionInfo, SessionReport
+from wsproxy.sessions import SessionInfo, SessionReport, method_label
 from wsproxy.tunnel import Tunnel
 from wsproxy.wsframes import OPCODE_NAMES, FrameObserver
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+#: Cached label children; the key holds the raw method, which clients choose,
+#: so the cache stops growing here (the label values themselves are bounded).
+_CHILD_CACHE_LIMIT = 4096
 UPGRADE_RESULTS = ("accepted", "upstream_rejected", "upstream_unavailable", "bad_handshake")
 
 #: HTTP latency: sub-millisecond to a minute.
@@ -183,6 +187,8 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)
         # Series that exist from the start, so rate() and absent() work at once.
@@ -192,6 +198,22 @@ class Metrics:
         for upstream in config.upstreams.values():
             for server in upstream.servers:
                 self.upstream_up.labels(upstream.name, str(server)).set(1)
+
+    def request_counter(self, route: str, method: str, status: int) -> Any:
+        """The http_requests_total child, cached: labels() costs microseconds."""
+        key = (route, method, status)
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self.http_requests.labels(route, method_label(method), str(status))
+            if len(self._request_counters) < _CHILD_CACHE_LIMIT:
+                self._request_counters[key] = child
+        return child
+
+    def duration_histogram(self, route: str) -> Any:
+        child = self._durations.get(route)
+        if child is None:
+            child = self._durations[route] = self.http_duration.labels(route)
+        return child
 
     def session_ended(self, report: SessionReport, session: Tunnel) -> None:
         route = report.info.route

@@ -23,7 +23,6 @@ from wsproxy.sessions import (
     SessionInfo,
     SessionReport,
     diagnosis,
-    method_label,
 )
 from wsproxy.tunnel import Tunnel
 from wsproxy.wsframes import FrameObserver
@@ -104,8 +103,9 @@ class Observability:
     # --- upstream health, passively: the last attempt decides ---------------
 
     def upstream_ok(self, upstream: str, server: str) -> None:
-        if not self.server_up.get((upstream, server), True):
-            upstream_log.info("upstream %s server %s answers again", upstream, server)
+        if self.server_up.get((upstream, server), True):
+            return  # the common case, on every request: nothing changes
+        upstream_log.info("upstream %s server %s answers again", upstream, server)
         self.server_up[(upstream, server)] = True
         self.metrics.upstream_up.labels(upstream, server).set(1)
 
@@ -123,13 +123,11 @@ class Observability:
         if exchange.websocket_session:
             return  # counted when its 101 was relayed; the session logs itself
         metrics = self.metrics
-        metrics.http_requests.labels(
-            exchange.route, method_label(exchange.method), str(status)
-        ).inc()
+        metrics.request_counter(exchange.route, exchange.method, status).inc()
         if exchange.upgrade_result is not None:
             metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
         duration = now - exchange.started
-        metrics.http_duration.labels(exchange.route).observe(duration)
+        metrics.duration_histogram(exchange.route).observe(duration)
         if self.access_log.enabled:
             self.access_log.write(
                 {
@@ -153,7 +151,7 @@ class Observability:
     def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.live[tunnel] = info
-        self.metrics.http_requests.labels(info.route, method_label(method), "101").inc()
+        self.metrics.request_counter(info.route, method, 101).inc()
         self.metrics.upgrades.labels(info.route, "accepted").inc()
 
     def session_ended(self, tunnel: Tunnel) -> None:

@@ -91,14 +91,16 @@ class Proxy:
         return response
 
     def _exchange(self, request: web.BaseRequest) -> Exchange:
-        headers = list(request.headers.items())
+        request_ids = request.headers.getall("X-Request-ID", [])
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote)
         path = request.raw_path
         if self.config.access_log.redact_query:
             path = redact_query(path)
         return Exchange(
-            request_id=choose_request_id(headers, uuid.uuid4().hex),
+            request_id=choose_request_id(
+                [("X-Request-ID", v) for v in request_ids], uuid.uuid4().hex
+            ),
             method=request.method,
             path=path,
             client=client,
@@ -141,7 +143,8 @@ class Proxy:
         return server
 
     def _is_websocket(self, request: web.BaseRequest) -> bool:
-        if not wants_websocket(list(request.headers.items())):
+        upgrade = request.headers.getall("Upgrade", None)
+        if upgrade is None or not wants_websocket([("Upgrade", value) for value in upgrade]):
             return False
         # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
         # received in an HTTP/1.0 request."  Strict mode does; the default
@@ -269,6 +272,7 @@ class ProxyServer:
             await self._admin.cleanup()
             self._admin = None
         await self.proxy.close()
+        self.observability.access_log.flush()
 
 
 async def wait_for_stop_signal(on_ready: Callable[[], None] | None = None) -> None:
