@@ -201,7 +201,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
-    idle_connections = 200 if args.quick else args.idle
+    idle_connections = min(args.idle, 200) if args.quick else args.idle
     specs = workloads(args.quick)
     if args.only:
         specs = {name: spec for name, spec in specs.items() if name in args.only}
