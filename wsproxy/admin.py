@@ -2,15 +2,16 @@
 
 ``/healthz`` answers 200 while the process runs (liveness: restart me if
 not).  ``/readyz`` answers 503 while draining or when every server of every
-upstream failed its last attempt, so a load balancer stops sending traffic
-that could only get 502s (readiness).  ``/metrics`` is the Prometheus text
-format; ``/status.json`` is what the status page will show.
+upstream failed its last attempt within the last few seconds (observe.DOWN_FOR),
+so a load balancer stops sending traffic that could only get 502s
+(readiness), and comes back by itself once that time has passed.
+``/metrics`` is the Prometheus text format; ``/status.json`` is what the
+status page will show.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -22,8 +23,9 @@ from wsproxy.observe import Observability
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def admin_app(observability: Observability, draining: Callable[[], bool]) -> web.Application:
+def admin_app(observability: Observability) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
+        observability.refresh_health(time.monotonic())
         body = generate_latest(observability.metrics.registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
@@ -33,15 +35,15 @@ def admin_app(observability: Observability, draining: Callable[[], bool]) -> web
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        if draining():
+        if observability.draining:
             return web.Response(status=503, text="draining\n")
-        if observability.all_servers_down():
+        if observability.all_servers_down(time.monotonic()):
             return web.Response(status=503, text="every upstream server is down\n")
         return web.Response(text="ready\n")
 
     async def status(request: web.Request) -> web.Response:
         now = time.monotonic()
-        return web.json_response(observability.status(now, draining()))
+        return web.json_response(observability.status(now))
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

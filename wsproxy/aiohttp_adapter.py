@@ -120,3 +120,15 @@ def take_over(
     handler.transport = None
     handler.connection_lost(None)
     return transport, tail.data
+
+
+def origin_form_target(request: web.BaseRequest) -> str:
+    """The request target to send upstream, exactly as the client wrote it.
+
+    RFC 9112 §3.2.2: a server must accept the absolute form
+    (``GET http://host/path``), which a proxy then sends on in origin form.
+    """
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    return request.rel_url.raw_path_qs

@@ -19,6 +19,8 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
+from wsproxy.tunnel import reset_transport
+
 log = logging.getLogger("wsproxy.upstream")
 
 ErrorKind = Literal["refused", "timeout", "reset", "tls", "dns", "protocol"]
@@ -67,9 +69,10 @@ def classify(exc: BaseException) -> UpstreamFailure:
 def cut_response(request: web.BaseRequest, failure: UpstreamFailure, server: object) -> None:
     """The upstream failed after the response head went to the client.
 
-    Abort the client connection instead of ending the body cleanly, so a
-    truncated body can never pass for a complete one.
+    Reset the client connection instead of ending the body cleanly, so a
+    truncated body can never pass for a complete one (a plain abort() sends
+    FIN, which an HTTP/1.0 client reads as the end of a close-delimited body).
     """
     log.warning("upstream %s failed mid-response (%s); client connection cut", server, failure)
     if request.transport is not None:
-        request.transport.abort()
+        reset_transport(request.transport)

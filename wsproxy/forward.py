@@ -27,7 +27,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wsproxy.aiohttp_adapter import ProxiedResponse
+from wsproxy.aiohttp_adapter import ProxiedResponse, origin_form_target
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, cut_response
 from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
@@ -79,7 +79,7 @@ async def forward_http(
     headers = upstream_request_headers(
         list(request.headers.items()), client, default_host=address, request_id=request_id
     )
-    url = URL(f"http://{address}{request.raw_path}", encoded=True)
+    url = URL(f"http://{address}{origin_form_target(request)}", encoded=True)
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
         # The proxy takes the body itself, so it says "go ahead" itself.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -98,8 +98,13 @@ async def forward_http(
         raise classify(exc) from exc
 
     async with upstream_response:
+        # Head and body in one send() only when the body is already here; a
+        # streamed response (server-sent events, long polling) gets its head
+        # at once, as the upstream sent it.
         response = ProxiedResponse(
-            status=upstream_response.status, reason=upstream_response.reason, coalesce=True
+            status=upstream_response.status,
+            reason=upstream_response.reason,
+            coalesce=upstream_response.content.is_eof(),
         )
         for name, value in client_response_headers(_decode(upstream_response.raw_headers)):
             response.headers.add(name, value)

@@ -30,6 +30,12 @@ from wsproxy.wsframes import FrameObserver
 log = logging.getLogger("wsproxy.early_close")
 upstream_log = logging.getLogger("wsproxy.upstream")
 
+#: Passive health: a server whose last attempt failed counts as down for this
+#: long, then as up again, so one failure (a backend restarting) cannot keep
+#: /readyz at 503 forever when no traffic comes to prove otherwise.  Active
+#: health checks come with load balancing.
+DOWN_FOR = 5.0
+
 #: Early closes the status endpoint remembers.
 RECENT_EARLY_CLOSES = 50
 
@@ -64,7 +70,7 @@ def _stats(observer: FrameObserver) -> DirectionStats:
 def build_report(info: SessionInfo, tunnel: Tunnel) -> SessionReport:
     return SessionReport(
         info=info,
-        duration=max(0.0, tunnel.ended - tunnel.started),
+        duration=max(0.0, tunnel.closed_at - tunnel.started),
         closed_by=tunnel.closed_by or "proxy",
         how=tunnel.how or "error",
         close_code=tunnel.close_code,
@@ -94,28 +100,38 @@ class Observability:
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
-        self.server_up: dict[tuple[str, str], bool] = {
-            (upstream.name, str(server)): True
+        self.servers = tuple(
+            (upstream.name, str(server))
             for upstream in config.upstreams.values()
             for server in upstream.servers
-        }
+        )
+        #: Servers whose last attempt failed, with when that stops counting.
+        self.down_until: dict[tuple[str, str], float] = {}
+        self.draining = False
 
-    # --- upstream health, passively: the last attempt decides ---------------
+    # --- upstream health, passively: the last attempt decides, for a while --
 
     def upstream_ok(self, upstream: str, server: str) -> None:
-        if self.server_up.get((upstream, server), True):
+        if self.down_until.pop((upstream, server), None) is None:
             return  # the common case, on every request: nothing changes
         upstream_log.info("upstream %s server %s answers again", upstream, server)
-        self.server_up[(upstream, server)] = True
         self.metrics.upstream_up.labels(upstream, server).set(1)
 
     def upstream_failed(self, upstream: str, server: str, failure: UpstreamFailure) -> None:
-        self.server_up[(upstream, server)] = False
+        self.down_until[(upstream, server)] = time.monotonic() + DOWN_FOR
         self.metrics.upstream_up.labels(upstream, server).set(0)
         self.metrics.upstream_errors.labels(upstream, server, failure.kind).inc()
 
-    def all_servers_down(self) -> bool:
-        return bool(self.server_up) and not any(self.server_up.values())
+    def refresh_health(self, now: float) -> None:
+        """Forget failures older than DOWN_FOR (before a scrape or a probe)."""
+        for key, until in list(self.down_until.items()):
+            if now >= until:
+                del self.down_until[key]
+                self.metrics.upstream_up.labels(*key).set(1)
+
+    def all_servers_down(self, now: float) -> bool:
+        self.refresh_health(now)
+        return bool(self.servers) and all(key in self.down_until for key in self.servers)
 
     # --- requests ----------------------------------------------------------
 
@@ -167,7 +183,7 @@ class Observability:
 
     # --- the status endpoint ----------------------------------------------
 
-    def status(self, now: float, draining: bool) -> dict[str, object]:
+    def status(self, now: float) -> dict[str, object]:
         sessions = [
             {
                 "request_id": info.request_id,
@@ -187,11 +203,13 @@ class Observability:
             {"at": timestamp(at), **report.fields()}
             for at, report in reversed(self.recent_early_closes)
         ]
+        self.refresh_health(now)
         upstreams: dict[str, dict[str, str]] = {}
-        for (upstream, server), up in self.server_up.items():
-            upstreams.setdefault(upstream, {})[server] = "up" if up else "down"
+        for upstream, server in self.servers:
+            down = (upstream, server) in self.down_until
+            upstreams.setdefault(upstream, {})[server] = "down" if down else "up"
         return {
-            "draining": draining,
+            "draining": self.draining,
             "active_sessions": sessions,
             "recent_early_closes": early,
             "upstreams": upstreams,

@@ -59,7 +59,10 @@ class Proxy:
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
-        self.draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self.observability.draining
 
     @property
     def tunnels(self) -> KeysView[Tunnel]:
@@ -79,6 +82,11 @@ class Proxy:
         exchange = self._exchange(request)
         try:
             response = await self._dispatch(request, exchange)
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client disconnects
+            # (handler_cancellation): the upstream request is abandoned too.
+            self.observability.request_done(exchange, 499, time.monotonic())
+            raise
         except ConnectionError as exc:
             # The client went away while we were answering: nobody is left to
             # tell, and it is not a server error (aiohttp would log a 500).
@@ -161,6 +169,10 @@ class Proxy:
         exchange: Exchange,
     ) -> web.StreamResponse:
         headers = list(request.headers.items())
+        if self.draining:
+            return _text(
+                503, "shutting down; reconnect to another instance", [("Retry-After", "1")]
+            )
         rejection = check_websocket_handshake(request.method, headers, has_body=request.body_exists)
         if rejection is not None:
             exchange.upgrade_result = "bad_handshake"
@@ -225,7 +237,9 @@ class ProxyServer:
         limit = self.config.proxy.max_header_size
         server = web.Server(
             self.proxy.handle,
-            handler_cancellation=False,
+            # A client that leaves cancels its handler, so a slow upstream
+            # handshake or response is abandoned at once (nginx's 499).
+            handler_cancellation=True,
             keepalive_timeout=CLIENT_KEEPALIVE_TIMEOUT,
             auto_decompress=False,  # bodies pass as sent, compressed or not
             max_line_size=limit,
@@ -237,7 +251,7 @@ class ProxyServer:
         )
         await self._runner.setup()
         self._admin = web.AppRunner(
-            admin_app(self.observability, lambda: self.proxy.draining),
+            admin_app(self.observability),
             access_log=None,
             handle_signals=False,
         )
@@ -253,18 +267,28 @@ class ProxyServer:
             raise
 
     async def stop(self) -> None:
-        # Graceful drain (1001 close frames at a frame boundary) comes with the
-        # production-behaviour work; until then open tunnels are closed with FIN.
-        self.proxy.draining = True
-        tunnels = list(self.proxy.tunnels)
-        for tunnel in tunnels:
-            tunnel.close("drain")
-        if tunnels:
-            # Sessions are not aiohttp's (it forgot them at the 101); wait for
-            # their ends so each is counted and logged before we exit.
-            await asyncio.wait(
-                [tunnel.finished for tunnel in tunnels], timeout=self.config.shutdown.grace_period
-            )
+        """Stop accepting, end open sessions, let requests finish, then close.
+
+        Graceful drain with ``1001`` close frames at a frame boundary comes
+        with the production-behaviour work; until then sessions end with FIN
+        (``how=drain``), and whatever remains after the grace period is reset.
+        """
+        self.observability.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown.grace_period
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()  # no new connections from here on
+        # Sessions are not aiohttp's (it forgot them at the 101): end them and
+        # wait, so each is counted and logged; a handshake whose 101 arrives
+        # meanwhile is closed at once (websocket.py), so this converges.
+        while self.proxy.tunnels and (remaining := deadline - loop.time()) > 0:
+            tunnels = list(self.proxy.tunnels)
+            for tunnel in tunnels:
+                tunnel.close("drain")
+            await asyncio.wait([tunnel.finished for tunnel in tunnels], timeout=remaining)
+        for tunnel in list(self.proxy.tunnels):
+            tunnel.close("drain", reset=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

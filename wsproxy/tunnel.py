@@ -55,12 +55,18 @@ How = Literal["close_frame", "fin", "reset", "idle_timeout", "drain", "max_lifet
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
+#: A transport closed gently (FIN after its buffer drains) that has not
+#: drained after this long is reset: a peer that stopped reading must not
+#: keep a finished session, its buffers and its socket alive forever
+#: (nginx's send_timeout plays this role).
+CLOSE_TIMEOUT = 10.0
+
 #: The idle timer wakes this many times per idle_timeout, so a quiet tunnel is
 #: closed between idle_timeout and 1.25 x idle_timeout after its last byte.
 _IDLE_CHECKS = 4
 
 
-def _reset(transport: asyncio.Transport) -> None:
+def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
@@ -79,6 +85,7 @@ class Tunnel:
         "_idle_seen",
         "_idle_ticks",
         "_idle_timeout",
+        "_linger_handle",
         "_loop",
         "_upstream_lost",
         "c2u",
@@ -87,6 +94,7 @@ class Tunnel:
         "client_transport",
         "close_code",
         "close_reason",
+        "closed_at",
         "closed_by",
         "ended",
         "finished",
@@ -120,7 +128,7 @@ class Tunnel:
         self.close_reason = ""
         # time.monotonic, not loop.time(): uvloop's clock has millisecond steps,
         # and early closes are often sub-millisecond.
-        self.started = self.ended = time.monotonic()
+        self.started = self.ended = self.closed_at = time.monotonic()
         self.client_transport: asyncio.Transport | None = None
         self.on_finished: Callable[[Tunnel], None] | None = None
         self.client_side = ClientSide(self)
@@ -136,6 +144,7 @@ class Tunnel:
         self._idle_seen = -1
         self._idle_ticks = 0
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None
         upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
         self._buffer_limit = buffer_limit
 
@@ -183,7 +192,7 @@ class Tunnel:
         elif peer is not None and peer.can_write_eof() and not peer.is_closing():
             peer.write_eof()
         elif peer is not None:
-            peer.close()
+            self._close_gently(peer)
 
     def on_lost(self, side: Literal["client", "upstream"], exc: BaseException | None) -> None:
         if side == "client":
@@ -195,11 +204,11 @@ class Tunnel:
         if exc is not None:
             self._record_end(side, "reset")
             if peer is not None and not peer.is_closing():
-                _reset(peer)
+                reset_transport(peer)
         else:
             self._record_end(side, "fin")
             if peer is not None:
-                peer.close()
+                self._close_gently(peer)
         if self._client_lost and self._upstream_lost:
             self._finish()
 
@@ -225,9 +234,9 @@ class Tunnel:
         for transport in (self.client_transport, self.upstream_transport):
             if transport is not None and not transport.is_closing():
                 if reset:
-                    _reset(transport)
+                    reset_transport(transport)
                 else:
-                    transport.close()
+                    self._close_gently(transport)
         if self.client_transport is None:
             # Not started yet: nothing will report the client side lost.
             self._client_lost = True
@@ -238,17 +247,33 @@ class Tunnel:
         if self.closed_by is None:
             self.closed_by = side
             self.how = how
+            # The session's length is up to this event, not to the teardown:
+            # after an upstream FIN the client may keep its half open a while.
+            self.closed_at = time.monotonic()
 
     def _close_both(self) -> None:
         for transport in (self.client_transport, self.upstream_transport):
             if transport is not None:
-                transport.close()
+                self._close_gently(transport)
+
+    def _close_gently(self, transport: asyncio.Transport) -> None:
+        """FIN once the buffer drains; a reset if it has not within CLOSE_TIMEOUT."""
+        transport.close()
+        if self._linger_handle is None and not self.finished.done():
+            self._linger_handle = self._loop.call_later(CLOSE_TIMEOUT, self._reset_remaining)
+
+    def _reset_remaining(self) -> None:
+        self._linger_handle = None
+        for transport in (self.client_transport, self.upstream_transport):
+            if transport is not None:
+                reset_transport(transport)
 
     def _finish(self) -> None:
         self.ended = time.monotonic()
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        for handle in (self._idle_handle, self._linger_handle):
+            if handle is not None:
+                handle.cancel()
+        self._idle_handle = self._linger_handle = None
         if not self.finished.done():
             self.finished.set_result(None)
             on_finished, self.on_finished = self.on_finished, None

@@ -16,6 +16,7 @@ Order of events for one session:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import h11
 from aiohttp import web
 
-from wsproxy.aiohttp_adapter import ProxiedResponse, take_over
+from wsproxy.aiohttp_adapter import ProxiedResponse, origin_form_target, take_over
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, cut_response
 from wsproxy.headers import (
@@ -37,6 +38,8 @@ from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstream import UpstreamHandshake, open_handshake
 from wsproxy.wsframes import allowed_rsv_bits
+
+log = logging.getLogger("wsproxy.websocket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ async def handle_websocket(
     handshake = await open_handshake(server, upstream.connect_timeout)
     try:
         try:
-            handshake.send_request(request.method, request.raw_path, headers)
+            handshake.send_request(request.method, origin_form_target(request), headers)
         except h11.LocalProtocolError as exc:
             handshake.close()
             exchange.upgrade_result = "bad_handshake"
@@ -83,8 +86,6 @@ async def handle_websocket(
     observability.upstream_ok(upstream.name, str(server))
 
     if isinstance(event, h11.InformationalResponse):  # 101
-        exchange.upgrade_result = "accepted"
-        exchange.websocket_session = True
         info = SessionInfo(
             route=exchange.route,
             client=exchange.client,
@@ -95,7 +96,7 @@ async def handle_websocket(
             upstream_connection=", ".join(header_values(headers, "connection")),
             early_close_window=settings.early_close_window,
         )
-        return await _tunnel(request, handshake, event, settings, info, observability)
+        return await _tunnel(request, handshake, event, settings, info, exchange, observability)
     assert isinstance(event, h11.Response)
     exchange.upgrade_result = "upstream_rejected"
 
@@ -115,6 +116,7 @@ async def _tunnel(
     event: h11.InformationalResponse,
     settings: TunnelSettings,
     info: SessionInfo,
+    exchange: Exchange,
     observability: Observability,
 ) -> web.StreamResponse:
     assert handshake.transport is not None
@@ -138,15 +140,26 @@ async def _tunnel(
         raise
     # From here the session lives on its own: the observability hub holds it
     # until it ends, and this handler returns so aiohttp frees the request.
+    exchange.upgrade_result = "accepted"
+    exchange.websocket_session = True
     observability.session_started(tunnel, info, request.method)
     tunnel.on_finished = observability.session_ended
-    tunnel.start(
-        client_transport,
-        client_tail=client_tail,
-        upstream_tail=handshake.trailing_data(),
-        upstream_eof=handshake.saw_eof(),
-        upstream_lost=(handshake.lost,) if handshake.is_lost else None,
-    )
+    try:
+        tunnel.start(
+            client_transport,
+            client_tail=client_tail,
+            upstream_tail=handshake.trailing_data(),
+            upstream_eof=handshake.saw_eof(),
+            upstream_lost=(handshake.lost,) if handshake.is_lost else None,
+        )
+    except Exception:
+        # Nothing may leave a session in the live set with nobody to end it.
+        log.exception("session %s failed to start", info.request_id)
+        tunnel.close("error", reset=True)
+        observability.session_ended(tunnel)
+        return response
+    if observability.draining:
+        tunnel.close("drain")  # the 101 arrived during shutdown
     return response
 
 
