@@ -738,6 +738,9 @@ def _path_prefix(text: str) -> str:
 def _route_name(text: str) -> str:
     if not text.strip():
         raise ValueError(f"invalid name {text!r} (expected a non-empty name)")
+    if text == "none":
+        # route="none" is the metrics label of requests that matched no route.
+        raise ValueError("invalid name 'none' (reserved for requests that match no route)")
     return text
 
 

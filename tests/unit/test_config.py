@@ -1258,3 +1258,9 @@ def test_access_log_errors() -> None:
 def test_access_log_off_may_be_written_bare(value: str) -> None:
     """YAML 1.1 reads a bare `off` as false; for this key it means "off"."""
     assert parse(MINIMAL + f"access_log:\n  format: {value}\n").access_log.format == "off"
+
+
+def test_route_name_none_is_reserved_for_unmatched_requests() -> None:
+    found = errors(MINIMAL.replace("  - path_prefix: /\n", "  - path_prefix: /\n    name: none\n"))
+    assert len(found) == 1
+    assert "routes[0].name: invalid name 'none' (reserved" in found[0]
