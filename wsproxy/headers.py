@@ -129,6 +129,11 @@ def check_websocket_handshake(
     """
     if method != "GET":
         return HandshakeRejection(400, f"WebSocket handshake must use GET, not {method}")
+    if split_tokens(header_values(headers, "upgrade")) != ["websocket"]:
+        # aiohttp's parser switches to the upgraded protocol only for exactly
+        # "websocket"; with more tokens, bytes sent right behind the handshake
+        # would be parsed as HTTP and lost.  Browsers send "websocket" alone.
+        return HandshakeRejection(400, "WebSocket handshake needs 'Upgrade: websocket' alone")
     if "upgrade" not in connection_options(headers):
         return HandshakeRejection(400, "WebSocket handshake needs 'upgrade' in Connection")
     if has_body:

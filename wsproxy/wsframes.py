@@ -200,6 +200,10 @@ class FrameObserver:
         self.frames[opcode] += 1
         if first & 0x70 & ~self._allowed_rsv:
             return self._fail("reserved bits set without a negotiated extension")
+        if first & RSV1 and (opcode == 0 or opcode >= 0x8):
+            # RFC 7692 §6.1: RSV1 marks a compressed message on its first
+            # frame only; continuation and control frames must not set it.
+            return self._fail("RSV1 set on a continuation or control frame")
         if mask_bit != self._want_mask:
             return self._fail("unmasked client frame" if self._want_mask else "masked server frame")
         if opcode >= 0x8:

@@ -98,6 +98,7 @@ def replace(name: str, value: str | None) -> list[tuple[str, str]]:
         (replace("Connection", "keep-alive"), "GET", 400),
         (HANDSHAKE, "POST", 400),
         ([*HANDSHAKE, ("Sec-WebSocket-Key", KEY)], "GET", 400),  # two keys
+        (replace("Upgrade", "websocket, foo"), "GET", 400),  # aiohttp would not switch
     ],
 )
 def test_bad_handshakes_get_precise_statuses(

@@ -197,6 +197,19 @@ def test_rsv1_is_legal_with_permessage_deflate() -> None:
     assert observer.messages == 1
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        encode_frame(0x1, b"a", fin=False) + encode_frame(0x0, b"b", rsv1=True),
+        encode_frame(0x9, b"p", rsv1=True),
+    ],
+)
+def test_rsv1_only_on_the_first_frame_of_a_message(frame: bytes) -> None:
+    observer = FrameObserver(client_side=True, allowed_rsv=RSV1)
+    observer.feed(frame)
+    assert observer.error == "RSV1 set on a continuation or control frame"
+
+
 def test_in_frame_is_false_only_at_boundaries() -> None:
     frame = encode_frame(0x2, b"x" * 1000, mask=False)
     observer = FrameObserver(client_side=False)
