@@ -93,32 +93,33 @@ class SessionCollector(Collector):
             gauge.add_metric([route], count)
         yield gauge
 
-        frame_family = CounterMetricFamily(
+        yield _counter(
             "wsproxy_websocket_frames",
             "WebSocket frames seen by the passive observer.",
-            labels=["route", "direction", "opcode"],
+            ["route", "direction", "opcode"],
+            frames.items(),
         )
-        for frame_labels, count in sorted(frames.items()):
-            frame_family.add_metric(list(frame_labels), count)
-        yield frame_family
-
-        message_family = CounterMetricFamily(
+        yield _counter(
             "wsproxy_websocket_messages",
             "Complete WebSocket messages (final data frames).",
-            labels=["route", "direction"],
+            ["route", "direction"],
+            messages.items(),
         )
-        for message_labels, count in sorted(messages.items()):
-            message_family.add_metric(list(message_labels), count)
-        yield message_family
-
-        bytes_family = CounterMetricFamily(
+        yield _counter(
             "wsproxy_websocket_bytes",
             "Bytes relayed through WebSocket tunnels (frames and payloads).",
-            labels=["route", "direction"],
+            ["route", "direction"],
+            byte_counts.items(),
         )
-        for byte_labels, count in sorted(byte_counts.items()):
-            bytes_family.add_metric(list(byte_labels), count)
-        yield bytes_family
+
+
+def _counter(
+    name: str, documentation: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], int]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for label_values, count in sorted(values):
+        family.add_metric(list(label_values), count)
+    return family
 
 
 #: ``*_created`` series double the exposition for no use on a proxy's counters.
@@ -152,7 +153,7 @@ class Metrics:
         )
         self.upstream_up = Gauge(
             "wsproxy_upstream_server_up",
-            "1 when the last attempt to reach the server worked, 0 when it failed.",
+            "0 for a few seconds after a failed attempt to reach the server, else 1.",
             ["upstream", "server"],
             registry=r,
         )
