@@ -287,8 +287,11 @@ class ProxyServer:
             for tunnel in tunnels:
                 tunnel.close("drain")
             await asyncio.wait([tunnel.finished for tunnel in tunnels], timeout=remaining)
-        for tunnel in list(self.proxy.tunnels):
+        leftovers = list(self.proxy.tunnels)
+        for tunnel in leftovers:
             tunnel.close("drain", reset=True)
+        if leftovers:  # a reset is reported on the next loop turns
+            await asyncio.wait([tunnel.finished for tunnel in leftovers], timeout=1.0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -70,7 +70,9 @@ def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # A socket already closed raises OSError (asyncio) or ValueError
+        # ("negative file descriptor", uvloop): then there is nothing to reset.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
 
@@ -231,11 +233,11 @@ class Tunnel:
     def close(self, how: How, *, reset: bool = False) -> None:
         """End the session for the proxy's own reasons."""
         self._record_end("proxy", how)
-        for transport in (self.client_transport, self.upstream_transport):
-            if transport is not None and not transport.is_closing():
-                if reset:
-                    reset_transport(transport)
-                else:
+        if reset:
+            self._reset_remaining()  # also what a gentle close left draining
+        else:
+            for transport in (self.client_transport, self.upstream_transport):
+                if transport is not None and not transport.is_closing():
                     self._close_gently(transport)
         if self.client_transport is None:
             # Not started yet: nothing will report the client side lost.
@@ -263,10 +265,13 @@ class Tunnel:
             self._linger_handle = self._loop.call_later(CLOSE_TIMEOUT, self._reset_remaining)
 
     def _reset_remaining(self) -> None:
-        self._linger_handle = None
-        for transport in (self.client_transport, self.upstream_transport):
-            if transport is not None:
-                reset_transport(transport)
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
+        if self.client_transport is not None and not self._client_lost:
+            reset_transport(self.client_transport)
+        if not self._upstream_lost:
+            reset_transport(self.upstream_transport)
 
     def _finish(self) -> None:
         self.ended = time.monotonic()
