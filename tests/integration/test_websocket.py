@@ -613,21 +613,7 @@ async def test_dead_upstream_gets_502_quickly() -> None:
 
 
 def _silent_upstream_config(upstream_port: int) -> str:
-    return f"""\
-listen:
-  - host: 127.0.0.1
-    port: 0
-admin:
-  host: 127.0.0.1
-  port: 0
-upstreams:
-  app:
-    servers: ["127.0.0.1:{upstream_port}"]
-    read_timeout: 300ms
-routes:
-  - path_prefix: /
-    upstream: app
-"""
+    return config_text(upstream_port, upstream_extra="    read_timeout: 300ms\n")
 
 
 async def test_upstream_that_never_answers_gets_504_after_read_timeout() -> None:

@@ -15,8 +15,14 @@ from wsproxy.server import ProxyServer
 REQUIRE_ENV = "WSPROXY_REQUIRE_SYSTEM_PROGRAMS"
 
 
-def config_text(upstream_port: int, extra: str = "", route_extra: str = "") -> str:
-    """The minimal configuration, on port 0, plus optional YAML additions."""
+def config_text(
+    upstream_port: int, extra: str = "", route_extra: str = "", upstream_extra: str = ""
+) -> str:
+    """The minimal configuration, on port 0, plus optional YAML additions.
+
+    ``upstream_extra`` goes under ``upstreams.app`` (indent 4), ``route_extra``
+    under the route (indent 4), ``extra`` at the top level.
+    """
     return f"""\
 listen:
   - host: 127.0.0.1
@@ -27,7 +33,7 @@ admin:
 upstreams:
   app:
     servers: ["127.0.0.1:{upstream_port}"]
-routes:
+{upstream_extra}routes:
   - path_prefix: /
     upstream: app
 {route_extra}{extra}"""
