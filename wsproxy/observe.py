@@ -55,7 +55,7 @@ class Exchange:
     server: str | None = None
     websocket_session: bool = False  # a 101 was relayed: counted and logged as a session
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)  # more access-log fields
 
 
 def _stats(observer: FrameObserver) -> DirectionStats:
@@ -135,7 +135,7 @@ class Observability:
 
     # --- requests ----------------------------------------------------------
 
-    def request_done(self, exchange: Exchange, status: int, now: float, **fields: object) -> None:
+    def request_done(self, exchange: Exchange, status: int, now: float) -> None:
         if exchange.websocket_session:
             return  # counted when its 101 was relayed; the session logs itself
         metrics = self.metrics
@@ -157,7 +157,6 @@ class Observability:
                     "version": exchange.version,
                     "status": status,
                     "duration_ms": round(duration * 1000, 3),
-                    **fields,
                     **exchange.extra,
                 }
             )

@@ -92,10 +92,9 @@ class Proxy:
             # tell, and it is not a server error (aiohttp would log a 500).
             log.debug("client %s disconnected: %s", exchange.client, exc)
             response = web.Response(status=499)  # nginx's "client closed request"
-        fields: dict[str, object] = {}
         if response.prepared:
-            fields["bytes_to_client"] = response.body_length
-        self.observability.request_done(exchange, response.status, time.monotonic(), **fields)
+            exchange.extra["bytes_to_client"] = response.body_length
+        self.observability.request_done(exchange, response.status, time.monotonic())
         return response
 
     def _exchange(self, request: web.BaseRequest) -> Exchange:

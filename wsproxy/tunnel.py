@@ -236,9 +236,7 @@ class Tunnel:
         if reset:
             self._reset_remaining()  # also what a gentle close left draining
         else:
-            for transport in (self.client_transport, self.upstream_transport):
-                if transport is not None and not transport.is_closing():
-                    self._close_gently(transport)
+            self._close_both()
         if self.client_transport is None:
             # Not started yet: nothing will report the client side lost.
             self._client_lost = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import h11
@@ -99,13 +100,11 @@ async def handle_websocket(
         return await _tunnel(request, handshake, event, settings, info, exchange, observability)
     assert isinstance(event, h11.Response)
     exchange.upgrade_result = "upstream_rejected"
-
-    def on_cut(failure: UpstreamFailure) -> None:
-        observability.upstream_failed(upstream.name, str(server), failure)
-        cut_response(request, failure, server)
-
+    on_cut = partial(observability.upstream_failed, upstream.name, str(server))
     try:
-        return await _relay_refusal(request, handshake, event, upstream.read_timeout, on_cut)
+        return await _relay_refusal(
+            request, handshake, event, upstream.read_timeout, server, on_cut
+        )
     finally:
         handshake.close()
 
@@ -168,9 +167,14 @@ async def _relay_refusal(
     handshake: UpstreamHandshake,
     event: h11.Response,
     read_timeout: float,
+    server: Address,
     on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
-    """Give the client the upstream's own non-101 answer, body and all."""
+    """Give the client the upstream's own non-101 answer, body and all.
+
+    A failure mid-body is handled as forward.py does: reported through
+    ``on_cut``, then the client connection is reset (errors.cut_response).
+    """
     response = ProxiedResponse(status=event.status_code, reason=event.reason.decode("latin-1"))
     for name, value in client_response_headers(_decode(event.headers)):
         response.headers.add(name, value)
@@ -184,6 +188,7 @@ async def _relay_refusal(
                 break
     except UpstreamFailure as failure:
         on_cut(failure)
+        cut_response(request, failure, server)
         return response
     await response.write_eof()
     return response
