@@ -8,16 +8,11 @@ parses frames in Cython and echoes each message as it arrives.
 
 from __future__ import annotations
 
-import resource
 import sys
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
-
-
-def raise_file_limit() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from procs import raise_file_limit  # type: ignore[import-not-found]
 
 
 class Echo(WSListener):

@@ -21,8 +21,8 @@ import sys
 import time
 
 import uvloop
-from backend import raise_file_limit  # type: ignore[import-not-found]
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from procs import raise_file_limit  # type: ignore[import-not-found]
 
 
 class PingPong(WSListener):

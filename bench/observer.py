@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,21 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import cpu_seconds, free_port, wait_port  # type: ignore[import-not-found]
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 KEY = base64.b64encode(b"0123456789abcdef").decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 def client_frame(payload: bytes) -> bytes:
@@ -164,17 +152,6 @@ async def ping_pong(port: int, size: int, connections: int, seconds: float) -> i
         return sum(await asyncio.gather(*futures))
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def proxy_config(port: int, backend: int, observe: bool) -> str:
     return f"""\
 listen:
@@ -213,7 +190,7 @@ def main() -> int:
                 [sys.executable, __file__, "backend", str(backend_port), str(args.size)]
             )
         )
-        wait_port(backend_port)
+        wait_port(backend_port, processes[-1], "backend")
         proxies: dict[str, tuple[int, int]] = {}
         tmp = Path(tempfile.mkdtemp(prefix="wsproxy-bench-"))
         for name, observe in (("observer on", True), ("observer off", False)):
@@ -227,7 +204,7 @@ def main() -> int:
                 cwd=ROOT,
             )
             processes.append(proc)
-            wait_port(port)
+            wait_port(port, proc, f"wsproxy ({name})")
             proxies[name] = (port, proc.pid)
 
         results: dict[str, dict[str, list[float]]] = {}

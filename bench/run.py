@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procs import cpu_seconds, rss_kb  # type: ignore[import-not-found]
 from targets import (  # type: ignore[import-not-found]
     HERE,
     PROXIES,
     Target,
-    cpu_seconds,
     need,
-    rss_kb,
     start_backend,
     start_origin,
 )
