@@ -13,7 +13,7 @@ from importlib import resources
 from aiohttp import WSMsgType, web
 
 from wsproxy.config import parse_config
-from wsproxy.server import ProxyServer, wait_for_stop_signal
+from wsproxy.server import ProxyServer, stop_signals
 
 log = logging.getLogger("wsproxy.demo")
 
@@ -70,22 +70,22 @@ routes:
 
 
 async def run_demo(host: str, port: int) -> None:
-    runner = web.AppRunner(backend_app(), access_log=None)
-    await runner.setup()
-    backend = web.TCPSite(runner, "127.0.0.1", 0)
-    await backend.start()
-    backend_port = int(runner.addresses[0][1])
-    proxy = ProxyServer(parse_config(demo_config(host, port, backend_port), "<demo>"))
-    try:
-        await proxy.start()
-        proxy_host, proxy_port = proxy.addresses[0]
-        shown = "localhost" if proxy_host in ("127.0.0.1", "::1") else proxy_host
-
-        def announce() -> None:
-            print(f"wsproxy demo: open http://{shown}:{proxy_port}/")
-            print(f"(echo backend on 127.0.0.1:{backend_port}; Ctrl-C stops)", flush=True)
-
-        await wait_for_stop_signal(announce)
-    finally:
-        await proxy.stop()
-        await runner.cleanup()
+    with stop_signals() as stop:
+        runner = web.AppRunner(backend_app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            backend_port = int(runner.addresses[0][1])
+            config = parse_config(demo_config(host, port, backend_port), "<demo>")
+            proxy = ProxyServer(config)
+            try:
+                await proxy.start()
+                proxy_host, proxy_port = proxy.addresses[0]
+                shown = "localhost" if proxy_host in ("127.0.0.1", "::1") else proxy_host
+                print(f"wsproxy demo: open http://{shown}:{proxy_port}/")
+                print(f"(echo backend on 127.0.0.1:{backend_port}; Ctrl-C stops)", flush=True)
+                await stop.wait()
+            finally:
+                await proxy.stop()
+        finally:
+            await runner.cleanup()

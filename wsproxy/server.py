@@ -10,11 +10,12 @@ as a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 import uuid
-from collections.abc import Callable, KeysView, Sequence
+from collections.abc import Iterator, KeysView, Sequence
 from functools import partial
 from typing import TextIO
 
@@ -301,11 +302,13 @@ class ProxyServer:
         self.observability.access_log.flush()
 
 
-async def wait_for_stop_signal(on_ready: Callable[[], None] | None = None) -> None:
-    """Return on the first SIGINT or SIGTERM (a container's stop).
+@contextlib.contextmanager
+def stop_signals() -> Iterator[asyncio.Event]:
+    """An event set by the first SIGINT or SIGTERM (a container's stop).
 
-    ``on_ready`` runs once the handlers are installed: announcing readiness
-    before that would let an early SIGTERM kill the process uncleanly.
+    Enter it before opening any listener: once a port accepts connections,
+    a supervisor may send SIGTERM, and without a handler that signal kills
+    the process instead of stopping it cleanly.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -313,9 +316,7 @@ async def wait_for_stop_signal(on_ready: Callable[[], None] | None = None) -> No
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     try:
-        if on_ready is not None:
-            on_ready()
-        await stop.wait()
+        yield stop
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -324,15 +325,13 @@ async def wait_for_stop_signal(on_ready: Callable[[], None] | None = None) -> No
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then stop cleanly."""
     server = ProxyServer(config)
-    await server.start()
-
-    def announce() -> None:
-        for host, port in server.addresses:
-            log.info("listening on http://%s:%d", host, port)
-        log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
-
-    try:
-        await wait_for_stop_signal(announce)
-        log.info("stopping")
-    finally:
-        await server.stop()
+    with stop_signals() as stop:
+        try:
+            await server.start()
+            for host, port in server.addresses:
+                log.info("listening on http://%s:%d", host, port)
+            log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await server.stop()
