@@ -35,8 +35,9 @@ from wsproxy.headers import (
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
 from wsproxy.sessions import redact_query
-from wsproxy.tunnel import Tunnel
+from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.websocket import TunnelSettings, handle_websocket
+from wsproxy.wsframes import FrameBudget
 
 log = logging.getLogger("wsproxy")
 
@@ -60,6 +61,8 @@ class Proxy:
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
+        #: Frames all WebSocket observers may parse per loop turn (set in open()).
+        self.frame_budget: FrameBudget | None = None
 
     @property
     def draining(self) -> bool:
@@ -71,6 +74,7 @@ class Proxy:
         return self.observability.live.keys()
 
     async def open(self) -> None:
+        self.frame_budget = turn_budget(asyncio.get_running_loop())
         for name, upstream in self.config.upstreams.items():
             self.sessions[name] = make_session(upstream)
 
@@ -183,6 +187,7 @@ class Proxy:
             idle_timeout=route.websocket.idle_timeout,
             early_close_window=route.websocket.early_close_window,
             observe_frames=self.config.proxy.observe_frames,
+            frame_budget=self.frame_budget,
         )
         try:
             return await handle_websocket(

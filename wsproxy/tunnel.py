@@ -31,6 +31,16 @@ Invariants:
   direction's passive frame observer (wsframes.py), which only counts; its
   first close frame, or else the first FIN or reset, decides ``closed_by``
   and ``how``.
+* **No session holds the loop.**  Observers share one
+  :class:`~wsproxy.wsframes.FrameBudget` per server, refilled every loop
+  turn.  A chunk with more frames than granted (a flood of tiny frames) is
+  still relayed at once, but the rest of its parsing waits for later turns
+  (``_catch_up``) and reading that direction stops until it is done: the
+  flooder is slowed, everyone else keeps their latency.  An end event (FIN,
+  reset, the proxy's own close) that arrives while a backlog is being parsed
+  is held until the bytes that came before it are parsed, so a close frame
+  in those bytes still counts as first.  The session is reported only once
+  every byte it relayed was observed.
 * **One ending.**  Once both transports are gone, ``on_finished`` is called
   once and ``finished`` resolves.  Nothing else holds the session: the aiohttp
   handler returned when the tunnel started (aiohttp_adapter.take_over).
@@ -44,9 +54,10 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
-from wsproxy.wsframes import ByteCounter, FrameObserver
+from wsproxy.wsframes import ByteCounter, FrameBudget, FrameObserver
 
 Side = Literal["client", "upstream", "proxy"]
 #: How a session ended: the first close frame, FIN or reset of a side, or the
@@ -66,6 +77,28 @@ CLOSE_TIMEOUT = 10.0
 _IDLE_CHECKS = 4
 
 
+#: Why a transport's reading is paused; it resumes when no reason is left.
+_HELD_BY_PEER = 1  # the other side's write buffer is above its high-water mark
+_HELD_BY_OBSERVER = 2  # this direction's observer has a backlog to parse first
+
+
+def turn_budget(
+    loop: asyncio.AbstractEventLoop,
+    *,
+    per_turn: int = FrameBudget.PER_TURN,
+    per_feed: int = FrameBudget.PER_FEED,
+    floor: int = FrameBudget.FLOOR,
+) -> FrameBudget:
+    """A frame budget refilled on the event loop turn after it was first used.
+
+    ``call_soon`` callbacks queued during one turn run at the start of the
+    next, before that turn's I/O callbacks, so each turn starts full.
+    """
+    budget = FrameBudget(per_turn=per_turn, per_feed=per_feed, floor=floor)
+    budget.on_first_spend = partial(loop.call_soon, budget.refill)
+    return budget
+
+
 def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
@@ -82,13 +115,19 @@ class Tunnel:
 
     __slots__ = (
         "_buffer_limit",
+        "_catching_up",
+        "_client_holds",
         "_client_lost",
+        "_deferred_end",
+        "_deferred_waits",
+        "_finish_pending",
         "_idle_handle",
         "_idle_seen",
         "_idle_ticks",
         "_idle_timeout",
         "_linger_handle",
         "_loop",
+        "_upstream_holds",
         "_upstream_lost",
         "c2u",
         "client_eof",
@@ -117,13 +156,14 @@ class Tunnel:
         idle_timeout: float,
         observe_frames: bool = True,
         allowed_rsv: int = 0,
+        budget: FrameBudget | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.upstream_transport = upstream_transport
         kind = FrameObserver if observe_frames else ByteCounter
         #: client-to-upstream and upstream-to-client observers.
-        self.c2u = kind(client_side=True, allowed_rsv=allowed_rsv)
-        self.u2c = kind(client_side=False, allowed_rsv=allowed_rsv)
+        self.c2u = kind(client_side=True, allowed_rsv=allowed_rsv, budget=budget)
+        self.u2c = kind(client_side=False, allowed_rsv=allowed_rsv, budget=budget)
         self.c2u.on_close = self._client_close_frame
         self.u2c.on_close = self._upstream_close_frame
         self.close_code: int | None = None
@@ -147,6 +187,15 @@ class Tunnel:
         self._idle_ticks = 0
         self._idle_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
+        # Reasons each transport's reading is paused (_HELD_BY_*).
+        self._client_holds = 0
+        self._upstream_holds = 0
+        # Observers with a catch-up scheduled, and an end event held back
+        # until the observers in _deferred_waits have parsed their backlog.
+        self._catching_up: set[FrameObserver] = set()
+        self._deferred_end: tuple[Side, How, float] | None = None
+        self._deferred_waits: frozenset[FrameObserver] = frozenset()
+        self._finish_pending = False
         upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
         self._buffer_limit = buffer_limit
 
@@ -166,18 +215,73 @@ class Tunnel:
         self.upstream_transport.set_protocol(self.upstream_side)
         if client_tail:
             self.upstream_transport.write(client_tail)
-            self.c2u.feed(client_tail)
+            if not self.c2u.feed(client_tail):
+                self.catch_up_later(self.c2u)
         if upstream_tail:
             client.write(upstream_tail)
-            self.u2c.feed(upstream_tail)
+            if not self.u2c.feed(upstream_tail):
+                self.catch_up_later(self.u2c)
         if upstream_eof:
             self.on_eof("upstream")
         if upstream_lost is not None:
             # Lost while the 101 was on its way to the client: replay it.
             self.on_lost("upstream", upstream_lost[0])
-        elif not self.upstream_transport.is_closing():
+        elif not self.upstream_transport.is_closing() and not self._upstream_holds:
             self.upstream_transport.resume_reading()
         self._schedule_idle_check()
+
+    # --- reading, paused for two reasons ------------------------------------
+
+    def hold(self, transport: asyncio.Transport | None, reason: int) -> None:
+        """Stop reading ``transport`` until ``release`` with the same reason."""
+        if transport is None:
+            return
+        if transport is self.upstream_transport:
+            held, self._upstream_holds = self._upstream_holds, self._upstream_holds | reason
+        else:
+            held, self._client_holds = self._client_holds, self._client_holds | reason
+        if not held and not transport.is_closing():
+            transport.pause_reading()
+
+    def release(self, transport: asyncio.Transport | None, reason: int) -> None:
+        if transport is None:
+            return
+        if transport is self.upstream_transport:
+            self._upstream_holds &= ~reason
+            held = self._upstream_holds
+        else:
+            self._client_holds &= ~reason
+            held = self._client_holds
+        if not held and not transport.is_closing():
+            transport.resume_reading()
+
+    # --- the observers' backlog ---------------------------------------------
+
+    def catch_up_later(self, observer: FrameObserver) -> None:
+        """``observer`` stopped with a backlog: pause its source, parse on later turns."""
+        if observer in self._catching_up:
+            return
+        self._catching_up.add(observer)
+        self.hold(self._source(observer), _HELD_BY_OBSERVER)
+        self._loop.call_soon(self._catch_up, observer)
+
+    def _source(self, observer: FrameObserver) -> asyncio.Transport | None:
+        return self.client_transport if observer is self.c2u else self.upstream_transport
+
+    def _catch_up(self, observer: FrameObserver) -> None:
+        if not observer.resume():
+            self._loop.call_soon(self._catch_up, observer)
+            return
+        self._catching_up.discard(observer)
+        if observer in self._deferred_waits:
+            self._deferred_waits -= {observer}
+            if not self._deferred_waits and self._deferred_end is not None:
+                side, how, at = self._deferred_end
+                self._deferred_end = None
+                self._set_end(side, how, at)
+        self.release(self._source(observer), _HELD_BY_OBSERVER)
+        if self._finish_pending and not self._catching_up:
+            self._finish()
 
     # --- events from the two protocols ------------------------------------
 
@@ -224,7 +328,14 @@ class Tunnel:
         if self.close_code is None:
             self.close_code = observer.close_code
             self.close_reason = observer.close_reason
-        self._record_end(side, "close_frame")
+        if self._deferred_end is not None and observer in self._deferred_waits:
+            # These bytes arrived before the held-back event: they came first.
+            _side, _how, at = self._deferred_end
+            self._deferred_end = None
+            self._deferred_waits = frozenset()
+            self._set_end(side, "close_frame", at)
+        else:
+            self._record_end(side, "close_frame")
 
     @property
     def activity(self) -> int:
@@ -244,12 +355,23 @@ class Tunnel:
     # --- internals --------------------------------------------------------
 
     def _record_end(self, side: Side, how: How) -> None:
-        if self.closed_by is None:
-            self.closed_by = side
-            self.how = how
-            # The session's length is up to this event, not to the teardown:
-            # after an upstream FIN the client may keep its half open a while.
-            self.closed_at = time.monotonic()
+        if self.closed_by is not None or self._deferred_end is not None:
+            return
+        now = time.monotonic()
+        if self._catching_up:
+            # Bytes that arrived before this event are still being parsed;
+            # a close frame among them came first (see _close_frame).
+            self._deferred_end = (side, how, now)
+            self._deferred_waits = frozenset(self._catching_up)
+            return
+        self._set_end(side, how, now)
+
+    def _set_end(self, side: Side, how: How, now: float) -> None:
+        self.closed_by = side
+        self.how = how
+        # The session's length is up to this event, not to the teardown:
+        # after an upstream FIN the client may keep its half open a while.
+        self.closed_at = now
 
     def _close_both(self) -> None:
         for transport in (self.client_transport, self.upstream_transport):
@@ -272,6 +394,10 @@ class Tunnel:
             reset_transport(self.upstream_transport)
 
     def _finish(self) -> None:
+        if self._catching_up:
+            # Report only once every relayed byte has been observed.
+            self._finish_pending = True
+            return
         self.ended = time.monotonic()
         for handle in (self._idle_handle, self._linger_handle):
             if handle is not None:
@@ -313,7 +439,8 @@ class ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._upstream.write(data)
-        self._observer.feed(data)
+        if not self._observer.feed(data):
+            self._tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("client")
@@ -323,11 +450,10 @@ class ClientSide(asyncio.Protocol):
         self._tunnel.on_lost("client", exc)
 
     def pause_writing(self) -> None:
-        self._upstream.pause_reading()
+        self._tunnel.hold(self._upstream, _HELD_BY_PEER)
 
     def resume_writing(self) -> None:
-        if not self._upstream.is_closing():
-            self._upstream.resume_reading()
+        self._tunnel.release(self._upstream, _HELD_BY_PEER)
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -341,7 +467,8 @@ class UpstreamSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._tunnel.client_transport.write(data)  # type: ignore[union-attr]
-        self._observer.feed(data)
+        if not self._observer.feed(data):
+            self._tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("upstream")
@@ -351,11 +478,7 @@ class UpstreamSide(asyncio.Protocol):
         self._tunnel.on_lost("upstream", exc)
 
     def pause_writing(self) -> None:
-        client = self._tunnel.client_transport
-        if client is not None:
-            client.pause_reading()
+        self._tunnel.hold(self._tunnel.client_transport, _HELD_BY_PEER)
 
     def resume_writing(self) -> None:
-        client = self._tunnel.client_transport
-        if client is not None and not client.is_closing():
-            client.resume_reading()
+        self._tunnel.release(self._tunnel.client_transport, _HELD_BY_PEER)

@@ -38,7 +38,7 @@ from wsproxy.observe import Exchange, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstream import UpstreamHandshake, open_handshake
-from wsproxy.wsframes import allowed_rsv_bits
+from wsproxy.wsframes import FrameBudget, allowed_rsv_bits
 
 log = logging.getLogger("wsproxy.websocket")
 
@@ -51,6 +51,8 @@ class TunnelSettings:
     idle_timeout: float
     early_close_window: float
     observe_frames: bool
+    #: Shared by every session of the server (tunnel.turn_budget).
+    frame_budget: FrameBudget | None = None
 
 
 async def handle_websocket(
@@ -127,6 +129,7 @@ async def _tunnel(
         idle_timeout=settings.idle_timeout,
         observe_frames=settings.observe_frames,
         allowed_rsv=allowed_rsv_bits(extensions),
+        budget=settings.frame_budget,
     )
     response = ProxiedResponse(status=101, reason=event.reason.decode("latin-1") or None)
     for name, value in client_response_headers(response_headers, switching_protocols=True):

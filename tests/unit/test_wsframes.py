@@ -19,6 +19,7 @@ from wsproxy.wsframes import (
     NO_STATUS_CODE,
     OPCODE_NAMES,
     RSV1,
+    FrameBudget,
     FrameObserver,
     allowed_rsv_bits,
     close_code_is_valid,
@@ -118,6 +119,89 @@ def test_random_streams_count_the_same_whole_and_split(
     data = bytes(expected.data)
     assert_matches(observe([data], client), expected)
     assert_matches(observe(split(data, cuts), client), expected)
+
+
+def observe_budgeted(
+    chunks: list[bytes], client: bool, per_feed: int, per_turn: int
+) -> tuple[FrameObserver, list[int]]:
+    """Feed as the tunnel does: each chunk waits until the backlog is parsed.
+
+    Returns the observer and how many frames each call parsed at most, turn
+    by turn (the budget is refilled between "turns").
+    """
+    turns: list[int] = []
+    budget = FrameBudget(per_turn=per_turn, per_feed=per_feed, floor=1)
+    observer = FrameObserver(client_side=client, budget=budget)
+
+    def turn(done: bool) -> bool:
+        turns.append(per_turn - budget.left)
+        budget.refill()
+        return done
+
+    for chunk in chunks:
+        done = turn(observer.feed(chunk))
+        while not done:
+            assert observer.pending
+            assert observer.in_frame  # no boundary is known while bytes wait
+            done = turn(observer.resume())
+        assert not observer.pending
+    return observer, turns
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sequence=st.lists(items, max_size=30),
+    close=st.one_of(st.none(), closes),
+    client=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0), max_size=6),
+    per_feed=st.integers(min_value=1, max_value=5),
+)
+def test_a_budget_parses_later_but_counts_the_same(
+    sequence: list[tuple[str, object]],
+    close: tuple[int, str] | None,
+    client: bool,
+    cuts: list[int],
+    per_feed: int,
+) -> None:
+    expected = encode(sequence, client, close)
+    data = bytes(expected.data)
+    observer, turns = observe_budgeted(split(data, cuts), client, per_feed, per_feed)
+    assert_matches(observer, expected)
+    assert max(turns, default=0) <= per_feed
+
+
+def test_a_flood_of_tiny_frames_is_parsed_a_budget_at_a_time() -> None:
+    flood = encode_frame(0x2, b"", mask=True) * 10_000
+    close = encode_frame(0x8, (1000).to_bytes(2, "big"), mask=True)
+    observer, turns = observe_budgeted([flood + close], True, per_feed=256, per_turn=512)
+    assert observer.frames[0x2] == 10_000
+    assert observer.close_code == 1000
+    assert turns[:-1] == [256] * (len(turns) - 1)  # every call but the last used its grant
+    assert len(turns) == -(-10_001 // 256)
+
+
+def test_the_floor_lets_a_small_chunk_through_when_the_turn_is_spent() -> None:
+    budget = FrameBudget(per_turn=100, per_feed=100, floor=8)
+    flooder = FrameObserver(client_side=True, budget=budget)
+    assert not flooder.feed(encode_frame(0x2, b"", mask=True) * 1000)
+    assert budget.left <= 0
+    victim = FrameObserver(client_side=True, budget=budget)
+    assert victim.feed(encode_frame(0x1, b"hi", mask=True) * 3)
+    assert victim.messages == 3
+
+
+def test_the_first_spend_of_a_turn_asks_for_a_refill_once() -> None:
+    calls: list[int] = []
+    budget = FrameBudget(per_turn=10, per_feed=10, on_first_spend=lambda: calls.append(1))
+    budget.spend(0)
+    assert calls == []
+    budget.spend(3)
+    budget.spend(3)
+    assert calls == [1]
+    budget.refill()
+    assert budget.left == 10
+    budget.spend(1)
+    assert calls == [1, 1]
 
 
 def test_every_offset_and_byte_by_byte_give_the_same_counts() -> None:

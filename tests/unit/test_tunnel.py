@@ -1,0 +1,129 @@
+"""Tunnel state with fake transports: who pauses reading, and when it resumes.
+
+Reading a transport can be paused for two reasons at once: the other side's
+write buffer is full (backpressure) and this direction's frame observer has a
+backlog to parse (a flood of tiny frames).  It must resume only when neither
+holds.  Sockets are not needed to check that; tests/integration/test_flood.py
+checks the behaviour end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from tests.support.wire import encode_frame
+from wsproxy.tunnel import Tunnel, turn_budget
+from wsproxy.wsframes import FrameBudget
+
+
+class FakeTransport:
+    """Just enough of asyncio.Transport for the tunnel's bookkeeping."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.closing = False
+        self.written = bytearray()
+        self.protocol: Any = None
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def _tunnel(budget: FrameBudget) -> tuple[Tunnel, FakeTransport, FakeTransport]:
+    upstream, client = FakeTransport(), FakeTransport()
+    tunnel = Tunnel(
+        cast(asyncio.Transport, upstream), buffer_limit=65536, idle_timeout=3600, budget=budget
+    )
+    tunnel.start(
+        cast(asyncio.Transport, client), client_tail=b"", upstream_tail=b"", upstream_eof=False
+    )
+    return tunnel, client, upstream
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_backlog_pauses_its_source_until_it_is_parsed() -> None:
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, client, upstream = _tunnel(budget)
+    flood = encode_frame(0x2, b"", mask=True) * 100
+    tunnel.client_side.data_received(flood)
+    assert bytes(upstream.written) == flood  # relayed at once, parsed later
+    assert not client.reading
+    assert upstream.reading  # the other direction is not held
+    await _turns(30)
+    assert client.reading
+    assert tunnel.c2u.frames[0x2] == 100
+    tunnel.close("drain", reset=True)
+
+
+async def test_reading_resumes_only_when_backpressure_and_backlog_are_both_gone() -> None:
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, client, _upstream = _tunnel(budget)
+    tunnel.client_side.data_received(encode_frame(0x2, b"", mask=True) * 100)
+    tunnel.upstream_side.pause_writing()  # the upstream's buffer is full too
+    await _turns(30)
+    assert tunnel.c2u.frames[0x2] == 100
+    assert not client.reading  # the backlog is gone, backpressure still holds
+    tunnel.upstream_side.resume_writing()
+    assert client.reading
+    # And the other order: backpressure released while the backlog remains.
+    tunnel.upstream_side.pause_writing()
+    tunnel.client_side.data_received(encode_frame(0x2, b"", mask=True) * 100)
+    tunnel.upstream_side.resume_writing()
+    assert not client.reading
+    await _turns(30)
+    assert client.reading
+    tunnel.close("drain", reset=True)
+
+
+async def test_a_session_is_reported_only_after_its_backlog_is_parsed() -> None:
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, _client, _upstream = _tunnel(budget)
+    reported: list[int] = []
+    tunnel.on_finished = lambda t: reported.append(t.c2u.frames[0x2])
+    tunnel.client_side.data_received(encode_frame(0x2, b"", mask=True) * 100)
+    tunnel.client_side.connection_lost(ConnectionResetError())
+    tunnel.upstream_side.connection_lost(None)
+    assert reported == []
+    assert not tunnel.finished.done()
+    await _turns(30)
+    assert reported == [100]
+    assert tunnel.closed_by == "client"
+    assert tunnel.how == "reset"
