@@ -56,6 +56,9 @@ class ProxiedResponse(web.StreamResponse):
             self._send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
+        assert self._req is not None
+        if self.status != 101 and stops_parsing(self._req):
+            self.force_close()
         had_content_type = hdrs.CONTENT_TYPE in self.headers
         had_server = hdrs.SERVER in self.headers
         await super()._prepare_headers()
@@ -122,13 +125,17 @@ def take_over(
     return transport, tail.data
 
 
-def origin_form_target(request: web.BaseRequest) -> str:
-    """The request target to send upstream, exactly as the client wrote it.
+def stops_parsing(request: web.BaseRequest) -> bool:
+    """Whether aiohttp reads no further request from this connection.
 
-    RFC 9112 §3.2.2: a server must accept the absolute form
-    (``GET http://host/path``), which a proxy then sends on in origin form.
+    llhttp flags a request as an upgrade when it has an ``Upgrade`` header and
+    ``upgrade`` among its ``Connection`` tokens, or is a ``CONNECT``
+    (``RawRequestMessage.upgrade``, read from the private ``_message``).
+    aiohttp then stops parsing HTTP on the connection: for ``websocket`` and
+    ``CONNECT`` it keeps later bytes for a protocol switch, and for any other
+    token (``h2c``) it discards what was pipelined behind the request.  When
+    the proxy answers such a request without switching protocols, it must
+    close the connection after the answer, so a pipelining client sees the
+    close and retries (RFC 9112 §9.3.2) instead of waiting forever.
     """
-    raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    return request.rel_url.raw_path_qs
+    return bool(request._message.upgrade)

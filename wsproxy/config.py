@@ -51,6 +51,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
+from wsproxy.target import BadTarget, normalize_prefix
 from wsproxy.units import format_size, parse_duration, parse_size
 
 __all__ = [
@@ -722,6 +723,7 @@ def _route_host(text: str) -> str:
 
 
 def _path_prefix(text: str) -> str:
+    """The prefix in the normal form request paths are matched in (wsproxy.target)."""
     if not text.startswith("/"):
         raise ValueError(
             f"invalid path_prefix {text!r} (expected a path starting with '/', e.g. '/api')"
@@ -732,7 +734,10 @@ def _path_prefix(text: str) -> str:
         raise ValueError(
             f"invalid path_prefix {text!r} (expected a URL path without spaces, query or fragment)"
         )
-    return text
+    try:
+        return normalize_prefix(text)
+    except BadTarget as exc:
+        raise ValueError(f"invalid path_prefix {text!r} ({exc})") from None
 
 
 def _route_name(text: str) -> str:

@@ -27,7 +27,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from wsproxy.aiohttp_adapter import ProxiedResponse, origin_form_target
+from wsproxy.aiohttp_adapter import ProxiedResponse
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, cut_response
 from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
@@ -67,10 +67,11 @@ async def forward_http(
     server: Address,
     client: ClientInfo,
     request_id: str,
+    target: str,
     *,
     on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
-    """Forward one request.
+    """Forward one request; ``target`` is the normalized origin-form target.
 
     Raises UpstreamFailure when nothing has been answered yet (the caller
     sends 502/504); a failure mid-body cuts the client connection.
@@ -79,7 +80,7 @@ async def forward_http(
     headers = upstream_request_headers(
         list(request.headers.items()), client, default_host=address, request_id=request_id
     )
-    url = URL(f"http://{address}{origin_form_target(request)}", encoded=True)
+    url = URL(f"http://{address}{target}", encoded=True)
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
         # The proxy takes the body itself, so it says "go ahead" itself.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

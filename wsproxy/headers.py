@@ -100,12 +100,65 @@ def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> HeaderList:
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeRejection:
-    """Why a client's WebSocket handshake cannot be forwarded, as an HTTP answer."""
+class Rejection:
+    """Why a request cannot be forwarded, as the HTTP answer the client gets."""
 
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+#: What a reverse proxy forwards; CONNECT asks for a tunnel to an arbitrary
+#: host, which is a forward proxy's job (``405``, RFC 9110 §15.5.6).
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
+
+#: RFC 3986 §3.2.2 reg-name (unreserved, pct-encoded, sub-delims) or an
+#: IP-literal in brackets, then an optional port (RFC 9110 §7.2).
+_HOST_VALUE = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::(?P<port>[0-9]{0,5}))?"
+)
+
+
+def check_request(method: str, version: tuple[int, int], hosts: Sequence[str]) -> Rejection | None:
+    """What every request must satisfy before routing; None when it does.
+
+    ``hosts`` are the values of every ``Host`` header the request carried.
+
+    * HTTP/1.x only: another major version is ``505`` (RFC 9110 §15.6.6).
+    * ``CONNECT`` is ``405`` with ``Allow``.
+    * ``Host`` (RFC 9112 §3.2): exactly one on HTTP/1.1 (at most one on
+      HTTP/1.0), and a valid ``host[:port]``: it picks the route, becomes
+      ``X-Forwarded-Host`` and, on many backends, a file system path, so a
+      value like ``a/b``, ``a b`` or ``..`` is a ``400`` (nginx refuses ``..``
+      the same way).
+    """
+    if version[0] != 1:
+        return Rejection(505, f"HTTP/{version[0]}.{version[1]} is not supported (HTTP/1.1 is)")
+    if method == "CONNECT":
+        return Rejection(
+            405, "CONNECT is not supported by a reverse proxy", (("Allow", ALLOWED_METHODS),)
+        )
+    if len(hosts) > 1:
+        return Rejection(400, "more than one Host header")
+    if not hosts:
+        if version >= (1, 1):
+            return Rejection(400, "HTTP/1.1 request without a Host header")
+        return None
+    if not _valid_host(hosts[0].strip()):
+        return Rejection(400, "invalid Host header (expected host or host:port)")
+    return None
+
+
+def _valid_host(value: str) -> bool:
+    match = _HOST_VALUE.fullmatch(value)
+    if match is None or ".." in match["host"]:
+        return False
+    if match["host"].startswith("["):
+        try:
+            ipaddress.IPv6Address(match["host"][1:-1])
+        except ValueError:
+            return False
+    return True
 
 
 def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
@@ -121,36 +174,40 @@ def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
 
 def check_websocket_handshake(
     method: str, headers: Sequence[tuple[str, str]], *, has_body: bool
-) -> HandshakeRejection | None:
+) -> Rejection | None:
     """RFC 6455 §4.2.1 validation of an opening handshake; None when valid.
 
     The proxy checks what it can check without the backend, so that a broken
     client gets a precise 400/426 instead of a confused backend.
     """
     if method != "GET":
-        return HandshakeRejection(400, f"WebSocket handshake must use GET, not {method}")
+        return Rejection(400, f"WebSocket handshake must use GET, not {method}")
     if split_tokens(header_values(headers, "upgrade")) != ["websocket"]:
         # aiohttp's parser switches to the upgraded protocol only for exactly
         # "websocket"; with more tokens, bytes sent right behind the handshake
         # would be parsed as HTTP and lost.  Browsers send "websocket" alone.
-        return HandshakeRejection(400, "WebSocket handshake needs 'Upgrade: websocket' alone")
+        return Rejection(400, "WebSocket handshake needs 'Upgrade: websocket' alone")
     if "upgrade" not in connection_options(headers):
-        return HandshakeRejection(400, "WebSocket handshake needs 'upgrade' in Connection")
+        return Rejection(400, "WebSocket handshake needs 'upgrade' in Connection")
     if has_body:
-        return HandshakeRejection(400, "WebSocket handshake must not have a body")
+        return Rejection(400, "WebSocket handshake must not have a body")
     versions = header_values(headers, "sec-websocket-version")
     if not versions:
-        return HandshakeRejection(400, "WebSocket handshake lacks Sec-WebSocket-Version")
+        return Rejection(400, "WebSocket handshake lacks Sec-WebSocket-Version")
+    # §4.1: a client sends exactly one version; a list (repeated or
+    # comma-separated, RFC 9110 §5.3) is a malformed request, not a version.
+    if len(versions) > 1 or "," in versions[0]:
+        return Rejection(400, "WebSocket handshake needs exactly one Sec-WebSocket-Version")
     # §4.2.2: an unsupported version gets 426 and the versions we do speak.
-    if [v.strip() for v in versions] != [WEBSOCKET_VERSION]:
-        return HandshakeRejection(
+    if versions[0].strip() != WEBSOCKET_VERSION:
+        return Rejection(
             426,
             "unsupported Sec-WebSocket-Version (only 13)",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
     keys = header_values(headers, "sec-websocket-key")
     if len(keys) != 1 or not _is_websocket_key(keys[0]):
-        return HandshakeRejection(400, "WebSocket handshake needs one valid Sec-WebSocket-Key")
+        return Rejection(400, "WebSocket handshake needs one valid Sec-WebSocket-Key")
     return None
 
 

@@ -23,11 +23,13 @@ import aiohttp
 from aiohttp import web
 
 from wsproxy.admin import admin_app
+from wsproxy.aiohttp_adapter import stops_parsing
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import forward_http, make_session
 from wsproxy.headers import (
     ClientInfo,
+    check_request,
     check_websocket_handshake,
     choose_request_id,
     wants_websocket,
@@ -35,6 +37,7 @@ from wsproxy.headers import (
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
 from wsproxy.sessions import redact_query
+from wsproxy.target import BadTarget, Target, parse_target
 from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.websocket import TunnelSettings, handle_websocket
 from wsproxy.wsframes import FrameBudget
@@ -99,6 +102,8 @@ class Proxy:
             response = web.Response(status=499)  # nginx's "client closed request"
         if response.prepared:
             exchange.extra["bytes_to_client"] = response.body_length
+        elif stops_parsing(request):
+            response.force_close()  # see aiohttp_adapter.stops_parsing
         self.observability.request_done(exchange, response.status, time.monotonic())
         return response
 
@@ -121,7 +126,16 @@ class Proxy:
         )
 
     async def _dispatch(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        route = self.router.match(request.headers.get("Host"), request.path)
+        version = request.version
+        hosts = request.headers.getall("Host", [])
+        rejection = check_request(request.method, (version.major, version.minor), hosts)
+        if rejection is not None:
+            return _text(rejection.status, rejection.reason, rejection.headers)
+        try:
+            target = parse_target(request.raw_path)
+        except BadTarget as exc:
+            return _text(exc.status, f"bad request target: {exc}")
+        route = self.router.match(hosts[0] if hosts else None, target.route_path)
         if route is None:
             return _text(404, "no route matches this request")
         exchange.route = route.name
@@ -132,7 +146,11 @@ class Proxy:
         )
         upstream = self.config.upstreams[route.upstream]
         if self._is_websocket(request):
-            return await self._websocket(request, route, upstream, client, exchange)
+            return await self._websocket(request, target, route, upstream, client, exchange)
+        if stops_parsing(request):
+            # Upgrade: h2c and the like are forwarded as plain HTTP; the
+            # connection closes after the answer (aiohttp_adapter.stops_parsing).
+            exchange.extra["upgrade_ignored"] = request.headers.get("Upgrade", "")[:100]
         server = self._pick(upstream, exchange)
         try:
             response = await forward_http(
@@ -141,6 +159,7 @@ class Proxy:
                 server,
                 client,
                 exchange.request_id,
+                target.origin_form,
                 on_cut=partial(self.observability.upstream_failed, upstream.name, str(server)),
             )
         except UpstreamFailure as failure:
@@ -167,6 +186,7 @@ class Proxy:
     async def _websocket(
         self,
         request: web.BaseRequest,
+        target: Target,
         route: Route,
         upstream: Upstream,
         client: ClientInfo,
@@ -191,7 +211,14 @@ class Proxy:
         )
         try:
             return await handle_websocket(
-                request, upstream, server, client, exchange, settings, self.observability
+                request,
+                target.origin_form,
+                upstream,
+                server,
+                client,
+                exchange,
+                settings,
+                self.observability,
             )
         except UpstreamFailure as failure:
             exchange.upgrade_result = "upstream_unavailable"

@@ -25,7 +25,7 @@ from typing import Any
 import h11
 from aiohttp import web
 
-from wsproxy.aiohttp_adapter import ProxiedResponse, origin_form_target, take_over
+from wsproxy.aiohttp_adapter import ProxiedResponse, take_over
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, cut_response
 from wsproxy.headers import (
@@ -57,6 +57,7 @@ class TunnelSettings:
 
 async def handle_websocket(
     request: web.BaseRequest,
+    target: str,
     upstream: Upstream,
     server: Address,
     client: ClientInfo,
@@ -64,7 +65,10 @@ async def handle_websocket(
     settings: TunnelSettings,
     observability: Observability,
 ) -> web.StreamResponse:
-    """Run one session to its end; raises UpstreamFailure before any answer."""
+    """Run one session to its end; raises UpstreamFailure before any answer.
+
+    ``target`` is the normalized origin-form target (wsproxy.target).
+    """
     headers = upstream_request_headers(
         list(request.headers.items()),
         client,
@@ -75,7 +79,7 @@ async def handle_websocket(
     handshake = await open_handshake(server, upstream.connect_timeout)
     try:
         try:
-            handshake.send_request(request.method, origin_form_target(request), headers)
+            handshake.send_request(request.method, target, headers)
         except h11.LocalProtocolError as exc:
             handshake.close()
             exchange.upgrade_result = "bad_handshake"

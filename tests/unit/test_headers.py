@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from wsproxy.headers import (
+    ALLOWED_METHODS,
     ClientInfo,
+    check_request,
     check_websocket_handshake,
     choose_request_id,
     client_response_headers,
@@ -90,7 +92,11 @@ def replace(name: str, value: str | None) -> list[tuple[str, str]]:
     ("headers", "method", "status"),
     [
         (replace("Sec-WebSocket-Version", "8"), "GET", 426),
-        (replace("Sec-WebSocket-Version", "13, 8"), "GET", 426),
+        (replace("Sec-WebSocket-Version", "abc"), "GET", 426),
+        # A client sends exactly one version; a list is malformed, not unsupported.
+        (replace("Sec-WebSocket-Version", "13, 8"), "GET", 400),
+        ([*HANDSHAKE, ("Sec-WebSocket-Version", "13")], "GET", 400),
+        ([*HANDSHAKE, ("sec-websocket-version", "8")], "GET", 400),
         (replace("Sec-WebSocket-Version", None), "GET", 400),
         (replace("Sec-WebSocket-Key", None), "GET", 400),
         (replace("Sec-WebSocket-Key", "not base64!"), "GET", 400),
@@ -204,7 +210,8 @@ def test_101_response_keeps_upgrade_and_says_connection_upgrade() -> None:
 
 def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
     code = (
-        "import sys, wsproxy.headers, wsproxy.routing;"
+        "import sys, wsproxy.headers, wsproxy.routing, wsproxy.target, wsproxy.wsframes,"
+        " wsproxy.sessions;"
         "bad = [m for m in ('asyncio', 'aiohttp') if m in sys.modules];"
         "print(','.join(bad))"
     )
@@ -241,3 +248,72 @@ def test_upstream_gets_exactly_one_request_id() -> None:
         request_id="chosen",
     )
     assert [v for n, v in out if n.lower() == "x-request-id"] == ["chosen"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "example.com",
+        "example.com:8080",
+        "EXAMPLE.com.",
+        "127.0.0.1:80",
+        "[::1]",
+        "[2001:db8::1]:443",
+        "under_score.internal",
+        "",  # RFC 9112 §3.2: empty when the target has no authority
+        "xn--bcher-kva.example",
+    ],
+)
+def test_valid_hosts_pass(host: str) -> None:
+    assert check_request("GET", (1, 1), [host]) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a b",
+        "a/b",
+        "a\\b",
+        "..",
+        "a..b",
+        "example.com:80:80",
+        "example.com:abc",
+        "example.com:123456",
+        "[::1",
+        "[not-ipv6]",
+        "[::1]x",
+        "a@b",
+        'a"b',
+        "a<b>",
+    ],
+)
+def test_invalid_hosts_are_400(host: str) -> None:
+    rejection = check_request("GET", (1, 1), [host])
+    assert rejection is not None
+    assert rejection.status == 400
+
+
+def test_host_is_required_on_http11_only_and_never_twice() -> None:
+    assert check_request("GET", (1, 0), []) is None
+    missing = check_request("GET", (1, 1), [])
+    assert missing is not None
+    assert missing.status == 400
+    twice = check_request("GET", (1, 0), ["a", "a"])
+    assert twice is not None
+    assert twice.status == 400
+
+
+@pytest.mark.parametrize(("version", "status"), [((2, 0), 505), ((0, 9), 505), ((3, 1), 505)])
+def test_other_major_versions_are_505(version: tuple[int, int], status: int) -> None:
+    rejection = check_request("GET", version, ["a"])
+    assert rejection is not None
+    assert rejection.status == status
+    assert check_request("GET", (1, 2), ["a"]) is None  # a higher minor is still HTTP/1
+
+
+def test_connect_is_405_with_allow() -> None:
+    rejection = check_request("CONNECT", (1, 1), ["a:443"])
+    assert rejection is not None
+    assert rejection.status == 405
+    assert dict(rejection.headers)["Allow"] == ALLOWED_METHODS
+    assert "CONNECT" not in ALLOWED_METHODS

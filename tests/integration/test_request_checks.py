@@ -1,0 +1,267 @@
+"""What the front door refuses or normalizes before routing, over real sockets.
+
+Black-box findings, each with spellings beyond the ones first reported:
+
+* dot segments must not escape a route's prefix (``/public/../admin``,
+  ``%2e%2e``, ``..%2f``, backslashes, ``..;``): the path is normalized, the
+  normalized path is what the backend receives, and unsafe spellings are ``400``;
+* ``HTTP/2.0`` request lines are ``505``, ``CONNECT`` is ``405`` with ``Allow``,
+  an invalid ``Host`` is ``400``;
+* a request pipelined behind an ``Upgrade: h2c`` request is never left hanging.
+
+Backends are real: a raw recording server (what exactly arrived) and an aiohttp
+static-file server (what a plain file backend would have served).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.support.http_backends import (
+    RecordingBackend,
+    aiohttp_backend,
+    raw_request,
+    read_response,
+    request_bytes,
+)
+from tests.support.observe_helpers import Scrape, observed_proxy
+from tests.support.proxy import config_text, running_proxy
+from tests.support.wire import handshake_request, read_head
+from tests.support.ws_helpers import LOOPBACK, raw_client, scripted
+
+SECRET = b"the admin secret"
+
+PUBLIC_ONLY = """\
+listen:
+  - host: 127.0.0.1
+    port: 0
+admin:
+  host: 127.0.0.1
+  port: 0
+upstreams:
+  static:
+    servers: ["127.0.0.1:{port}"]
+routes:
+  - path_prefix: /public
+    upstream: static
+"""
+
+#: Spellings that climb out of /public on a backend that resolves them.
+ESCAPES = [
+    "/public/../admin/secret.txt",
+    "/public/%2e%2e/admin/secret.txt",
+    "/public/%2E%2E/admin/secret.txt",
+    "/public/.%2e/admin/secret.txt",
+    "/public/%2e./admin/secret.txt",
+    "/public/..%2fadmin/secret.txt",
+    "/public/..%2Fadmin%2Fsecret.txt",
+    "/public%2f..%2fadmin/secret.txt",
+    "/public/%2e%2e%2fadmin/secret.txt",
+    "/public/..%5cadmin/secret.txt",
+    "/public/..\\admin/secret.txt",
+    "/public/..;/admin/secret.txt",
+    "/public/..%3B/admin/secret.txt",
+    "/public/..%00/admin/secret.txt",
+    "/public/./../admin/secret.txt",
+    "/public//../../admin/secret.txt",
+    "/public/x/../../admin/secret.txt",
+    "/public/../../../../admin/secret.txt",
+    "http://example/public/../admin/secret.txt",
+]
+
+
+def _static_site(root: Path) -> web.Application:
+    (root / "public").mkdir()
+    (root / "admin").mkdir()
+    (root / "public" / "index.txt").write_bytes(b"public page")
+    (root / "admin" / "secret.txt").write_bytes(SECRET)
+    app = web.Application()
+    app.router.add_static("/", root)
+    return app
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+async def test_dot_segments_never_reach_a_file_outside_the_route_prefix(
+    tmp_path: Path, target: str
+) -> None:
+    async with (
+        aiohttp_backend(_static_site(tmp_path)) as port,
+        running_proxy(PUBLIC_ONLY.format(port=port)) as (_server, proxy_port),
+    ):
+        request = f"GET {target} HTTP/1.1\r\nHost: example\r\n\r\n".encode("latin-1")
+        head, body = await raw_request(proxy_port, request)
+        assert SECRET not in body
+        # Outside /public there is no route (404); unsafe spellings are 400.
+        assert head.status in (400, 404), (target, head.start_line)
+        # The direct request the proxy exists to prevent really serves it.
+        direct_head, direct_body = await raw_request(
+            port, b"GET /admin/secret.txt HTTP/1.1\r\nHost: example\r\n\r\n"
+        )
+        assert (direct_head.status, direct_body) == (200, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [
+        ("/public/a/../b.txt", "/public/b.txt"),
+        ("/public/./%62.txt?x=../..&y", "/public/b.txt?x=../..&y"),
+        ("/public/%7Euser/%2fx/", "/public/~user/%2Fx/"),
+        ("//public//b.txt", "//public//b.txt"),
+    ],
+)
+async def test_the_backend_receives_the_normalized_path_with_the_query_untouched(
+    target: str, forwarded: str
+) -> None:
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(PUBLIC_ONLY.format(port=backend.port)) as (_server, port),
+    ):
+        head, _body = await raw_request(port, request_bytes("GET", target, [("Host", "h")]))
+        assert head.status == 200
+        assert backend.requests[0].head.start_line == f"GET {forwarded} HTTP/1.1"
+
+
+async def test_a_websocket_handshake_is_routed_and_forwarded_normalized() -> None:
+    backend, sessions = scripted(lambda session: session.accept())
+    async with backend, running_proxy(PUBLIC_ONLY.format(port=backend.port)) as (_server, port):
+        async with raw_client(port) as (reader, writer):
+            writer.write(handshake_request(LOOPBACK, port, path="/public/x/%2e%2e/ws?t=1"))
+            async with asyncio.timeout(5):
+                assert (await read_head(reader)).status == 101
+        async with raw_client(port) as (reader, writer):
+            writer.write(handshake_request(LOOPBACK, port, path="/public/..%2f..%2fws"))
+            async with asyncio.timeout(5):
+                head = await read_head(reader)
+            assert head.status == 400
+    assert [s.head.start_line for s in sessions] == ["GET /public/ws?t=1 HTTP/1.1"]
+
+
+async def test_refused_targets_are_counted_and_logged_with_route_none() -> None:
+    async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
+        head, body = await raw_request(
+            obs.port, request_bytes("GET", "/a/../../etc/passwd", [("Host", "h")])
+        )
+        assert head.status == 400
+        assert b"climbs above the root" in body
+        scrape: Scrape = await obs.sample(
+            "wsproxy_http_requests_total", route="none", method="GET", code="400"
+        )
+        assert (
+            scrape.value("wsproxy_http_requests_total", route="none", method="GET", code="400") == 1
+        )
+        (record,) = obs.log_records()
+        assert (record["route"], record["status"]) == ("none", 400)
+    assert backend.requests == []
+
+
+# --- request line, method and Host ------------------------------------------------
+
+
+async def test_http2_request_line_is_505_and_never_forwarded() -> None:
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port)) as (_server, port),
+    ):
+        request = request_bytes("GET", "/", [("Host", "h")], version="HTTP/2.0")
+        head, _body = await raw_request(port, request)
+        assert head.status == 505
+        # llhttp itself refuses versions it does not know: a parser-level 400.
+        request = request_bytes("GET", "/", [("Host", "h")], version="HTTP/3.0")
+        head, _body = await raw_request(port, request)
+        assert head.status in (400, 505)
+    assert backend.requests == []
+
+
+async def test_connect_is_405_with_allow_and_the_connection_closes() -> None:
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port)) as (_server, port),
+        raw_client(port) as (reader, writer),
+    ):
+        writer.write(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        async with asyncio.timeout(5):
+            head, _body = await read_response(reader)
+            assert head.status == 405
+            assert "CONNECT" not in (head.get("Allow") or "CONNECT")
+            assert "GET" in (head.get("Allow") or "")
+            assert await reader.read() == b""  # closed, not left in tunnel mode
+    assert backend.requests == []
+
+
+@pytest.mark.parametrize(
+    "host", ["a b", "a/b", "..", "evil..example", "h:1:2", "h:port", "[::zz]", "a@b", "a\\b"]
+)
+async def test_invalid_host_values_are_400_and_never_forwarded(host: str) -> None:
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port)) as (_server, port),
+    ):
+        head, _body = await raw_request(port, request_bytes("GET", "/", [("Host", host)]))
+        assert head.status == 400, host
+    assert backend.requests == []
+
+
+async def test_two_websocket_versions_are_400_not_426() -> None:
+    backend, sessions = scripted(lambda session: session.accept())
+    async with backend, running_proxy(config_text(backend.port)) as (_server, port):
+        for extra in (
+            [("Sec-WebSocket-Version", "13")],  # a second header
+            [("Sec-WebSocket-Version", "8")],
+        ):
+            async with raw_client(port) as (reader, writer):
+                writer.write(handshake_request(LOOPBACK, port, extra=extra))
+                async with asyncio.timeout(5):
+                    head = await read_head(reader)
+                assert head.status == 400
+                assert head.get("Sec-WebSocket-Version") is None
+    assert sessions == []
+
+
+# --- pipelining behind an upgrade the proxy does not perform ----------------------
+
+
+async def test_a_request_pipelined_behind_h2c_is_not_left_hanging() -> None:
+    """The first request is answered as plain HTTP with ``Connection: close``; the
+    pipelined one is not silently swallowed on an open connection: the close
+    tells the client to retry it (RFC 9112 §9.3.2), and the access log says so."""
+    async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
+        async with raw_client(obs.port) as (reader, writer):
+            writer.write(
+                b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n"
+                b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQ\r\n"
+                b"\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n"
+            )
+            async with asyncio.timeout(5):
+                head, body = await read_response(reader)
+                assert (head.status, body) == (200, b"ok")
+                assert head.get("Connection") == "close"
+                assert head.get("Upgrade") is None
+                assert await reader.read() == b""
+        records = await obs.log_has(1)
+        assert obs.log_records()[0]["upgrade_ignored"] == "h2c"
+        assert len(records) == 1
+    assert [r.head.start_line for r in backend.requests] == ["GET /first HTTP/1.1"]
+    assert backend.requests[0].head.get("Upgrade") is None
+
+
+async def test_a_refused_websocket_handshake_closes_the_connection_after_its_answer() -> None:
+    """aiohttp stops parsing after a WebSocket handshake; a reused connection
+    would hang.  The refusal must say ``Connection: close`` and close."""
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port)) as (_server, port),
+        raw_client(port) as (reader, writer),
+    ):
+        writer.write(
+            handshake_request(LOOPBACK, port, extra=[("Sec-WebSocket-Version", "13")])
+            + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            head, _body = await read_response(reader)
+            assert head.status == 400
+            assert head.get("Connection") == "close"
+            assert await reader.read() == b""
