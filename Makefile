@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test lint clean bench bench-quick bench-observer
+.PHONY: demo test lint clean bench bench-quick bench-observer bench-flood
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-quick: $(STAMP_BENCH)
 # Tunnel throughput and proxy CPU per message, frame observer on versus off.
 bench-observer: $(STAMP_RUN)
 	$(BIN)/python bench/observer.py
+
+# A victim session's round trip while another session floods tiny frames,
+# frame observer on and off, and straight to the backend (about 2 minutes).
+bench-flood: $(STAMP_RUN)
+	$(BIN)/python bench/flood.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

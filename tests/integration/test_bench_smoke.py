@@ -45,6 +45,31 @@ def test_observer_bench_runs_and_reports_both_modes(tmp_path: Path) -> None:
         assert value["cpu_us_per_msg"] > 0
 
 
+def test_flood_bench_runs_and_reports_the_victim_under_each_flood(tmp_path: Path) -> None:
+    """Guards bench/flood.py (victim latency while another session floods)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "flood.py"),
+            *("--seconds", "0.3", "--rounds", "1", "--warmup", "0.1"),
+            *("--targets", "observer on", "--modes", "c2u", "u2c"),
+            *("--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (report,) = tmp_path.glob("flood-*.json")
+    results = json.loads(report.read_text())["results"]
+    assert set(results) == {"observer on"}
+    assert set(results["observer on"]) == {"c2u", "u2c"}
+    for value in results["observer on"].values():
+        assert value["count"] > 0
+        assert value["flooder_mb"] > 0
+
+
 def test_side_by_side_bench_quick_run_reports_every_target(tmp_path: Path) -> None:
     """Guards against a competitor or workload silently dropping out of make bench."""
     for program in ("nginx", "haproxy", "caddy", "wrk"):
