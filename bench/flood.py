@@ -75,7 +75,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPT = str(Path(__file__).resolve())
 KEY = base64.b64encode(b"0123456789abcdef").decode()
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"  # RFC 6455 §1.3
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 MODES = ("none", "c2u", "u2c")
 TARGETS = ("direct", "observer on", "observer off")
 #: An empty masked binary frame (the mask is arbitrary), 6 bytes.

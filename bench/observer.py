@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import statistics
 import subprocess
@@ -32,6 +33,16 @@ from procs import cpu_seconds, free_port, wait_port  # type: ignore[import-not-f
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+def accept_for(head: bytes) -> bytes:
+    """RFC 6455 §4.2.2: the Sec-WebSocket-Accept for the request head's key."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            digest = hashlib.sha1(value.strip() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            return base64.b64encode(digest)
+    return b""
 
 
 def client_frame(payload: bytes) -> bytes:
@@ -67,11 +78,11 @@ class EchoBackend(asyncio.Protocol):
             self.buffer += data
             if b"\r\n\r\n" not in self.buffer:
                 return
-            _, rest = self.buffer.split(b"\r\n\r\n", 1)
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
             self.switched = True
             self.transport.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(head) + b"\r\n\r\n"
             )
             data = rest
         self.pending += len(data)

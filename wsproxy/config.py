@@ -227,6 +227,7 @@ class ProxySettings:
     tunnel_buffer: int = 262144
     max_header_size: int = 8192
     observe_frames: bool = True
+    allow_underscore_headers: bool = False
 
 
 AccessLogFormat = Literal["json", "text", "off"]
@@ -1040,6 +1041,7 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
     tunnel_buffer = m.get("tunnel_buffer", _size(minimum=4 * 1024), d.tunnel_buffer)
     max_header = m.get("max_header_size", _size(minimum=1024), d.max_header_size)
     observe = m.get("observe_frames", _boolean, d.observe_frames)
+    underscores = m.get("allow_underscore_headers", _boolean, d.allow_underscore_headers)
     m.finish()
     if (
         http10 is None
@@ -1047,10 +1049,11 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
         or tunnel_buffer is None
         or max_header is None
         or observe is None
+        or underscores is None
         or not m.ok
     ):
         return None
-    return ProxySettings(http10, trusted, tunnel_buffer, max_header, observe)
+    return ProxySettings(http10, trusted, tunnel_buffer, max_header, observe, underscores)
 
 
 _FORMAT_CHOICE: _Parser[AccessLogFormat] = _choice({"json": "json", "text": "text", "off": "off"})

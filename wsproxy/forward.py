@@ -20,7 +20,7 @@ proxy and not like a browser:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -30,7 +30,7 @@ from yarl import URL
 from wsproxy.aiohttp_adapter import ProxiedResponse
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, cut_response
-from wsproxy.headers import ClientInfo, client_response_headers, upstream_request_headers
+from wsproxy.headers import client_response_headers
 
 #: Headers aiohttp's client would otherwise add on its own.
 _NO_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
@@ -65,22 +65,22 @@ async def forward_http(
     request: web.BaseRequest,
     session: aiohttp.ClientSession,
     server: Address,
-    client: ClientInfo,
-    request_id: str,
     target: str,
+    headers: Sequence[tuple[str, str]],
     *,
+    on_answer: Callable[[], None],
     on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
-    """Forward one request; ``target`` is the normalized origin-form target.
+    """Forward one request.
 
+    ``target`` is the normalized origin-form target (wsproxy.target) and
+    ``headers`` the upstream request's (headers.upstream_request_headers).
     Raises UpstreamFailure when nothing has been answered yet (the caller
-    sends 502/504); a failure mid-body cuts the client connection.
+    sends 502/504).  ``on_answer`` runs when a valid response head arrived;
+    ``on_cut`` when the upstream failed after it, mid-body, which cuts the
+    client connection (errors.cut_response).
     """
-    address = str(server)
-    headers = upstream_request_headers(
-        list(request.headers.items()), client, default_host=address, request_id=request_id
-    )
-    url = URL(f"http://{address}{target}", encoded=True)
+    url = URL(f"http://{server}{target}", encoded=True)
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
         # The proxy takes the body itself, so it says "go ahead" itself.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -99,6 +99,12 @@ async def forward_http(
         raise classify(exc) from exc
 
     async with upstream_response:
+        if upstream_response.status == 101:
+            # Only a WebSocket handshake may switch protocols, and those never
+            # come this way: the connection is not HTTP any more, drop it.
+            upstream_response.close()
+            raise UpstreamFailure("protocol", "101 Switching Protocols to a plain request")
+        on_answer()
         # Head and body in one send() only when the body is already here; a
         # streamed response (server-sent events, long polling) gets its head
         # at once, as the upstream sent it.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -58,6 +59,14 @@ FORWARDED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwar
 _REPLACED_BY_PROXY = FORWARDED_HEADERS | {"expect", "x-request-id"}
 
 WEBSOCKET_VERSION = "13"
+_WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+#: Headers this hop sets or removes whose underscore spellings CGI-style
+#: backends would read as the real thing (``X_Forwarded_For`` becomes
+#: ``HTTP_X_FORWARDED_FOR``); always dropped, underscores allowed or not.
+_SPOOFABLE = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+) | frozenset(name for name in HOP_BY_HOP if "-" in name)
 
 #: A client's X-Request-ID is kept only if it looks like an ID: printable,
 #: no spaces or quotes, at most 128 characters (what Heroku and nginx's
@@ -295,6 +304,8 @@ def upstream_request_headers(
     default_host: str,
     request_id: str,
     websocket_upgrade: str | None = None,
+    allow_underscores: bool = False,
+    dropped: list[str] | None = None,
 ) -> HeaderList:
     """Headers for the HTTP/1.1 request the upstream receives.
 
@@ -304,11 +315,28 @@ def upstream_request_headers(
     ``websocket_upgrade`` is the client's ``Upgrade`` value for a handshake.
     ``request_id`` (see :func:`choose_request_id`) goes in ``X-Request-ID``,
     so the backend's logs and ours name the same request.
+
+    Names with an underscore are dropped unless ``allow_underscores``
+    (nginx's ``underscores_in_headers off``): CGI, PHP, WSGI and Swoole map
+    ``X_Forwarded_For`` and ``X-Forwarded-For`` to the same variable, so a
+    client could otherwise smuggle a value in beside the proxy's own.  Even
+    when allowed, the underscore spellings of the headers this hop sets or
+    removes are dropped.  Names dropped for an underscore are appended to
+    ``dropped`` (for a debug log line).
     """
     index = _index(headers)
     hop_by_hop = HOP_BY_HOP | frozenset(split_tokens(index.get("connection", ())))
     drop = hop_by_hop | _REPLACED_BY_PROXY
-    kept = [(name, value) for name, value in headers if name.lower() not in drop]
+    kept: HeaderList = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if "_" in name and (not allow_underscores or lower.replace("_", "-") in _SPOOFABLE):
+            if dropped is not None:
+                dropped.append(name)
+            continue
+        kept.append((name, value))
     if "host" not in index or "host" in hop_by_hop:
         kept.insert(0, ("Host", default_host))
     kept.extend(_forwarded(index, client))
@@ -319,17 +347,50 @@ def upstream_request_headers(
     return kept
 
 
-def client_response_headers(
-    headers: Sequence[tuple[str, str]], *, switching_protocols: bool = False
-) -> HeaderList:
-    """Upstream response headers as the client should see them.
+def client_response_headers(headers: Sequence[tuple[str, str]]) -> HeaderList:
+    """Upstream response headers as the client should see them (hop-by-hop dropped)."""
+    return strip_hop_by_hop(headers)
 
-    For a ``101`` the upstream's ``Upgrade`` value is kept and
-    ``Connection: upgrade`` re-added: they belong to the switch itself.
+
+#: RFC 9110 §6.4.1: a 101 has no content, so no framing header may describe one.
+_NO_CONTENT_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def switching_protocols_headers(headers: Sequence[tuple[str, str]]) -> HeaderList:
+    """The headers of an upstream ``101`` as the client gets them.
+
+    ``Upgrade`` and ``Connection`` describe the switch itself, so they pass
+    with the upstream's own values, in the upstream's order, as every other
+    end-to-end header does.  Other hop-by-hop fields (and any field
+    ``Connection`` names, except ``Upgrade``) are dropped, and so are
+    ``Content-Length`` and ``Transfer-Encoding``: a ``101`` carrying them
+    breaks clients (aiohttp#3798).
     """
-    kept = strip_hop_by_hop(headers)
-    if switching_protocols:
-        upgrade = header_values(headers, "upgrade")
-        kept.append(("Upgrade", upgrade[0] if upgrade else "websocket"))
-        kept.append(("Connection", "upgrade"))
-    return kept
+    named = connection_options(headers) - {"upgrade"}
+    drop = (HOP_BY_HOP - {"upgrade", "connection"}) | named | _NO_CONTENT_FRAMING
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def websocket_accept(key: str) -> str:
+    """RFC 6455 §4.2.2: base64(SHA-1(key + GUID)), what a 101 must carry."""
+    digest = hashlib.sha1((key.strip() + _WEBSOCKET_GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def check_switching_protocols(headers: Sequence[tuple[str, str]], key: str) -> str | None:
+    """Why an upstream ``101`` is not a WebSocket handshake response; None if it is.
+
+    RFC 6455 §4.1: the client must fail the connection unless the response
+    has ``Upgrade: websocket``, ``upgrade`` among the ``Connection`` tokens,
+    and the ``Sec-WebSocket-Accept`` that matches its key.  A proxy that
+    relays anything else lets a browser fail in its own words while the
+    proxy reports success; wsproxy answers ``502`` instead.
+    """
+    if split_tokens(header_values(headers, "upgrade")) != ["websocket"]:
+        return "101 without 'Upgrade: websocket'"
+    if "upgrade" not in connection_options(headers):
+        return "101 without 'upgrade' in Connection"
+    accepts = header_values(headers, "sec-websocket-accept")
+    if len(accepts) != 1 or accepts[0].strip() != websocket_accept(key):
+        return "101 without the Sec-WebSocket-Accept that matches the request's key"
+    return None

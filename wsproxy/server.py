@@ -32,6 +32,7 @@ from wsproxy.headers import (
     check_request,
     check_websocket_handshake,
     choose_request_id,
+    upstream_request_headers,
     wants_websocket,
 )
 from wsproxy.observe import Exchange, Observability
@@ -152,20 +153,46 @@ class Proxy:
             # connection closes after the answer (aiohttp_adapter.stops_parsing).
             exchange.extra["upgrade_ignored"] = request.headers.get("Upgrade", "")[:100]
         server = self._pick(upstream, exchange)
+        headers = self._upstream_headers(request, client, server, exchange)
         try:
-            response = await forward_http(
+            return await forward_http(
                 request,
                 self.sessions[upstream.name],
                 server,
-                client,
-                exchange.request_id,
                 target.origin_form,
-                on_cut=partial(self.observability.upstream_failed, upstream.name, str(server)),
+                headers,
+                on_answer=partial(self.observability.upstream_ok, upstream.name, str(server)),
+                on_cut=partial(self._cut, exchange),
             )
         except UpstreamFailure as failure:
             return self._upstream_failed(exchange, failure)
-        self.observability.upstream_ok(upstream.name, str(server))
-        return response
+
+    def _upstream_headers(
+        self,
+        request: web.BaseRequest,
+        client: ClientInfo,
+        server: Address,
+        exchange: Exchange,
+        *,
+        websocket: bool = False,
+    ) -> list[tuple[str, str]]:
+        dropped: list[str] = []
+        headers = upstream_request_headers(
+            list(request.headers.items()),
+            client,
+            default_host=str(server),
+            request_id=exchange.request_id,
+            websocket_upgrade=request.headers.get("Upgrade", "websocket") if websocket else None,
+            allow_underscores=self.config.proxy.allow_underscore_headers,
+            dropped=dropped,
+        )
+        if dropped:
+            log.debug(
+                "request %s: dropped header(s) with '_' in the name: %s",
+                exchange.request_id,
+                ", ".join(name[:64] for name in dropped),
+            )
+        return headers
 
     def _pick(self, upstream: Upstream, exchange: Exchange) -> Address:
         server = self.balancers[upstream.name].pick()
@@ -209,13 +236,14 @@ class Proxy:
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
         )
+        headers = self._upstream_headers(request, client, server, exchange, websocket=True)
         try:
             return await handle_websocket(
                 request,
                 target.origin_form,
+                headers,
                 upstream,
                 server,
-                client,
                 exchange,
                 settings,
                 self.observability,
@@ -225,6 +253,7 @@ class Proxy:
             return self._upstream_failed(exchange, failure)
 
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
+        """No answer from the upstream: count, log the details, tell the client in general."""
         assert exchange.upstream is not None
         assert exchange.server is not None
         self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
@@ -237,9 +266,14 @@ class Proxy:
             failure,
             exchange.request_id,
         )
-        if failure.status == 504:
-            return _text(504, f"upstream timed out ({failure.detail})")
-        return _text(502, f"upstream unavailable ({failure.kind}: {failure.detail})")
+        return _text(failure.status, failure.client_message)
+
+    def _cut(self, exchange: Exchange, failure: UpstreamFailure) -> None:
+        """The upstream failed after the response head went out (errors.cut_response)."""
+        assert exchange.upstream is not None
+        assert exchange.server is not None
+        self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
+        exchange.extra["error"] = str(failure)
 
 
 class ProxyServer:

@@ -23,7 +23,7 @@ from typing import cast
 import h11
 
 from wsproxy.config import Address
-from wsproxy.errors import UpstreamFailure, classify
+from wsproxy.errors import UpstreamFailure, classify, parser_reason
 
 #: Longest upstream response head accepted (status line plus headers).
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -89,7 +89,8 @@ class UpstreamHandshake(asyncio.Protocol):
             try:
                 event = self.http.next_event()
             except h11.RemoteProtocolError as exc:
-                raise UpstreamFailure("protocol", f"invalid response: {exc}") from exc
+                reason = parser_reason(str(exc))
+                raise UpstreamFailure("protocol", f"invalid response ({reason})") from exc
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
             if self.is_lost:
@@ -106,7 +107,7 @@ class UpstreamHandshake(asyncio.Protocol):
                 async with asyncio.timeout(timeout):
                     await self._waiter
             except TimeoutError as exc:
-                raise UpstreamFailure("timeout", "no response from upstream in time") from exc
+                raise UpstreamFailure("timeout", "no response in time") from exc
             finally:
                 self._waiter = None
 
@@ -132,7 +133,7 @@ async def open_handshake(server: Address, connect_timeout: float) -> UpstreamHan
                 UpstreamHandshake, server.host, server.port
             )
     except TimeoutError as exc:
-        raise UpstreamFailure("timeout", f"connect to {server} timed out") from exc
+        raise UpstreamFailure("timeout", "connect timed out") from exc
     except OSError as exc:
         raise classify(exc) from exc
     return protocol

@@ -17,7 +17,7 @@ Order of events for one session:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,10 +29,10 @@ from wsproxy.aiohttp_adapter import ProxiedResponse, take_over
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, cut_response
 from wsproxy.headers import (
-    ClientInfo,
+    check_switching_protocols,
     client_response_headers,
     header_values,
-    upstream_request_headers,
+    switching_protocols_headers,
 )
 from wsproxy.observe import Exchange, Observability
 from wsproxy.sessions import SessionInfo
@@ -58,35 +58,38 @@ class TunnelSettings:
 async def handle_websocket(
     request: web.BaseRequest,
     target: str,
+    headers: Sequence[tuple[str, str]],
     upstream: Upstream,
     server: Address,
-    client: ClientInfo,
     exchange: Exchange,
     settings: TunnelSettings,
     observability: Observability,
 ) -> web.StreamResponse:
     """Run one session to its end; raises UpstreamFailure before any answer.
 
-    ``target`` is the normalized origin-form target (wsproxy.target).
+    ``target`` is the normalized origin-form target (wsproxy.target) and
+    ``headers`` the upstream request's (headers.upstream_request_headers,
+    with the upgrade).
     """
-    headers = upstream_request_headers(
-        list(request.headers.items()),
-        client,
-        default_host=str(server),
-        request_id=exchange.request_id,
-        websocket_upgrade=request.headers.get("Upgrade", "websocket"),
-    )
     handshake = await open_handshake(server, upstream.connect_timeout)
     try:
         try:
             handshake.send_request(request.method, target, headers)
         except h11.LocalProtocolError as exc:
+            # aiohttp accepted something h11 will not write as HTTP/1.1.
             handshake.close()
             exchange.upgrade_result = "bad_handshake"
-            return web.Response(status=400, text=f"request cannot be forwarded: {exc}\n")
+            log.debug("request %s not forwarded: %s", exchange.request_id, type(exc).__name__)
+            return web.Response(status=400, text="request cannot be forwarded as HTTP/1.1\n")
         event = await handshake.next_event(upstream.read_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             event = await handshake.next_event(upstream.read_timeout)  # 1xx other than 101
+        if isinstance(event, h11.InformationalResponse):  # 101
+            problem = check_switching_protocols(
+                _decode(event.headers), request.headers.get("Sec-WebSocket-Key", "")
+            )
+            if problem is not None:
+                raise UpstreamFailure("protocol", problem)
     except BaseException:
         handshake.close()
         raise
@@ -136,7 +139,7 @@ async def _tunnel(
         budget=settings.frame_budget,
     )
     response = ProxiedResponse(status=101, reason=event.reason.decode("latin-1") or None)
-    for name, value in client_response_headers(response_headers, switching_protocols=True):
+    for name, value in switching_protocols_headers(response_headers):
         response.headers.add(name, value)
     try:
         await response.prepare(request)

@@ -265,3 +265,57 @@ async def test_a_refused_websocket_handshake_closes_the_connection_after_its_ans
             assert head.status == 400
             assert head.get("Connection") == "close"
             assert await reader.read() == b""
+
+
+# --- header names with underscores ---------------------------------------------
+
+SPOOFS = [
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("x_forwarded_proto", "https"),
+    ("X_Real_IP", "6.6.6.6"),
+    ("X_Request_ID", "forged"),
+    ("Auth_User", "admin"),
+]
+
+
+@pytest.mark.parametrize("websocket", [False, True])
+async def test_underscore_headers_are_dropped_by_default(
+    websocket: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="wsproxy")
+    backend, sessions = scripted(lambda session: session.accept())
+    recording = RecordingBackend()
+    async with recording, backend:
+        port = backend.port if websocket else recording.port
+        async with running_proxy(config_text(port)) as (_server, proxy_port):
+            if websocket:
+                async with raw_client(proxy_port) as (reader, writer):
+                    writer.write(handshake_request(LOOPBACK, proxy_port, extra=SPOOFS))
+                    async with asyncio.timeout(5):
+                        assert (await read_head(reader)).status == 101
+                head = sessions[0].head
+            else:
+                request = request_bytes("GET", "/", [("Host", "h"), *SPOOFS])
+                answer, _body = await raw_request(proxy_port, request)
+                assert answer.status == 200
+                head = recording.requests[0].head
+    names = [name for name, _value in head.headers]
+    assert not [name for name in names if "_" in name]
+    assert head.get("X-Forwarded-For") == LOOPBACK
+    assert "6.6.6.6" not in str(head.headers)
+    assert "dropped header(s) with '_' in the name: X_Forwarded_For" in caplog.text
+
+
+async def test_allow_underscore_headers_keeps_them_but_never_the_proxys_own() -> None:
+    extra = "proxy:\n  allow_underscore_headers: true\n"
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port, extra=extra)) as (_server, port),
+    ):
+        answer, _body = await raw_request(port, request_bytes("GET", "/", [("Host", "h"), *SPOOFS]))
+        assert answer.status == 200
+    head = backend.requests[0].head
+    assert head.get("X_Real_IP") == "6.6.6.6"
+    assert head.get("Auth_User") == "admin"
+    for name in ("X_Forwarded_For", "x_forwarded_proto", "X_Request_ID"):
+        assert head.get(name) is None

@@ -12,13 +12,15 @@ from wsproxy.headers import (
     ALLOWED_METHODS,
     ClientInfo,
     check_request,
+    check_switching_protocols,
     check_websocket_handshake,
     choose_request_id,
-    client_response_headers,
     connection_options,
     strip_hop_by_hop,
+    switching_protocols_headers,
     upstream_request_headers,
     wants_websocket,
+    websocket_accept,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -191,21 +193,88 @@ def test_trusted_proxy_extends_the_chain() -> None:
     assert out["X-Forwarded-Host"] == "public.test"
 
 
-def test_101_response_keeps_upgrade_and_says_connection_upgrade() -> None:
+def test_101_keeps_the_upstreams_upgrade_and_connection_in_place() -> None:
     upstream = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade, X-Hop"),
+        ("upgrade", "WebSocket"),
+        ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("CONNECTION", "keep-alive, Upgrade, X-Hop"),
         ("X-Hop", "1"),
-        ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("Keep-Alive", "timeout=5"),
+        ("Content-Length", "0"),
+        ("Transfer-Encoding", "chunked"),
         ("Sec-WebSocket-Extensions", "permessage-deflate"),
     ]
-    out = client_response_headers(upstream, switching_protocols=True)
-    assert out == [
+    assert switching_protocols_headers(upstream) == [
+        ("upgrade", "WebSocket"),
         ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("CONNECTION", "keep-alive, Upgrade, X-Hop"),
         ("Sec-WebSocket-Extensions", "permessage-deflate"),
-        ("Upgrade", "websocket"),
-        ("Connection", "upgrade"),
     ]
+
+
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example
+RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+GOOD_101 = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Accept", RFC_ACCEPT),
+]
+
+
+def test_websocket_accept_matches_rfc_6455_example() -> None:
+    assert websocket_accept(RFC_KEY) == RFC_ACCEPT
+    assert check_switching_protocols(GOOD_101, RFC_KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ([h for h in GOOD_101 if h[0] != "Upgrade"], "Upgrade: websocket"),
+        ([("Upgrade", "h2c"), *GOOD_101[1:]], "Upgrade: websocket"),
+        ([("Upgrade", "websocket, h2c"), *GOOD_101[1:]], "Upgrade: websocket"),
+        ([h for h in GOOD_101 if h[0] != "Connection"], "Connection"),
+        ([("Connection", "keep-alive"), GOOD_101[0], GOOD_101[2]], "Connection"),
+        ([h for h in GOOD_101 if h[0] != "Sec-WebSocket-Accept"], "Sec-WebSocket-Accept"),
+        ([*GOOD_101[:2], ("Sec-WebSocket-Accept", "x")], "Sec-WebSocket-Accept"),
+        ([*GOOD_101, ("Sec-WebSocket-Accept", RFC_ACCEPT)], "Sec-WebSocket-Accept"),
+    ],
+)
+def test_a_101_that_is_not_a_websocket_answer_is_refused(
+    headers: list[tuple[str, str]], problem: str
+) -> None:
+    reason = check_switching_protocols(headers, RFC_KEY)
+    assert reason is not None
+    assert problem in reason
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_underscore_headers_are_dropped_unless_allowed(allow: bool) -> None:
+    dropped: list[str] = []
+    out = upstream_request_headers(
+        [
+            ("Host", "h"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("x_request_id", "forged"),
+            ("Transfer_Encoding", "chunked"),
+            ("X_Custom", "1"),
+            ("X-Custom", "2"),
+        ],
+        ClientInfo("10.0.0.1", "http"),
+        default_host="u:1",
+        request_id="rid",
+        allow_underscores=allow,
+        dropped=dropped,
+    )
+    names = [name for name, _ in out]
+    # The proxy's own headers can never be shadowed by an underscore twin.
+    assert "X_Forwarded_For" not in names
+    assert "x_request_id" not in names
+    assert "Transfer_Encoding" not in names
+    assert ("X-Forwarded-For", "10.0.0.1") in out
+    assert ("X-Custom", "2") in out
+    assert (("X_Custom", "1") in out) is allow
+    expected = ["X_Forwarded_For", "x_request_id", "Transfer_Encoding"]
+    assert dropped == (expected if allow else [*expected, "X_Custom"])
 
 
 def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
