@@ -22,7 +22,16 @@ fails loudly:
    instead of aiohttp closing the socket) and ``pause_writing``/
    ``resume_writing`` (backpressure) directly, with no aiohttp code per chunk.
 
-2. Writing the upstream's response as the upstream sent it
+2. Answering requests aiohttp's parser refuses (:class:`Server`): aiohttp
+   logs each at ERROR with a traceback that quotes the raw bytes (tokens and
+   ``Authorization`` values included) and echoes them in the ``400`` body.
+   ``web.Server.__call__`` builds the per-connection ``RequestHandler``; the
+   subclass here builds one whose ``handle_error`` hands parser errors
+   (``HttpProcessingError`` with status 400, from ``_make_error_handler``)
+   to the proxy, which counts, logs one access-log line and answers in
+   general words.  Other errors keep aiohttp's handling.
+
+3. Writing the upstream's response as the upstream sent it
    (:class:`ProxiedResponse`): ``_send_headers_immediately`` (a class
    attribute aiohttp's own ``Response`` sets to False) lets head and body
    share one write; ``StreamResponse._prepare_headers`` adds
@@ -36,9 +45,79 @@ fails loudly:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 from aiohttp.web_protocol import RequestHandler
+
+#: Answers a request aiohttp's parser refused: (request, parser error) -> response.
+BadRequestHandler = Callable[[web.BaseRequest, HttpProcessingError], web.StreamResponse]
+
+
+def parse_error_reason(exc: HttpProcessingError) -> str:
+    """What was wrong with a refused request, in words that quote none of its bytes."""
+    if isinstance(exc, BadHttpMethod):
+        return "invalid method"
+    if isinstance(exc, BadStatusLine):
+        return "invalid request line"
+    if isinstance(exc, LineTooLong):
+        return "request line or header too long"
+    if isinstance(exc, InvalidURLError):
+        return "invalid request target"
+    if isinstance(exc, InvalidHeader):
+        return "invalid header"
+    if isinstance(exc, PayloadEncodingError):
+        return "invalid body framing"
+    message = exc.message.lower() if isinstance(exc.message, str) else ""
+    if message.startswith("duplicate"):
+        return "duplicate header"
+    if message.startswith("missing 'host'"):
+        return "HTTP/1.1 request without a Host header"
+    if message.startswith("invalid header"):
+        return "invalid header"
+    return "invalid syntax"
+
+
+class _Handler(RequestHandler):
+    """aiohttp's per-connection handler, with parser errors answered by the proxy."""
+
+    on_bad_request: BadRequestHandler | None = None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError) or not self.on_bad_request:
+            return super().handle_error(request, status, exc, message)
+        response = self.on_bad_request(request, exc)
+        response.force_close()  # the stream is not HTTP we can follow any more
+        return response
+
+
+class Server(web.Server):
+    """``web.Server`` whose connections answer parser errors through ``on_bad_request``."""
+
+    def __init__(self, handler: Any, *, on_bad_request: BadRequestHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._on_bad_request = on_bad_request
+
+    def __call__(self) -> RequestHandler:
+        handler = _Handler(self, loop=self._loop, **self._kwargs)
+        handler.on_bad_request = self._on_bad_request
+        return handler
 
 
 class ProxiedResponse(web.StreamResponse):
@@ -131,11 +210,12 @@ def stops_parsing(request: web.BaseRequest) -> bool:
     llhttp flags a request as an upgrade when it has an ``Upgrade`` header and
     ``upgrade`` among its ``Connection`` tokens, or is a ``CONNECT``
     (``RawRequestMessage.upgrade``, read from the private ``_message``).
-    aiohttp then stops parsing HTTP on the connection: for ``websocket`` and
-    ``CONNECT`` it keeps later bytes for a protocol switch, and for any other
-    token (``h2c``) it discards what was pipelined behind the request.  When
-    the proxy answers such a request without switching protocols, it must
-    close the connection after the answer, so a pipelining client sees the
-    close and retries (RFC 9112 §9.3.2) instead of waiting forever.
+    For ``websocket`` and ``CONNECT`` aiohttp keeps the bytes that follow for
+    a protocol switch (and parses them again if the switch is declined); for
+    any other token (``h2c``) its C parser discards what was pipelined behind
+    the request, and the client waits forever for that answer.  So when the
+    proxy answers such a request without switching protocols, it closes the
+    connection after the answer: a pipelining client sees the close and
+    retries (RFC 9112 §9.3.2).  One rule, right in every case.
     """
     return bool(request._message.upgrade)

@@ -188,7 +188,7 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._request_counters: dict[tuple[str, str | None, int], Any] = {}
         self._durations: dict[str, Any] = {}
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)
@@ -200,7 +200,7 @@ class Metrics:
             for server in upstream.servers:
                 self.upstream_up.labels(upstream.name, str(server)).set(1)
 
-    def request_counter(self, route: str, method: str, status: int) -> Any:
+    def request_counter(self, route: str, method: str | None, status: int) -> Any:
         """The http_requests_total child, cached: labels() costs microseconds."""
         key = (route, method, status)
         child = self._request_counters.get(key)

@@ -23,6 +23,7 @@ from wsproxy.sessions import (
     SessionInfo,
     SessionReport,
     diagnosis,
+    needs_attention,
 )
 from wsproxy.tunnel import Tunnel
 from wsproxy.wsframes import FrameObserver
@@ -36,7 +37,7 @@ upstream_log = logging.getLogger("wsproxy.upstream")
 #: health checks come with load balancing.
 DOWN_FOR = 5.0
 
-#: Early closes the status endpoint remembers.
+#: Early closes the status endpoint remembers (those logged at WARNING).
 RECENT_EARLY_CLOSES = 50
 
 
@@ -45,10 +46,10 @@ class Exchange:
     """What one request/response turned out to be, filled in as it goes."""
 
     request_id: str
-    method: str
-    path: str
+    method: str | None  # None: the request could not be parsed
+    path: str | None
     client: str
-    version: str
+    version: str | None
     started: float
     route: str = "none"
     upstream: str | None = None
@@ -81,7 +82,7 @@ def build_report(info: SessionInfo, tunnel: Tunnel) -> SessionReport:
 
 
 def early_close_message(report: SessionReport) -> str:
-    """The single WARNING line logged for an early close: diagnosis, then facts."""
+    """The single line logged for an early close: diagnosis, then facts."""
     details = {
         name: value
         for name, value in report.fields().items()
@@ -176,8 +177,13 @@ class Observability:
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
         if report.early:
-            self.recent_early_closes.append((time.time(), report))
-            log.warning(early_close_message(report))
+            # Counted either way; only closes the operator must look at are
+            # warned about and kept for the status page (sessions.needs_attention).
+            if needs_attention(report):
+                self.recent_early_closes.append((time.time(), report))
+                log.warning(early_close_message(report))
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug(early_close_message(report))
         self.access_log.write(report.fields())
 
     # --- the status endpoint ----------------------------------------------

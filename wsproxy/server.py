@@ -21,9 +21,10 @@ from typing import TextIO
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from wsproxy.admin import admin_app
-from wsproxy.aiohttp_adapter import stops_parsing
+from wsproxy.aiohttp_adapter import Server, parse_error_reason, stops_parsing
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import forward_http, make_session
@@ -37,7 +38,7 @@ from wsproxy.headers import (
 )
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
-from wsproxy.sessions import redact_query
+from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, Target, parse_target
 from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.websocket import TunnelSettings, handle_websocket
@@ -108,20 +109,43 @@ class Proxy:
         self.observability.request_done(exchange, response.status, time.monotonic())
         return response
 
+    def bad_request(self, request: web.BaseRequest, exc: HttpProcessingError) -> web.Response:
+        """aiohttp's parser refused a request: one access-log line, counted, no traceback.
+
+        Nothing of the request is known but its peer: no method, path or
+        header is trusted or logged, and the answer quotes none of its bytes.
+        """
+        reason = parse_error_reason(exc)
+        exchange = Exchange(
+            request_id=uuid.uuid4().hex,
+            method=None,
+            path=None,
+            client=self._peer(request),
+            version=None,
+            started=time.monotonic(),
+        )
+        exchange.extra["error"] = f"malformed request: {reason}"
+        log.debug("refused a malformed request from %s: %s", exchange.client, reason)
+        self.observability.request_done(exchange, 400, time.monotonic())
+        return _text(400, f"malformed request: {reason}")
+
+    @staticmethod
+    def _peer(request: web.BaseRequest) -> str:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote)
+
     def _exchange(self, request: web.BaseRequest) -> Exchange:
         request_ids = request.headers.getall("X-Request-ID", [])
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote)
         path = request.raw_path
         if self.config.access_log.redact_query:
-            path = redact_query(path)
+            path = redact_target(path)
         return Exchange(
             request_id=choose_request_id(
                 [("X-Request-ID", v) for v in request_ids], uuid.uuid4().hex
             ),
             method=request.method,
             path=path,
-            client=client,
+            client=self._peer(request),
             version=f"HTTP/{request.version.major}.{request.version.minor}",
             started=time.monotonic(),
         )
@@ -301,8 +325,9 @@ class ProxyServer:
     async def start(self) -> None:
         await self.proxy.open()
         limit = self.config.proxy.max_header_size
-        server = web.Server(
+        server = Server(
             self.proxy.handle,
+            on_bad_request=self.proxy.bad_request,
             # A client that leaves cancels its handler, so a slow upstream
             # handshake or response is abandoned at once (nginx's 499).
             handler_cancellation=True,

@@ -9,7 +9,6 @@ tested.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
 
 from wsproxy.wsframes import ABNORMAL_CLOSURE, NO_STATUS_CODE, close_code_is_valid
 
@@ -20,7 +19,7 @@ STANDARD_METHODS = frozenset(
 )
 
 
-def method_label(method: str) -> str:
+def method_label(method: str | None) -> str:
     return method if method in STANDARD_METHODS else "other"
 
 
@@ -33,19 +32,43 @@ def close_code_label(code: int | None) -> str:
     return "invalid"
 
 
-def redact_query(path: str) -> str:
-    """Replace query values, keep names: browsers put tokens in WebSocket URLs.
+def redact_target(target: str) -> str:
+    """The request target as logs and the status page may show it.
 
-    JavaScript cannot set headers on a WebSocket, so ``?token=…`` is how
-    browser clients authenticate; it must not end up in logs.
+    Every query value is replaced by ``redacted`` and names are kept
+    (``?token=abc`` -> ``?token=redacted``); an item without ``=`` is all
+    value (``?S3CR3T`` -> ``?redacted``).  Path parameters get the same
+    treatment (``/a;jsessionid=abc`` -> ``/a;jsessionid=redacted``), and so
+    does the userinfo of an absolute-form target (``http://user:pw@host/``).
+    Browsers put tokens in WebSocket URLs because JavaScript cannot set
+    headers there; none of them may reach a log line.
     """
-    base, sep, query = path.partition("?")
-    if not sep:
-        return path
-    names = [quote(name, safe="") for name, _ in parse_qsl(query, keep_blank_values=True)]
-    if not names:
-        return base + "?redacted"
-    return base + "?" + "&".join(f"{name}=redacted" for name in names)
+    base, question, query = target.partition("?")
+    if not base.startswith("/") and "://" in base:
+        scheme, _, rest = base.partition("://")
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = "redacted@" + authority.rpartition("@")[2]
+        base = f"{scheme}://{authority}{slash}{path}"
+    if ";" in base:
+        base = "/".join(_redact_parameters(segment) for segment in base.split("/"))
+    if not question:
+        return base
+    return base + "?" + "&".join(_redact_item(item) for item in query.split("&"))
+
+
+def _redact_parameters(segment: str) -> str:
+    name, semicolon, parameters = segment.partition(";")
+    if not semicolon:
+        return segment
+    return name + ";" + ";".join(_redact_item(item) for item in parameters.split(";"))
+
+
+def _redact_item(item: str) -> str:
+    if not item:
+        return item
+    name, equals, _value = item.partition("=")
+    return f"{name}=redacted" if equals else "redacted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,22 +149,58 @@ class SessionReport:
         }
 
 
+#: An upstream drop this soon after 101 is "within milliseconds": too soon for
+#: an application to have decided anything, the shape of a keep-alive rule.
+PROMPT_DROP = 0.05
+
+#: Close codes of a session ended on purpose and in order (RFC 6455 §7.4.1).
+CLEAN_CODES = frozenset({1000, 1001})
+
+
+def needs_attention(report: SessionReport) -> bool:
+    """Whether an early close is one the operator must look at (a WARNING).
+
+    A client that ends its session cleanly (its own close frame first, code
+    1000 or 1001: a page navigating away) is counted, not warned about;
+    everything else is: the upstream or the proxy first, no close frame, or
+    any other code.
+    """
+    return not (
+        report.closed_by == "client"
+        and report.how == "close_frame"
+        and report.close_code in CLEAN_CODES
+    )
+
+
 def diagnosis(report: SessionReport) -> str:
-    """One sentence on what probably happened, for the early-close warning."""
+    """One sentence on what probably happened, for the early-close log line.
+
+    It states what wsproxy itself sent the upstream, because that is all
+    wsproxy knows: behind it there may be more hops (another proxy, a load
+    balancer) that change the request again.
+    """
     ms = report.duration * 1000
     info = report.info
     if report.closed_by == "upstream" and not report.close_frame_seen:
-        received = f"{info.upstream_version} with 'Connection: {info.upstream_connection}'"
-        if info.upstream_version == "HTTP/1.1" and "upgrade" in info.upstream_connection.lower():
-            cause = (
-                "so it is not the HTTP/1.0 keep-alive rule: check the backend's logs "
-                "for this request ID"
+        sent = (
+            f"wsproxy sent the upgrade as {info.upstream_version} "
+            f"with 'Connection: {info.upstream_connection}'"
+        )
+        lookup = f"look for request ID {info.request_id} in the backend's logs"
+        if report.duration < PROMPT_DROP:
+            return (
+                f"the upstream dropped the connection {ms:.1f} ms after 101 without a close "
+                f"frame ({report.how}); {sent}, so this hop did not trigger the HTTP/1.0 "
+                "keep-alive close. A drop within milliseconds of 101 with no close frame is "
+                "the signature of an HTTP/1.0 hop between wsproxy and the backend (nginx "
+                "without 'proxy_http_version 1.1', for one), or of a backend that refuses the "
+                "session: check each proxy in between for HTTP/1.0 upstream requests (wsproxy "
+                f"probe will test every hop's handshake), and {lookup}"
             )
-        else:
-            cause = "a backend that applies HTTP/1.0 keep-alive rules closes right after 101"
         return (
             f"the upstream dropped the connection {ms:.1f} ms after 101 without a close "
-            f"frame ({report.how}); it received {received}, {cause}"
+            f"frame ({report.how}); {sent}. The backend, or a hop in between, ended the "
+            f"session without saying why: {lookup}"
         )
     if report.closed_by == "upstream":
         return (
@@ -150,8 +209,13 @@ def diagnosis(report: SessionReport) -> str:
             + ": the backend ended it on purpose (authentication, routing or a limit?)"
         )
     if report.closed_by == "client":
+        if not needs_attention(report):
+            return (
+                f"the client closed the session cleanly {ms:.1f} ms after 101 (code "
+                f"{report.code}): a page navigating away or a short-lived client"
+            )
         return (
             f"the client ended the session {ms:.1f} ms after 101 ({report.how}, code "
-            f"{report.code}): a page navigating away, or a client-side error"
+            f"{report.code}): a client-side error, a network drop, or a page that went away"
         )
     return f"the proxy ended the session {ms:.1f} ms after 101 ({report.how})"

@@ -101,7 +101,7 @@ async def handle_websocket(
             client=exchange.client,
             server=str(server),
             request_id=exchange.request_id,
-            path=exchange.path,
+            path=exchange.path or "",
             upstream_version="HTTP/1.1",  # what h11 wrote on the request line
             upstream_connection=", ".join(header_values(headers, "connection")),
             early_close_window=settings.early_close_window,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from tests.support.backends import RawBackend, swoole_like
 from tests.support.proxy import config_text, need_program, running_proxy
@@ -267,3 +270,36 @@ async def test_nginx_with_proxy_http_version_11_keeps_the_session(tmp_path: Path
 async def test_wsproxy_keeps_the_session_with_no_special_configuration() -> None:
     async with swoole_like() as backend, running_proxy(config_text(backend.port)) as (_s, port):
         await assert_session_echoes(port, backend)
+
+
+async def test_behind_wsproxy_an_http10_hop_is_diagnosed_as_such(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wsproxy -> beta nginx -> Swoole: wsproxy sent HTTP/1.1, the hop behind it
+    downgraded.  The warning must say what wsproxy sent and name the HTTP/1.0 hop
+    as the likely cause, never "so it is not the HTTP/1.0 keep-alive rule"."""
+    caplog.set_level(logging.WARNING, logger="wsproxy.early_close")
+    async with (
+        swoole_like() as backend,
+        running_nginx(tmp_path, backend.port, http11=False) as nginx_port,
+        running_proxy(config_text(nginx_port)) as (server, port),
+    ):
+        reader, writer, _switched = await open_session(port)
+        try:
+            assert await read_rest(reader, timeout=5) == b""
+        finally:
+            await close_writer(writer)
+        async with asyncio.timeout(5):
+            while server.proxy.tunnels:  # noqa: ASYNC110 - state of another object
+                await asyncio.sleep(0.01)
+    [seen] = backend.seen
+    assert seen.head.version == "HTTP/1.0"  # what nginx made of wsproxy's HTTP/1.1
+    [record] = [r for r in caplog.records if r.name == "wsproxy.early_close"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "wsproxy sent the upgrade as HTTP/1.1 with 'Connection: upgrade'" in message
+    assert "signature of an HTTP/1.0 hop between wsproxy and the backend" in message
+    assert "not the HTTP/1.0 keep-alive rule" not in message
+    request_id = seen.head.get("X-Request-ID")
+    assert request_id is not None
+    assert f"request ID {request_id}" in message

@@ -368,6 +368,31 @@ async def test_client_close_4001_is_counted_and_early_only_within_the_window(
             assert entry["early"] is early
 
 
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_clean_client_close_is_counted_early_but_not_warned_about(
+    caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    """A page navigating away (client close frame 1000/1001 first) within the
+    window: counted as an early close, logged at DEBUG only, and kept off the
+    status page's list, which is for closes an operator must look at."""
+    caplog.set_level(logging.DEBUG, logger="wsproxy.early_close")
+    async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        async with asyncio.timeout(5), connect(f"ws://{LOOPBACK}:{obs.port}/chat") as client:
+            await client.send("hello")
+            assert await client.recv() == "hello"
+            await client.close(code)
+        await obs.sessions_ended()
+        scrape = await obs.scrape()
+        early = _ws_samples(scrape, "wsproxy_websocket_early_closes_total")
+        assert early == {("client", str(code)): 1.0}
+        records = _early_close_records(caplog)
+        assert [r.levelno for r in records] == [logging.DEBUG]
+        assert "closed the session cleanly" in records[0].getMessage()
+        assert (await obs.status_json())["recent_early_closes"] == []
+        [entry] = obs.log_records()
+        assert entry["early"] is True
+
+
 # --- 4. exact frame, message and byte counts --------------------------------
 
 

@@ -16,6 +16,7 @@ static-file server (what a plain file backend would have served).
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,49 @@ async def test_allow_underscore_headers_keeps_them_but_never_the_proxys_own() ->
     assert head.get("Auth_User") == "admin"
     for name in ("X_Forwarded_For", "x_forwarded_proto", "X_Request_ID"):
         assert head.get(name) is None
+
+
+# --- requests the parser refuses ---------------------------------------------------
+
+MALFORMED = [
+    b"GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok\x01en\r\n\r\n",
+    b"G(T /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /x HTTP/1.x\r\nHost: h\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+    b"GET /x HTTP/1.1\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: h\r\n Folded: header\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the HTTP port
+]
+
+
+async def test_parser_refusals_are_counted_logged_once_each_and_never_traced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
+        for raw in MALFORMED:
+            async with raw_client(obs.port) as (reader, writer):
+                writer.write(raw)
+                async with asyncio.timeout(5):
+                    head, body = await read_response(reader)
+                    assert head.status == 400, raw
+                    assert body.startswith(b"malformed request: "), body
+                    assert b"tok" not in body
+                    assert b"a" * 100 not in body  # no parser dump
+                    assert await reader.read() == b""  # closed
+        scrape = await obs.sample(
+            "wsproxy_http_requests_total", route="none", method="other", code="400"
+        )
+        counted = scrape.value(
+            "wsproxy_http_requests_total", route="none", method="other", code="400"
+        )
+        assert counted == len(MALFORMED)
+        records = await obs.log_has(len(MALFORMED))
+        assert len(records) == len(MALFORMED)
+        for entry in obs.log_records():
+            assert (entry["route"], entry["status"], entry["method"]) == ("none", 400, None)
+            assert entry["error"].startswith("malformed request: ")
+    assert backend.requests == []
+    assert not [r for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 
@@ -17,7 +16,8 @@ from wsproxy.sessions import (
     close_code_label,
     diagnosis,
     method_label,
-    redact_query,
+    needs_attention,
+    redact_target,
 )
 
 INFO = SessionInfo(
@@ -78,13 +78,22 @@ def test_method_labels_are_bounded(method: str, label: str) -> None:
         ("/ws", "/ws"),
         ("/ws?token=secret", "/ws?token=redacted"),
         ("/ws?a=1&b=2&a=3", "/ws?a=redacted&b=redacted&a=redacted"),
-        ("/ws?flag", "/ws?flag=redacted"),
-        ("/ws?", "/ws?redacted"),
+        ("/ws?S3CR3T", "/ws?redacted"),  # a bare item is all value
+        ("/ws?S3CR3T&t=x&&", "/ws?redacted&t=redacted&&"),
+        ("/ws?a=1;S3CR3T", "/ws?a=redacted"),
+        ("/ws?a==S3CR3T", "/ws?a=redacted"),
+        ("/ws?", "/ws?"),
         ("/ws?we%20ird=x", "/ws?we%20ird=redacted"),
+        ("/ws?%53%33CR3T", "/ws?redacted"),
+        ("/a;jsessionid=S3CR3T/b", "/a;jsessionid=redacted/b"),
+        ("/a;S3CR3T;x=1/b;c", "/a;redacted;x=redacted/b;redacted"),
+        ("http://user:S3CR3T@host:80/p?q=1", "http://redacted@host:80/p?q=redacted"),
+        ("http://host/p;s=S3CR3T", "http://host/p;s=redacted"),
     ],
 )
-def test_query_values_are_redacted_names_kept(path: str, redacted: str) -> None:
-    assert redact_query(path) == redacted
+def test_query_values_and_path_parameters_are_redacted_names_kept(path: str, redacted: str) -> None:
+    assert redact_target(path) == redacted
+    assert "S3CR3T" not in redact_target(path)
 
 
 def test_early_is_relative_to_the_route_window() -> None:
@@ -111,16 +120,45 @@ def test_report_fields_carry_every_log_field() -> None:
     assert fields["duration_ms"] == 0.5
 
 
-def test_diagnosis_of_an_upstream_drop_names_what_the_upstream_received() -> None:
+def test_a_prompt_upstream_drop_points_at_an_http10_hop_behind_wsproxy() -> None:
     text = diagnosis(report())
     assert "without a close frame" in text
-    assert "HTTP/1.1" in text
-    assert "not the HTTP/1.0 keep-alive rule" in text
+    assert "wsproxy sent the upgrade as HTTP/1.1 with 'Connection: upgrade'" in text
+    assert "signature of an HTTP/1.0 hop between wsproxy and the backend" in text
+    assert "proxy_http_version 1.1" in text
+    assert "probe" in text
+    assert "request ID r1" in text
+    # Never the claim the review found wrong behind a downgrading hop.
+    assert "not the HTTP/1.0 keep-alive rule" not in text
 
 
-def test_diagnosis_of_an_http10_upstream_request_points_at_keep_alive() -> None:
-    info = dataclasses.replace(INFO, upstream_version="HTTP/1.0")
-    assert "HTTP/1.0 keep-alive rules" in diagnosis(report(info=info))
+def test_a_late_upstream_drop_is_not_blamed_on_keep_alive() -> None:
+    text = diagnosis(report(duration=3.0))
+    assert "3000.0 ms after 101" in text
+    assert "HTTP/1.0 hop" not in text
+    assert "request ID r1" in text
+
+
+@pytest.mark.parametrize(
+    ("closed_by", "how", "code", "attention"),
+    [
+        ("client", "close_frame", 1000, False),
+        ("client", "close_frame", 1001, False),
+        ("client", "close_frame", 4001, True),
+        ("client", "close_frame", 1011, True),
+        ("client", "fin", None, True),
+        ("client", "reset", None, True),
+        ("upstream", "close_frame", 1000, True),
+        ("upstream", "fin", None, True),
+        ("proxy", "drain", None, True),
+        ("proxy", "idle_timeout", None, True),
+    ],
+)
+def test_only_a_clean_client_close_needs_no_attention(
+    closed_by: str, how: str, code: int | None, attention: bool
+) -> None:
+    early = report(closed_by=closed_by, how=how, close_code=code)
+    assert needs_attention(early) is attention
 
 
 def test_diagnosis_of_an_upstream_close_frame_quotes_the_reason() -> None:
