@@ -186,7 +186,7 @@ class Proxy:
                 target.origin_form,
                 headers,
                 on_answer=partial(self.observability.upstream_ok, upstream.name, str(server)),
-                on_cut=partial(self._cut, exchange),
+                on_cut=partial(self._record_failure, exchange),
             )
         except UpstreamFailure as failure:
             return self._upstream_failed(exchange, failure)
@@ -271,6 +271,7 @@ class Proxy:
                 exchange,
                 settings,
                 self.observability,
+                on_cut=partial(self._record_failure, exchange),
             )
         except UpstreamFailure as failure:
             exchange.upgrade_result = "upstream_unavailable"
@@ -278,10 +279,7 @@ class Proxy:
 
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
         """No answer from the upstream: count, log the details, tell the client in general."""
-        assert exchange.upstream is not None
-        assert exchange.server is not None
-        self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
-        exchange.extra["error"] = str(failure)
+        self._record_failure(exchange, failure)
         log.warning(
             "route %s: upstream %s server %s failed: %s (request %s)",
             exchange.route,
@@ -292,8 +290,12 @@ class Proxy:
         )
         return _text(failure.status, failure.client_message)
 
-    def _cut(self, exchange: Exchange, failure: UpstreamFailure) -> None:
-        """The upstream failed after the response head went out (errors.cut_response)."""
+    def _record_failure(self, exchange: Exchange, failure: UpstreamFailure) -> None:
+        """Count a failed attempt against its server and give the access log its error.
+
+        Also the ``on_cut`` of a response that failed after its head went out
+        (errors.cut_response logs that case).
+        """
         assert exchange.upstream is not None
         assert exchange.server is not None
         self.observability.upstream_failed(exchange.upstream, exchange.server, failure)

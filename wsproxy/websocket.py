@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import h11
@@ -64,12 +63,14 @@ async def handle_websocket(
     exchange: Exchange,
     settings: TunnelSettings,
     observability: Observability,
+    *,
+    on_cut: Callable[[UpstreamFailure], None],
 ) -> web.StreamResponse:
     """Run one session to its end; raises UpstreamFailure before any answer.
 
     ``target`` is the normalized origin-form target (wsproxy.target) and
     ``headers`` the upstream request's (headers.upstream_request_headers,
-    with the upgrade).
+    with the upgrade).  ``on_cut`` runs when a refusal's body fails midway.
     """
     handshake = await open_handshake(server, upstream.connect_timeout)
     try:
@@ -109,7 +110,6 @@ async def handle_websocket(
         return await _tunnel(request, handshake, event, settings, info, exchange, observability)
     assert isinstance(event, h11.Response)
     exchange.upgrade_result = "upstream_rejected"
-    on_cut = partial(observability.upstream_failed, upstream.name, str(server))
     try:
         return await _relay_refusal(
             request, handshake, event, upstream.read_timeout, server, on_cut

@@ -31,6 +31,7 @@ from tests.support.wire import (
     parse_head,
     read_head,
 )
+from wsproxy.aiohttp_adapter import Server, stops_parsing
 from wsproxy.server import ProxyServer
 from wsproxy.tunnel import Tunnel
 
@@ -324,3 +325,71 @@ async def test_aiohttp_forgets_the_connection_at_the_takeover_and_the_tunnel_liv
             assert tunnel.finished.done()
         finally:
             await close_writer(writer)
+
+
+@pytest.mark.parametrize(
+    ("head", "stops"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n", False),  # no Connection: upgrade
+        (b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n", True),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n", True),
+    ],
+)
+async def test_stops_parsing_reads_llhttps_upgrade_flag(head: bytes, stops: bool) -> None:
+    """``stops_parsing`` reads ``request._message.upgrade``; an aiohttp that renames
+    it fails here (AttributeError) instead of hanging pipelining clients."""
+    seen: list[bool] = []
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(stops_parsing(request))
+        return web.Response(text="ok")
+
+    server = web.Server(handler)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        reader, writer = await open_raw("127.0.0.1", port)
+        writer.write(head + b"\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            await read_head(reader)
+        await close_writer(writer)
+    finally:
+        await runner.cleanup()
+    assert seen == [stops]
+
+
+async def test_parser_errors_reach_on_bad_request_and_nothing_else_does() -> None:
+    """``Server.__call__`` builds our ``RequestHandler`` subclass; its ``handle_error``
+    gets parser errors (status 400, an ``HttpProcessingError``) and hands them over."""
+    refused: list[str] = []
+
+    def on_bad_request(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
+        refused.append(type(exc).__name__)
+        return web.Response(status=400, text="refused\n")
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    runner = web.ServerRunner(Server(handler, on_bad_request=on_bad_request))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        for raw, status in (
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 200),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nBad\x01: x\r\n\r\n", 400),
+        ):
+            reader, writer = await open_raw("127.0.0.1", port)
+            writer.write(raw)
+            async with asyncio.timeout(TIMEOUT):
+                head = await read_head(reader)
+            await close_writer(writer)
+            assert head.status == status
+    finally:
+        await runner.cleanup()
+    assert len(refused) == 1

@@ -282,6 +282,27 @@ def test_minimal_config_parses_with_all_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("prefix", "normalized"),
+    [("/api", "/api"), ("/%61pi/", "/api/"), ("/x%2fy", "/x%2Fy"), ("/café", "/caf%C3%A9")],
+)
+def test_path_prefix_takes_the_normal_form_of_request_paths(prefix: str, normalized: str) -> None:
+    text = with_routes(f"routes:\n  - upstream: app\n    path_prefix: {prefix}\n")
+    (route,) = parse_config(text).routes
+    assert route.path_prefix == normalized
+    assert route.name == normalized
+
+
+def test_allow_underscore_headers_is_a_boolean_off_by_default() -> None:
+    assert parse_config(BARE).proxy.allow_underscore_headers is False
+    on = parse_config(BARE + "proxy:\n  allow_underscore_headers: true\n")
+    assert on.proxy.allow_underscore_headers is True
+    assert errors(BARE + "proxy:\n  allow_underscore_headers: sometimes\n") == [
+        "proxy.yaml:7:29: proxy.allow_underscore_headers: expected true or false, "
+        "got a string 'sometimes'"
+    ]
+
+
 def test_every_default() -> None:
     config = parse_config(BARE)
     assert config.source == "<config>"
@@ -879,6 +900,10 @@ def test_route_host_invalid(host: str, reason: str) -> None:
         ("api", "(expected a path starting with '/', e.g. '/api')"),
         ("'/a b'", "(expected a URL path without spaces, query or fragment)"),
         ("'/a?b'", "(expected a URL path without spaces, query or fragment)"),
+        ("/a/../b", "(a path_prefix cannot contain '.' or '..' segments)"),
+        ("/a/%2e", "(a path_prefix cannot contain '.' or '..' segments)"),
+        ("/a//b", "(a path_prefix cannot contain an empty segment ('//'))"),
+        ("/a%zz", "(malformed percent-escape in the path)"),
     ],
 )
 def test_path_prefix_invalid(prefix: str, reason: str) -> None:
