@@ -69,7 +69,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import cpu_seconds, free_port, wait_port  # type: ignore[import-not-found]
+from procs import (  # type: ignore[import-not-found]
+    cpu_seconds,
+    free_port,
+    observer_config,
+    wait_port,
+)
+
+#: The proxies' access log would only add its own cost to the victim's latency.
+ACCESS_LOG_OFF = 'access_log:\n  format: "off"\n'
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -432,27 +440,6 @@ def round_line(target: str, mode: str, result: dict[str, Any]) -> str:
     return line
 
 
-def proxy_config(port: int, backend: int, observe: bool) -> str:
-    return f"""\
-listen:
-  - host: 127.0.0.1
-    port: {port}
-admin:
-  host: 127.0.0.1
-  port: {free_port()}
-upstreams:
-  echo:
-    servers: ["127.0.0.1:{backend}"]
-routes:
-  - path_prefix: /
-    upstream: echo
-proxy:
-  observe_frames: {"true" if observe else "false"}
-access_log:
-  format: "off"
-"""
-
-
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     """One line from ``proc``'s stdout, or RuntimeError past ``timeout``."""
     assert proc.stdout is not None
@@ -547,7 +534,7 @@ def main() -> int:
                 continue
             port = free_port()
             config = tmp / f"{'on' if observe else 'off'}.yaml"
-            config.write_text(proxy_config(port, backend_port, observe))
+            config.write_text(observer_config(port, backend_port, observe, ACCESS_LOG_OFF))
             # The proxies' stderr (early-close warnings) goes to a log file.
             with (tmp / f"{'on' if observe else 'off'}.log").open("wb") as log:
                 proc = subprocess.Popen(

@@ -28,7 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import cpu_seconds, free_port, wait_port  # type: ignore[import-not-found]
+from procs import (  # type: ignore[import-not-found]
+    cpu_seconds,
+    free_port,
+    observer_config,
+    wait_port,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -163,25 +168,6 @@ async def ping_pong(port: int, size: int, connections: int, seconds: float) -> i
         return sum(await asyncio.gather(*futures))
 
 
-def proxy_config(port: int, backend: int, observe: bool) -> str:
-    return f"""\
-listen:
-  - host: 127.0.0.1
-    port: {port}
-admin:
-  host: 127.0.0.1
-  port: {free_port()}
-upstreams:
-  echo:
-    servers: ["127.0.0.1:{backend}"]
-routes:
-  - path_prefix: /
-    upstream: echo
-proxy:
-  observe_frames: {"true" if observe else "false"}
-"""
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one round")
@@ -207,7 +193,7 @@ def main() -> int:
         for name, observe in (("observer on", True), ("observer off", False)):
             port = free_port()
             config = tmp / f"{'on' if observe else 'off'}.yaml"
-            config.write_text(proxy_config(port, backend_port, observe))
+            config.write_text(observer_config(port, backend_port, observe))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "wsproxy", "serve", "-c", str(config)],
                 stdout=subprocess.DEVNULL,

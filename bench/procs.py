@@ -41,6 +41,26 @@ def wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: f
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s")
 
 
+def observer_config(port: int, backend: int, observe: bool, extra: str = "") -> str:
+    """A wsproxy configuration in front of one backend, frame observer on or off."""
+    return f"""\
+listen:
+  - host: 127.0.0.1
+    port: {port}
+admin:
+  host: 127.0.0.1
+  port: {free_port()}
+upstreams:
+  echo:
+    servers: ["127.0.0.1:{backend}"]
+routes:
+  - path_prefix: /
+    upstream: echo
+proxy:
+  observe_frames: {"true" if observe else "false"}
+{extra}"""
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its children (nginx's worker, for instance)."""
     pids = [pid]

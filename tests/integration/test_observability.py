@@ -32,7 +32,7 @@ from tests.support.observe_helpers import (
     observed_proxy,
     read_frame_sized,
 )
-from tests.support.proxy import config_text
+from tests.support.proxy import config_text, two_upstreams_text
 from tests.support.wire import (
     accept_for,
     encode_frame,
@@ -123,27 +123,6 @@ async def _close_right_after_101(seen: Seen) -> None:
 
 def _early_close_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.name == "wsproxy.early_close"]
-
-
-def _two_upstreams(app_port: int, dead_port: int, extra: str = "") -> str:
-    return f"""\
-listen:
-  - host: 127.0.0.1
-    port: 0
-admin:
-  host: 127.0.0.1
-  port: 0
-upstreams:
-  app:
-    servers: ["127.0.0.1:{app_port}"]
-  dead:
-    servers: ["127.0.0.1:{dead_port}"]
-routes:
-  - path_prefix: /
-    upstream: app
-  - path_prefix: /dead
-    upstream: dead
-{extra}"""
 
 
 def _api_only(app_port: int) -> str:
@@ -537,7 +516,7 @@ async def _handshake_status(port: int, path: str, **overrides: str | None) -> in
 async def test_each_upgrade_result_is_counted_once_from_zero_series() -> None:
     """Guards against missing, double-counted or misfiled upgrade outcomes."""
     backend, _sessions = scripted(_accept_or_forbid)
-    async with backend, observed_proxy(_two_upstreams(backend.port, _dead_port())) as obs:
+    async with backend, observed_proxy(two_upstreams_text(backend.port, _dead_port())) as obs:
         results = ("accepted", "upstream_rejected", "upstream_unavailable", "bad_handshake")
         zero = {_labels(route=route, result=r): 0.0 for route in ("/", "/dead") for r in results}
         assert (await obs.scrape()).series("wsproxy_websocket_upgrades_total") == zero

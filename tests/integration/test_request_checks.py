@@ -36,21 +36,6 @@ from tests.support.ws_helpers import LOOPBACK, raw_client, scripted
 
 SECRET = b"the admin secret"
 
-PUBLIC_ONLY = """\
-listen:
-  - host: 127.0.0.1
-    port: 0
-admin:
-  host: 127.0.0.1
-  port: 0
-upstreams:
-  static:
-    servers: ["127.0.0.1:{port}"]
-routes:
-  - path_prefix: /public
-    upstream: static
-"""
-
 #: Spellings that climb out of /public on a backend that resolves them.
 ESCAPES = [
     "/public/../admin/secret.txt",
@@ -91,7 +76,7 @@ async def test_dot_segments_never_reach_a_file_outside_the_route_prefix(
 ) -> None:
     async with (
         aiohttp_backend(_static_site(tmp_path)) as port,
-        running_proxy(PUBLIC_ONLY.format(port=port)) as (_server, proxy_port),
+        running_proxy(config_text(port, path_prefix="/public")) as (_server, proxy_port),
     ):
         request = f"GET {target} HTTP/1.1\r\nHost: example\r\n\r\n".encode("latin-1")
         head, body = await raw_request(proxy_port, request)
@@ -119,7 +104,7 @@ async def test_the_backend_receives_the_normalized_path_with_the_query_untouched
 ) -> None:
     async with (
         RecordingBackend() as backend,
-        running_proxy(PUBLIC_ONLY.format(port=backend.port)) as (_server, port),
+        running_proxy(config_text(backend.port, path_prefix="/public")) as (_server, port),
     ):
         head, _body = await raw_request(port, request_bytes("GET", target, [("Host", "h")]))
         assert head.status == 200
@@ -128,7 +113,10 @@ async def test_the_backend_receives_the_normalized_path_with_the_query_untouched
 
 async def test_a_websocket_handshake_is_routed_and_forwarded_normalized() -> None:
     backend, sessions = scripted(lambda session: session.accept())
-    async with backend, running_proxy(PUBLIC_ONLY.format(port=backend.port)) as (_server, port):
+    async with (
+        backend,
+        running_proxy(config_text(backend.port, path_prefix="/public")) as (_server, port),
+    ):
         async with raw_client(port) as (reader, writer):
             writer.write(handshake_request(LOOPBACK, port, path="/public/x/%2e%2e/ws?t=1"))
             async with asyncio.timeout(5):

@@ -22,6 +22,7 @@ import pytest
 from tests.support.backends import RawBackend, Seen, recording
 from tests.support.http_backends import RecordingBackend, request_bytes
 from tests.support.observe_helpers import observed_proxy
+from tests.support.proxy import two_upstreams_text
 from tests.support.wire import Head, handshake_request, read_head, read_until_closed
 from tests.support.ws_helpers import LOOPBACK, raw_client
 
@@ -40,26 +41,7 @@ TARGETS = [
 
 
 def _config(port: int, dead: int) -> str:
-    return f"""\
-listen:
-  - host: 127.0.0.1
-    port: 0
-admin:
-  host: 127.0.0.1
-  port: 0
-upstreams:
-  ok:
-    servers: ["127.0.0.1:{port}"]
-  dead:
-    servers: ["127.0.0.1:{dead}"]
-routes:
-  - path_prefix: /
-    upstream: ok
-  - path_prefix: /dead
-    upstream: dead
-shutdown:
-  grace_period: 1s
-"""
+    return two_upstreams_text(port, dead, extra="shutdown:\n  grace_period: 1s\n")
 
 
 def _dead_port() -> int:

@@ -15,28 +15,54 @@ from wsproxy.server import ProxyServer
 REQUIRE_ENV = "WSPROXY_REQUIRE_SYSTEM_PROGRAMS"
 
 
-def config_text(
-    upstream_port: int, extra: str = "", route_extra: str = "", upstream_extra: str = ""
-) -> str:
-    """The minimal configuration, on port 0, plus optional YAML additions.
-
-    ``upstream_extra`` goes under ``upstreams.app`` (indent 4), ``route_extra``
-    under the route (indent 4), ``extra`` at the top level.
-    """
-    return f"""\
+#: The front and admin listeners on loopback, each on a free port.
+LISTENERS_ON_PORT_0 = """\
 listen:
   - host: 127.0.0.1
     port: 0
 admin:
   host: 127.0.0.1
   port: 0
-upstreams:
+"""
+
+
+def config_text(
+    upstream_port: int,
+    extra: str = "",
+    route_extra: str = "",
+    upstream_extra: str = "",
+    path_prefix: str = "/",
+) -> str:
+    """The minimal configuration, on port 0, plus optional YAML additions.
+
+    ``upstream_extra`` goes under ``upstreams.app`` (indent 4), ``route_extra``
+    under the route (indent 4), ``extra`` at the top level; ``path_prefix`` is
+    the one route's.
+    """
+    return f"""\
+{LISTENERS_ON_PORT_0}upstreams:
   app:
     servers: ["127.0.0.1:{upstream_port}"]
 {upstream_extra}routes:
-  - path_prefix: /
+  - path_prefix: {path_prefix}
     upstream: app
 {route_extra}{extra}"""
+
+
+def two_upstreams_text(app_port: int, dead_port: int, extra: str = "") -> str:
+    """Upstream ``app`` behind ``/`` and upstream ``dead`` behind ``/dead``, on port 0."""
+    return f"""\
+{LISTENERS_ON_PORT_0}upstreams:
+  app:
+    servers: ["127.0.0.1:{app_port}"]
+  dead:
+    servers: ["127.0.0.1:{dead_port}"]
+routes:
+  - path_prefix: /
+    upstream: app
+  - path_prefix: /dead
+    upstream: dead
+{extra}"""
 
 
 @contextlib.asynccontextmanager
