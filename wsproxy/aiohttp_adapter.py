@@ -120,7 +120,34 @@ class Server(web.Server):
         return handler
 
 
-class ProxiedResponse(web.StreamResponse):
+class _HTTP11StatusLine(web.StreamResponse):
+    """Status line ``HTTP/1.1`` whatever the request said (aiohttp echoes it).
+
+    A server answers with the highest minor version of the major version the
+    request used (RFC 9110 §2.5); echoing ``HTTP/2.0`` in the ``505`` that
+    refuses it, or ``HTTP/1.0`` to a client that spoke 1.0, is wrong.
+    """
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # An HTTP/1.1 status line on a closing connection must say so, or an
+        # HTTP/1.0 client would take the response as persistent (RFC 9112 §9.3).
+        if not self.keep_alive and hdrs.CONNECTION not in self.headers:
+            self.headers[hdrs.CONNECTION] = "close"
+
+    async def _write_headers(self) -> None:
+        writer = self._payload_writer
+        assert writer is not None
+        await writer.write_headers(f"HTTP/1.1 {self.status} {self.reason}", self.headers)
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+class TextResponse(_HTTP11StatusLine, web.Response):
+    """A small answer of the proxy's own (``404``, ``502``, ...)."""
+
+
+class ProxiedResponse(_HTTP11StatusLine):
     """A streamed response that carries exactly the upstream's headers.
 
     ``coalesce=True`` holds the head back until the first body write (or the
@@ -145,17 +172,6 @@ class ProxiedResponse(web.StreamResponse):
             self.headers.popall(hdrs.CONTENT_TYPE, None)
         if not had_server:
             self.headers.popall(hdrs.SERVER, None)
-        # An HTTP/1.1 status line on a closing connection must say so, or an
-        # HTTP/1.0 client would take the response as persistent (RFC 9112 §9.3).
-        if not self.keep_alive and hdrs.CONNECTION not in self.headers:
-            self.headers[hdrs.CONNECTION] = "close"
-
-    async def _write_headers(self) -> None:
-        writer = self._payload_writer
-        assert writer is not None
-        await writer.write_headers(f"HTTP/1.1 {self.status} {self.reason}", self.headers)
-        if self._send_headers_immediately:
-            writer.send_headers()
 
 
 class _TailCollector:

@@ -121,11 +121,12 @@ class Rejection:
 #: host, which is a forward proxy's job (``405``, RFC 9110 §15.5.6).
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
-#: RFC 3986 §3.2.2 reg-name (unreserved, pct-encoded, sub-delims) or an
-#: IP-literal in brackets, then an optional port (RFC 9110 §7.2).
-_HOST_VALUE = re.compile(
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::(?P<port>[0-9]{0,5}))?"
-)
+#: A host name (letters, digits, "-", "." and "_": what DNS, /etc/hosts and
+#: container names use) or an IP literal in brackets, then an optional port
+#: (RFC 9110 §7.2).  RFC 3986's reg-name also admits percent-escapes and
+#: sub-delimiters (",", ";", "!", ...); no real host has them, and a backend
+#: may read "a.example,b.example" as a list, so they are refused.
+_HOST_VALUE = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::(?P<port>[0-9]{1,5}))?")
 
 
 def check_request(method: str, version: tuple[int, int], hosts: Sequence[str]) -> Rejection | None:
@@ -161,6 +162,9 @@ def check_request(method: str, version: tuple[int, int], hosts: Sequence[str]) -
 def _valid_host(value: str) -> bool:
     match = _HOST_VALUE.fullmatch(value)
     if match is None or ".." in match["host"]:
+        return False
+    port = match["port"]
+    if port is not None and (not match["host"] or int(port) > 65535):
         return False
     if match["host"].startswith("["):
         try:

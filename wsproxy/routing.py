@@ -8,7 +8,10 @@ Matching rules (documented in the README):
   removed.
 * ``path_prefix`` matches whole path segments: ``/api`` matches ``/api`` and
   ``/api/x`` but not ``/apix``; a prefix that ends in ``/`` matches anything
-  below it.
+  below it.  The path is the normalized one as routes see it
+  (``Target.route_path``: encoded slashes and backslashes read as ``/``,
+  repeated slashes merged), and a segment also ends at a path parameter
+  (``/api;v=1/x``), because backends split segments there.
 * Among matching routes the most specific host wins (exact, then the longest
   wildcard, then routes without ``host``), then the longest ``path_prefix``.
   A host-specific route that does not match the path falls through to the
@@ -35,10 +38,23 @@ def request_host(host_header: str | None) -> str | None:
     return host.rstrip(".") or None
 
 
+#: After a prefix, where its last segment may end: "/", or a path parameter
+#: (Tomcat and Jetty read "/admin;x/y" as "/admin/y"), so "/admin;x/secret"
+#: is routed with "/admin/secret" and cannot slip past an "/admin" route.
+#: Encoded slashes and backslashes are already "/" in the path routes see
+#: (Target.route_path).
+_SEGMENT_ENDS = ("/", ";")
+
+
 def path_matches(prefix: str, path: str) -> bool:
-    if prefix.endswith("/"):
-        return path.startswith(prefix)
-    return path == prefix or path.startswith(prefix + "/")
+    """Whether the normalized ``path`` lies under ``prefix`` (whole segments)."""
+    stem = prefix[:-1] if prefix.endswith("/") else prefix
+    if not path.startswith(stem):
+        return False
+    rest = path[len(stem) :]
+    if not rest:
+        return stem == prefix  # "/api" matches itself; "/api/" needs more
+    return rest.startswith(_SEGMENT_ENDS)
 
 
 def host_specificity(pattern: str | None, host: str | None) -> int | None:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from wsproxy.admin import admin_app
-from wsproxy.aiohttp_adapter import Server, parse_error_reason, stops_parsing
+from wsproxy.aiohttp_adapter import Server, TextResponse, parse_error_reason, stops_parsing
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import forward_http, make_session
@@ -51,9 +51,11 @@ CLIENT_KEEPALIVE_TIMEOUT = 75.0
 
 
 def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> web.Response:
-    response = web.Response(status=status, text=message + "\n")
+    response = TextResponse(status=status, text=message + "\n")
     for name, value in headers:
         response.headers[name] = value
+    if status == 505:
+        response.force_close()  # the client speaks another protocol
     return response
 
 

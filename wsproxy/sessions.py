@@ -39,10 +39,12 @@ def redact_target(target: str) -> str:
     (``?token=abc`` -> ``?token=redacted``); an item without ``=`` is all
     value (``?S3CR3T`` -> ``?redacted``).  Path parameters get the same
     treatment (``/a;jsessionid=abc`` -> ``/a;jsessionid=redacted``), and so
-    does the userinfo of an absolute-form target (``http://user:pw@host/``).
+    does the userinfo of an absolute-form target (``http://user:pw@host/``),
+    and a fragment is replaced whole (``#access_token=...``).
     Browsers put tokens in WebSocket URLs because JavaScript cannot set
     headers there; none of them may reach a log line.
     """
+    target, hash_, _fragment = target.partition("#")
     base, question, query = target.partition("?")
     if not base.startswith("/") and "://" in base:
         scheme, _, rest = base.partition("://")
@@ -52,9 +54,11 @@ def redact_target(target: str) -> str:
         base = f"{scheme}://{authority}{slash}{path}"
     if ";" in base:
         base = "/".join(_redact_parameters(segment) for segment in base.split("/"))
-    if not question:
-        return base
-    return base + "?" + "&".join(_redact_item(item) for item in query.split("&"))
+    redacted = base
+    if question:
+        redacted += "?" + "&".join(_redact_item(item) for item in query.split("&"))
+    # A fragment is refused (400) but still logged: OAuth puts tokens there.
+    return redacted + "#redacted" if hash_ else redacted
 
 
 def _redact_parameters(segment: str) -> str:
@@ -153,15 +157,17 @@ class SessionReport:
 #: an application to have decided anything, the shape of a keep-alive rule.
 PROMPT_DROP = 0.05
 
-#: Close codes of a session ended on purpose and in order (RFC 6455 §7.4.1).
-CLEAN_CODES = frozenset({1000, 1001})
+#: Close codes of a session ended on purpose and in order (RFC 6455 §7.4.1);
+#: 1005 is a close frame without a code, what a browser's ``ws.close()`` sends.
+CLEAN_CODES = frozenset({1000, 1001, NO_STATUS_CODE})
 
 
 def needs_attention(report: SessionReport) -> bool:
     """Whether an early close is one the operator must look at (a WARNING).
 
     A client that ends its session cleanly (its own close frame first, code
-    1000 or 1001: a page navigating away) is counted, not warned about;
+    1000 or 1001, or none: a page navigating away or calling ``close()``) is
+    counted, not warned about;
     everything else is: the upstream or the proxy first, no close frame, or
     any other code.
     """

@@ -25,9 +25,13 @@ is exactly what the backend gets:
 4. The query is not touched; a fragment (``#``) has no place in a request
    target (RFC 9112 §3.2) and is a ``400``.
 
-``route_path`` additionally merges repeated slashes (nginx's
-``merge_slashes``), so ``//public/x`` matches the ``/public`` route it will
-reach on a backend that merges them; the forwarded path keeps them.
+Routes match ``route_path``, which reads the path the way the most lenient
+backend would split it: encoded slashes and backslashes and raw backslashes
+as ``/``, ``%3B`` as ``;``, repeated slashes merged (nginx decodes ``%2F`` and
+merges slashes before matching locations too).  So ``/admin%2Fsecret`` and
+``//admin/secret`` match an ``/admin`` route rather than slipping to a
+catch-all one behind which a backend would serve ``/admin/secret``; the
+forwarded path keeps its spelling.
 
 This module is pure: no I/O, no asyncio.
 """
@@ -49,6 +53,8 @@ _DOT_SEGMENTS = frozenset({".", ".."})
 #: Where a path parameter starts, raw or encoded (``..;x``, ``..%3Bx``).
 _PARAMETER = re.compile(r";|%3B")
 _REPEATED_SLASHES = re.compile(r"/{2,}")
+#: What some backends read as a separator although RFC 3986 does not.
+_LENIENT_SEPARATORS = re.compile(r"%2F|%5C|\\|%3B")
 #: Characters allowed unencoded in a path (RFC 3986 pchar and "/"), plus "%".
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
@@ -73,8 +79,12 @@ class Target:
 
     @property
     def route_path(self) -> str:
-        """The path routes are matched against: repeated slashes merged."""
+        """The path routes are matched against, segments split the way the most
+        lenient backend splits them: encoded and raw backslashes and encoded
+        slashes read as ``/``, ``%3B`` as ``;``, repeated slashes merged."""
         path = self.path
+        if "%" in path or "\\" in path:
+            path = _LENIENT_SEPARATORS.sub(lambda m: ";" if m[0] == "%3B" else "/", path)
         return _REPEATED_SLASHES.sub("/", path) if "//" in path else path
 
 

@@ -125,6 +125,7 @@ class Tunnel:
         "_idle_seen",
         "_idle_ticks",
         "_idle_timeout",
+        "_late_close",
         "_linger_handle",
         "_loop",
         "_upstream_holds",
@@ -193,8 +194,11 @@ class Tunnel:
         # Observers with a catch-up scheduled, and an end event held back
         # until the observers in _deferred_waits have parsed their backlog.
         self._catching_up: set[FrameObserver] = set()
-        self._deferred_end: tuple[Side, How, float] | None = None
+        self._deferred_end: tuple[Side, How, float, FrameObserver | None] | None = None
         self._deferred_waits: frozenset[FrameObserver] = frozenset()
+        # The first close frame read after a held-back event (its code counts
+        # if that event, a FIN or reset, turns out to be the first).
+        self._late_close: FrameObserver | None = None
         self._finish_pending = False
         upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
         self._buffer_limit = buffer_limit
@@ -276,9 +280,9 @@ class Tunnel:
         if observer in self._deferred_waits:
             self._deferred_waits -= {observer}
             if not self._deferred_waits and self._deferred_end is not None:
-                side, how, at = self._deferred_end
+                side, how, at, deciding = self._deferred_end
                 self._deferred_end = None
-                self._set_end(side, how, at)
+                self._set_end(side, how, at, deciding)
         self.release(self._source(observer), _HELD_BY_OBSERVER)
         if self._finish_pending and not self._catching_up:
             self._finish()
@@ -325,17 +329,26 @@ class Tunnel:
         self._close_frame("upstream", self.u2c)
 
     def _close_frame(self, side: Side, observer: FrameObserver) -> None:
-        if self.close_code is None:
-            self.close_code = observer.close_code
-            self.close_reason = observer.close_reason
-        if self._deferred_end is not None and observer in self._deferred_waits:
+        if self.closed_by is not None:
+            # How it ended is decided; the code is still the first close frame's.
+            if self.close_code is None:
+                self._take_close_code(observer)
+            return
+        deferred = self._deferred_end
+        if deferred is None:
+            self._record_end(side, "close_frame", observer)
+        elif observer in self._deferred_waits:
             # These bytes arrived before the held-back event: they came first.
-            _side, _how, at = self._deferred_end
             self._deferred_end = None
             self._deferred_waits = frozenset()
-            self._set_end(side, "close_frame", at)
-        else:
-            self._record_end(side, "close_frame")
+            self._set_end(side, "close_frame", deferred[2], observer)
+        elif self._late_close is None:
+            # Arrived after the held-back event: the first close frame after it.
+            self._late_close = observer
+
+    def _take_close_code(self, observer: FrameObserver) -> None:
+        self.close_code = observer.close_code
+        self.close_reason = observer.close_reason
 
     @property
     def activity(self) -> int:
@@ -354,24 +367,31 @@ class Tunnel:
 
     # --- internals --------------------------------------------------------
 
-    def _record_end(self, side: Side, how: How) -> None:
+    def _record_end(self, side: Side, how: How, observer: FrameObserver | None = None) -> None:
+        """The first closing event; ``observer`` is the one that read its close frame."""
         if self.closed_by is not None or self._deferred_end is not None:
             return
         now = time.monotonic()
         if self._catching_up:
             # Bytes that arrived before this event are still being parsed;
             # a close frame among them came first (see _close_frame).
-            self._deferred_end = (side, how, now)
+            self._deferred_end = (side, how, now, observer)
             self._deferred_waits = frozenset(self._catching_up)
             return
-        self._set_end(side, how, now)
+        self._set_end(side, how, now, observer)
 
-    def _set_end(self, side: Side, how: How, now: float) -> None:
+    def _set_end(
+        self, side: Side, how: How, now: float, observer: FrameObserver | None = None
+    ) -> None:
         self.closed_by = side
         self.how = how
         # The session's length is up to this event, not to the teardown:
         # after an upstream FIN the client may keep its half open a while.
         self.closed_at = now
+        # The code is the deciding close frame's, or else the first one after.
+        source = observer or self._late_close
+        if source is not None:
+            self._take_close_code(source)
 
     def _close_both(self) -> None:
         for transport in (self.client_transport, self.upstream_transport):

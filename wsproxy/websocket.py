@@ -24,7 +24,7 @@ from typing import Any
 import h11
 from aiohttp import web
 
-from wsproxy.aiohttp_adapter import ProxiedResponse, take_over
+from wsproxy.aiohttp_adapter import ProxiedResponse, TextResponse, take_over
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, cut_response
 from wsproxy.headers import (
@@ -81,7 +81,7 @@ async def handle_websocket(
             handshake.close()
             exchange.upgrade_result = "bad_handshake"
             log.debug("request %s not forwarded: %s", exchange.request_id, type(exc).__name__)
-            return web.Response(status=400, text="request cannot be forwarded as HTTP/1.1\n")
+            return TextResponse(status=400, text="request cannot be forwarded as HTTP/1.1\n")
         event = await handshake.next_event(upstream.read_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             event = await handshake.next_event(upstream.read_timeout)  # 1xx other than 101

@@ -347,23 +347,31 @@ async def test_client_close_4001_is_counted_and_early_only_within_the_window(
             assert entry["early"] is early
 
 
-@pytest.mark.parametrize("code", [1000, 1001])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        pytest.param((1000).to_bytes(2, "big"), "1000", id="1000"),
+        pytest.param((1001).to_bytes(2, "big") + b"going away", "1001", id="1001"),
+        pytest.param(b"", "1005", id="no-code"),  # what a browser's ws.close() sends
+    ],
+)
 async def test_a_clean_client_close_is_counted_early_but_not_warned_about(
-    caplog: pytest.LogCaptureFixture, code: int
+    caplog: pytest.LogCaptureFixture, payload: bytes, code: str
 ) -> None:
-    """A page navigating away (client close frame 1000/1001 first) within the
-    window: counted as an early close, logged at DEBUG only, and kept off the
-    status page's list, which is for closes an operator must look at."""
+    """A page navigating away (client close frame 1000/1001, or none, first)
+    within the window: counted as an early close, logged at DEBUG only, and
+    kept off the status page's list, which is for closes an operator must
+    look at."""
     caplog.set_level(logging.DEBUG, logger="wsproxy.early_close")
     async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
-        async with asyncio.timeout(5), connect(f"ws://{LOOPBACK}:{obs.port}/chat") as client:
-            await client.send("hello")
-            assert await client.recv() == "hello"
-            await client.close(code)
+        async with raw_client(obs.port) as (reader, writer):
+            await _handshake(reader, writer, obs.port, path="/chat")
+            writer.write(encode_frame(TEXT, b"hello") + encode_frame(CLOSE, payload))
+            assert await read_until_closed(reader, timeout=5)  # echo and close reply
         await obs.sessions_ended()
         scrape = await obs.scrape()
         early = _ws_samples(scrape, "wsproxy_websocket_early_closes_total")
-        assert early == {("client", str(code)): 1.0}
+        assert early == {("client", code): 1.0}
         records = _early_close_records(caplog)
         assert [r.levelno for r in records] == [logging.DEBUG]
         assert "closed the session cleanly" in records[0].getMessage()

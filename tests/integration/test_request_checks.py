@@ -30,7 +30,7 @@ from tests.support.http_backends import (
     request_bytes,
 )
 from tests.support.observe_helpers import Scrape, observed_proxy
-from tests.support.proxy import config_text, running_proxy
+from tests.support.proxy import config_text, running_proxy, two_upstreams_text
 from tests.support.wire import handshake_request, read_head
 from tests.support.ws_helpers import LOOPBACK, raw_client, scripted
 
@@ -129,6 +129,27 @@ async def test_a_websocket_handshake_is_routed_and_forwarded_normalized() -> Non
     assert [s.head.start_line for s in sessions] == ["GET /public/ws?t=1 HTTP/1.1"]
 
 
+async def test_a_segment_cannot_slip_past_its_route_behind_a_parameter_or_separator() -> None:
+    """With ``/admin`` and a catch-all, the spellings a backend resolves to
+    ``/admin/...`` (Tomcat's ``;``, a decoded ``%2F``, IIS's backslash, merged
+    slashes) go to the ``/admin`` upstream, never to the catch-all's."""
+    async with RecordingBackend() as admin, RecordingBackend() as public:
+        text = two_upstreams_text(public.port, admin.port).replace("/dead", "/admin")
+        async with running_proxy(text) as (_server, port):
+            for target in (
+                "/admin;jsessionid=1/secret",
+                "/admin%2Fsecret",
+                "/admin%5csecret",
+                "/admin\\secret",
+                "//admin/secret",
+                "/%2Fadmin/secret",
+            ):
+                head, _body = await raw_request(port, request_bytes("GET", target, [("Host", "h")]))
+                assert head.status == 200, target
+    assert public.requests == []
+    assert len(admin.requests) == 6
+
+
 async def test_refused_targets_are_counted_and_logged_with_route_none() -> None:
     async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
         head, body = await raw_request(
@@ -155,9 +176,13 @@ async def test_http2_request_line_is_505_and_never_forwarded() -> None:
         RecordingBackend() as backend,
         running_proxy(config_text(backend.port)) as (_server, port),
     ):
-        request = request_bytes("GET", "/", [("Host", "h")], version="HTTP/2.0")
-        head, _body = await raw_request(port, request)
-        assert head.status == 505
+        async with raw_client(port) as (reader, writer):
+            writer.write(request_bytes("GET", "/", [("Host", "h")], version="HTTP/2.0"))
+            async with asyncio.timeout(5):
+                head, _body = await read_response(reader)
+                assert head.status == 505
+                assert head.start_line.startswith("HTTP/1.1 505 ")  # not "HTTP/2.0 505"
+                assert await reader.read() == b""
         # llhttp itself refuses versions it does not know: a parser-level 400.
         request = request_bytes("GET", "/", [("Host", "h")], version="HTTP/3.0")
         head, _body = await raw_request(port, request)
@@ -182,7 +207,11 @@ async def test_connect_is_405_with_allow_and_the_connection_closes() -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["a b", "a/b", "..", "evil..example", "h:1:2", "h:port", "[::zz]", "a@b", "a\\b"]
+    "host",
+    [
+        *("a b", "a/b", "..", "evil..example", "h:1:2", "h:port", "[::zz]", "a@b", "a\\b"),
+        *("%2e%2e", "evil.example,good.example", ":80", "h:99999"),
+    ],
 )
 async def test_invalid_host_values_are_400_and_never_forwarded(host: str) -> None:
     async with (

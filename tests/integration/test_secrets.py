@@ -37,6 +37,7 @@ TARGETS = [
     f"/x;jsessionid={SECRET}/y",
     f"/x;{SECRET}",
     f"http://user:{SECRET}@example/x",
+    f"/x#access_token={SECRET}",  # refused (400) but logged
 ]
 
 
@@ -114,7 +115,7 @@ async def test_no_secret_reaches_logs_status_metrics_or_bodies(
             async with observed_proxy(_config(backend.port, dead)) as obs:
                 async with raw_client(obs.port) as (reader, writer):
                     writer.write(
-                        handshake_request(LOOPBACK, obs.port, path=f"/ws?{SECRET}&t={SECRET}")
+                        handshake_request(LOOPBACK, obs.port, path=f"/ws;s={SECRET}?{SECRET}&t=1")
                     )
                     async with asyncio.timeout(5):
                         head = await read_head(reader)

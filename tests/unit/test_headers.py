@@ -354,6 +354,13 @@ def test_valid_hosts_pass(host: str) -> None:
         "a@b",
         'a"b',
         "a<b>",
+        "%2e%2e",
+        "evil.example,good.example",
+        "a;b",
+        ":80",
+        "h:99999",
+        "h:",
+        "h%41",
     ],
 )
 def test_invalid_hosts_are_400(host: str) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from wsproxy.config import Address, Route, WebSocketSettings
 from wsproxy.routing import RoundRobin, Router, path_matches, request_host
+from wsproxy.target import parse_target
 
 
 def matched(router: Router, host: str, path: str) -> str | None:
@@ -47,10 +48,31 @@ def test_request_host_normalizes(header: str | None, host: str | None) -> None:
         ("/api", "/apix", False),
         ("/api/", "/api/v1", True),
         ("/api/", "/api", False),
+        ("/api", "/api;jsessionid=1/x", True),  # Tomcat: /api/x
+        ("/api/", "/api;x/y", True),
+        ("/api", "/apis;x", False),
+        ("/", "*", False),
     ],
 )
 def test_path_prefix_matches_whole_segments(prefix: str, path: str, matches: bool) -> None:
     assert path_matches(prefix, path) is matches
+
+
+def test_a_segment_cannot_hide_from_its_route_behind_a_parameter_or_a_separator() -> None:
+    router = Router([route("public"), route("admin", "/admin")])
+    for raw in (
+        "/admin;x/secret",
+        "/admin%2Fsecret",
+        "/admin%5csecret",
+        "/admin\\secret",
+        "/admin%3Bx",
+        "//admin/secret",
+        "/%2Fadmin/secret",
+        "/\\admin",
+        "/admin",
+    ):
+        assert matched(router, "h", parse_target(raw).route_path) == "admin", raw
+    assert matched(router, "h", "/administrator") == "public"
 
 
 def test_longest_prefix_wins() -> None:

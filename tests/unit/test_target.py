@@ -91,6 +91,23 @@ def test_route_path_merges_slashes_and_the_forwarded_path_keeps_them() -> None:
     assert target.origin_form == "//public///x?q"
 
 
+@pytest.mark.parametrize(
+    ("raw", "route_path", "forwarded"),
+    [
+        ("/admin%2fsecret", "/admin/secret", "/admin%2Fsecret"),
+        ("/admin%5Csecret", "/admin/secret", "/admin%5Csecret"),
+        ("/admin\\secret", "/admin/secret", "/admin\\secret"),
+        ("/admin%3bx/y", "/admin;x/y", "/admin%3Bx/y"),
+        ("/%2F%2Fadmin", "/admin", "/%2F%2Fadmin"),
+    ],
+)
+def test_route_path_reads_separators_as_lenient_backends_do(
+    raw: str, route_path: str, forwarded: str
+) -> None:
+    target = parse_target(raw)
+    assert (target.route_path, target.path) == (route_path, forwarded)
+
+
 def test_the_common_case_returns_the_same_string() -> None:
     raw = "/api/v1/items/42"
     assert parse_target(raw).path is raw
@@ -148,3 +165,18 @@ def test_a_routed_path_stays_under_its_prefix_on_a_lenient_backend(tokens: list[
         return
     seen = lenient_backend(target.path)
     assert seen == PREFIX or seen.startswith(PREFIX + "/"), (raw, target.path, seen)
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from(TOKENS), max_size=12))
+def test_what_a_lenient_backend_serves_under_a_prefix_was_routed_to_it(tokens: list[str]) -> None:
+    """The other direction: no spelling reaches ``/admin/...`` on the backend
+    through a catch-all route while an ``/admin`` route exists."""
+    raw = "/" + "".join(tokens)
+    try:
+        target = parse_target(raw)
+    except BadTarget:
+        return
+    seen = lenient_backend(target.path)
+    if seen == "/admin" or seen.startswith("/admin/"):
+        assert path_matches("/admin", target.route_path), (raw, target.path, seen)

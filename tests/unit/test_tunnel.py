@@ -127,3 +127,37 @@ async def test_a_session_is_reported_only_after_its_backlog_is_parsed() -> None:
     assert reported == [100]
     assert tunnel.closed_by == "client"
     assert tunnel.how == "reset"
+
+
+def _close(code: int, *, mask: bool) -> bytes:
+    return encode_frame(0x8, code.to_bytes(2, "big"), mask=mask)
+
+
+async def test_the_code_is_that_of_the_close_frame_that_came_first() -> None:
+    """Client: 100 frames and close 4001 in one read (parsed over several turns);
+    the upstream's close 1000 arrives meanwhile.  The client closed first, so the
+    session reports the client's code, not the first one parsed."""
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, _client, _upstream = _tunnel(budget)
+    tunnel.client_side.data_received(
+        encode_frame(0x2, b"", mask=True) * 100 + _close(4001, mask=True)
+    )
+    tunnel.upstream_side.data_received(_close(1000, mask=False))
+    await _turns(30)
+    assert (tunnel.closed_by, tunnel.how, tunnel.close_code) == ("client", "close_frame", 4001)
+    tunnel.close("drain", reset=True)
+
+
+async def test_a_fin_during_catch_up_wins_without_a_close_frame_before_it() -> None:
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, _client, _upstream = _tunnel(budget)
+    tunnel.client_side.data_received(encode_frame(0x2, b"", mask=True) * 100)
+    tunnel.upstream_side.eof_received()  # held back: the client's backlog came first
+    assert tunnel.closed_by is None
+    tunnel.upstream_side.data_received(b"")  # nothing more from upstream
+    await _turns(30)
+    assert (tunnel.closed_by, tunnel.how, tunnel.close_code) == ("upstream", "fin", None)
+    tunnel.client_side.data_received(_close(1000, mask=True))  # the client answers later
+    assert tunnel.close_code == 1000  # the first close frame seen, after the FIN
+    assert tunnel.closed_by == "upstream"
+    tunnel.close("drain", reset=True)
