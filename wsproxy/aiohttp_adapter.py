@@ -125,10 +125,15 @@ class _HTTP11StatusLine(web.StreamResponse):
 
     A server answers with the highest minor version of the major version the
     request used (RFC 9110 §2.5); echoing ``HTTP/2.0`` in the ``505`` that
-    refuses it, or ``HTTP/1.0`` to a client that spoke 1.0, is wrong.
+    refuses it, or ``HTTP/1.0`` to a client that spoke 1.0, is wrong.  Every
+    answer but a ``101`` to a request aiohttp stops parsing after closes the
+    connection (:func:`stops_parsing`).
     """
 
     async def _prepare_headers(self) -> None:
+        assert self._req is not None
+        if self.status != 101 and stops_parsing(self._req):
+            self.force_close()
         await super()._prepare_headers()
         # An HTTP/1.1 status line on a closing connection must say so, or an
         # HTTP/1.0 client would take the response as persistent (RFC 9112 §9.3).
@@ -162,9 +167,6 @@ class ProxiedResponse(_HTTP11StatusLine):
             self._send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
-        assert self._req is not None
-        if self.status != 101 and stops_parsing(self._req):
-            self.force_close()
         had_content_type = hdrs.CONTENT_TYPE in self.headers
         had_server = hdrs.SERVER in self.headers
         await super()._prepare_headers()

@@ -106,8 +106,6 @@ class Proxy:
             response = web.Response(status=499)  # nginx's "client closed request"
         if response.prepared:
             exchange.extra["bytes_to_client"] = response.body_length
-        elif stops_parsing(request):
-            response.force_close()  # see aiohttp_adapter.stops_parsing
         self.observability.request_done(exchange, response.status, time.monotonic())
         return response
 

@@ -167,9 +167,8 @@ def needs_attention(report: SessionReport) -> bool:
 
     A client that ends its session cleanly (its own close frame first, code
     1000 or 1001, or none: a page navigating away or calling ``close()``) is
-    counted, not warned about;
-    everything else is: the upstream or the proxy first, no close frame, or
-    any other code.
+    counted, not warned about; everything else is: the upstream or the proxy
+    first, no close frame, or any other code.
     """
     return not (
         report.closed_by == "client"

@@ -86,8 +86,9 @@ async def handle_websocket(
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             event = await handshake.next_event(upstream.read_timeout)  # 1xx other than 101
         if isinstance(event, h11.InformationalResponse):  # 101
+            response_headers = _decode(event.headers)
             problem = check_switching_protocols(
-                _decode(event.headers), request.headers.get("Sec-WebSocket-Key", "")
+                response_headers, request.headers.get("Sec-WebSocket-Key", "")
             )
             if problem is not None:
                 raise UpstreamFailure("protocol", problem)
@@ -107,7 +108,9 @@ async def handle_websocket(
             upstream_connection=", ".join(header_values(headers, "connection")),
             early_close_window=settings.early_close_window,
         )
-        return await _tunnel(request, handshake, event, settings, info, exchange, observability)
+        return await _tunnel(
+            request, handshake, event, response_headers, settings, info, exchange, observability
+        )
     assert isinstance(event, h11.Response)
     exchange.upgrade_result = "upstream_rejected"
     try:
@@ -122,13 +125,13 @@ async def _tunnel(
     request: web.BaseRequest,
     handshake: UpstreamHandshake,
     event: h11.InformationalResponse,
+    response_headers: Sequence[tuple[str, str]],
     settings: TunnelSettings,
     info: SessionInfo,
     exchange: Exchange,
     observability: Observability,
 ) -> web.StreamResponse:
     assert handshake.transport is not None
-    response_headers = _decode(event.headers)
     extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
     tunnel = Tunnel(
         handshake.transport,
