@@ -225,9 +225,16 @@ class ProxySettings:
     http10_upgrade: Http10Upgrade = "accept"
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     tunnel_buffer: int = 262144
-    max_header_size: int = 8192
+    #: The whole request head: request line plus header fields.
+    max_header_size: int = 32 * 1024
     observe_frames: bool = True
     allow_underscore_headers: bool = False
+    #: 0: unlimited.
+    max_body_size: int = 0
+    client_header_timeout: float = 30.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
 
 
 AccessLogFormat = Literal["json", "text", "off"]
@@ -1042,6 +1049,16 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
     max_header = m.get("max_header_size", _size(minimum=1024), d.max_header_size)
     observe = m.get("observe_frames", _boolean, d.observe_frames)
     underscores = m.get("allow_underscore_headers", _boolean, d.allow_underscore_headers)
+    max_body = m.get("max_body_size", _size(minimum=0), d.max_body_size)
+    timers = {
+        key: m.get(key, _duration(positive=True), getattr(d, key))
+        for key in (
+            "client_header_timeout",
+            "client_body_timeout",
+            "send_timeout",
+            "keepalive_timeout",
+        )
+    }
     m.finish()
     if (
         http10 is None
@@ -1050,10 +1067,21 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
         or max_header is None
         or observe is None
         or underscores is None
+        or max_body is None
+        or any(value is None for value in timers.values())
         or not m.ok
     ):
         return None
-    return ProxySettings(http10, trusted, tunnel_buffer, max_header, observe, underscores)
+    return ProxySettings(
+        http10,
+        trusted,
+        tunnel_buffer,
+        max_header,
+        observe,
+        underscores,
+        max_body,
+        **{key: float(value) for key, value in timers.items() if value is not None},
+    )
 
 
 _FORMAT_CHOICE: _Parser[AccessLogFormat] = _choice({"json": "json", "text": "text", "off": "off"})

@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import socket
 import ssl
 from typing import Literal
-
-import aiohttp
-from aiohttp import web
-from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
-
-from wsproxy.tunnel import reset_transport
-
-log = logging.getLogger("wsproxy.upstream")
 
 ErrorKind = Literal["refused", "timeout", "reset", "tls", "dns", "protocol"]
 
@@ -93,47 +84,19 @@ def classify(exc: BaseException) -> UpstreamFailure:
     """Map an exception from connecting to or talking with an upstream."""
     if isinstance(exc, UpstreamFailure):
         return exc
-    # aiohttp wraps the OS error; look at the cause it carries.
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return UpstreamFailure("dns", "name resolution failed")
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+    if isinstance(exc, ssl.SSLError):
         reason = getattr(exc, "reason", None)
         return UpstreamFailure("tls", f"TLS failed ({reason})" if reason else "TLS failed")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return classify(exc.os_error)
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return UpstreamFailure("timeout", "timed out")
     if isinstance(exc, socket.gaierror):
         return UpstreamFailure("dns", "name resolution failed")
     if isinstance(exc, ConnectionRefusedError):
         return UpstreamFailure("refused", _os_detail(exc, "connection refused"))
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamFailure("reset", "connection closed before the response")
     if isinstance(exc, ConnectionResetError | BrokenPipeError):
         return UpstreamFailure("reset", _os_detail(exc, "connection reset"))
     if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return UpstreamFailure("refused", _os_detail(exc, "unreachable"))
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        # The parser's feed_eof raises these when the connection ends before
-        # the body does (a reset or an early FIN); anything else is a body
-        # that was malformed.
-        if isinstance(exc.__cause__, ContentLengthError | TransferEncodingError):
-            return UpstreamFailure("reset", "connection closed in the middle of the body")
-        return UpstreamFailure("protocol", "invalid response body")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamFailure("protocol", f"invalid response ({parser_reason(exc.message)})")
-    if isinstance(exc, aiohttp.ClientOSError | OSError):
+    if isinstance(exc, OSError):
         return UpstreamFailure("reset", _os_detail(exc, "connection failed"))
     return UpstreamFailure("protocol", f"unexpected {type(exc).__name__}")
-
-
-def cut_response(request: web.BaseRequest, failure: UpstreamFailure, server: object) -> None:
-    """The upstream failed after the response head went to the client.
-
-    Reset the client connection instead of ending the body cleanly, so a
-    truncated body can never pass for a complete one (a plain abort() sends
-    FIN, which an HTTP/1.0 client reads as the end of a close-delimited body).
-    """
-    log.warning("upstream %s failed mid-response (%s); client connection cut", server, failure)
-    if request.transport is not None:
-        reset_transport(request.transport)

@@ -1,139 +1,235 @@
-"""Plain HTTP forwarding: stream a request to an upstream and its response back.
+"""Plain HTTP forwarding: a request to an upstream and its response back.
 
-One ``aiohttp.ClientSession`` per upstream, configured so it behaves like a
-proxy and not like a browser:
+A :class:`Relay` joins one client request (wsproxy.http.front) and one
+upstream connection (wsproxy.http.pool) for the time of one exchange.  No
+task per chunk and no copies: each body chunk goes from one protocol's
+callback straight to the other transport's ``write``.
 
-* HTTP/1.1 on pooled keep-alive connections, whatever the client spoke.
-* No cookie jar (``DummyCookieJar``): one client's ``Set-Cookie`` must never
-  come back in another client's request.
-* No decompression, no redirect following, no ``Accept``/``Accept-Encoding``/
-  ``User-Agent``/``Content-Type`` added: bytes and headers pass as sent.
-* Idle pooled connections are dropped after ``keepalive_timeout`` (default
-  4s, below the 5s of Node.js and most backends), so a connection the
-  backend has already closed is rarely picked; when it still happens, aiohttp
-  retries idempotent requests once on a fresh connection (RFC 9112 §9.3.1.1),
-  and a non-idempotent one is not retried, because the backend may have acted
-  on it.
-* Bodies stream in both directions with aiohttp's own backpressure: an upload
-  is read from the client only as fast as the upstream takes it.
+* HTTP/1.1 upstream, whatever the client spoke; the request line carries the
+  normalized target (wsproxy.target).
+* Bodies stream both ways with the transports' own flow control: when the
+  upstream's write buffer is full the client is no longer read, and when the
+  client's is full the upstream is no longer read.  Nothing is held whole.
+* The client's ``Expect: 100-continue`` goes upstream, so the upstream's
+  ``100`` or its refusal is what the client sees.
+* The response passes with the upstream's status line, reason phrase and
+  headers as sent (names' case and order), minus hop-by-hop fields; the
+  proxy only sets the framing (wsproxy.http.wire.client_framing).
+* A failure before the response head is an :class:`UpstreamFailure` for the
+  caller (``502``/``504``); after it, the client connection is reset so a
+  truncated body never passes for a whole one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
-import aiohttp
-from aiohttp import hdrs, web
-from multidict import CIMultiDict
-from yarl import URL
-
-from wsproxy.aiohttp_adapter import ProxiedResponse
-from wsproxy.config import Address, Upstream
-from wsproxy.errors import UpstreamFailure, classify, cut_response
+from wsproxy.errors import UpstreamFailure
 from wsproxy.headers import client_response_headers
+from wsproxy.http.front import Request
+from wsproxy.http.pool import ServerPool, Stale, UpstreamConnection
+from wsproxy.http.wire import LAST_CHUNK, chunk, client_framing, request_head
 
-#: Headers aiohttp's client would otherwise add on its own.
-_NO_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+log = logging.getLogger("wsproxy.upstream")
+
+#: Methods a request can be repeated with (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-def make_session(upstream: Upstream) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=upstream.max_connections,
-        keepalive_timeout=upstream.keepalive_timeout or None,
-        force_close=upstream.keepalive_timeout == 0,
-        ttl_dns_cache=10,
+class Relay:
+    """One exchange between a client request and an upstream connection."""
+
+    __slots__ = (
+        "_body_sent",
+        "_chunked",
+        "_done",
+        "_finished",
+        "_upstream_holds",
+        "conn",
+        "head_sent",
+        "on_answer",
+        "on_cut",
+        "request",
+        "switched",
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            # "connect" includes the wait for a free slot under max_connections.
-            connect=upstream.connect_timeout,
-            sock_connect=upstream.connect_timeout,
-            sock_read=upstream.read_timeout,
-        ),
-        trust_env=False,
-        requote_redirect_url=False,
-        raise_for_status=False,
-    )
+
+    def __init__(
+        self,
+        request: Request,
+        conn: UpstreamConnection,
+        *,
+        on_answer: Callable[[], None],
+        on_cut: Callable[[UpstreamFailure], None],
+    ) -> None:
+        self.request = request
+        self.conn = conn
+        self.on_answer = on_answer
+        self.on_cut = on_cut
+        self.head_sent = False
+        self.switched: tuple[int, bytes, list[tuple[str, str]], bytes] | None = None
+        self._chunked = request.chunked
+        self._body_sent = False
+        self._finished = False
+        self._upstream_holds = False
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def run(self, head: bytes, read_timeout: float) -> None:
+        """Send the request, relay the answer; raises before the answer's head only."""
+        request = self.request
+        self.conn.start(self, head, read_timeout, head_request=request.method == "HEAD")
+        if request.has_body:
+            request.read_body(self)
+        request.producer = self
+        try:
+            await self._done
+        finally:
+            request.producer = None
+            if self._upstream_holds:
+                request.release_body()
+
+    # --- the request body (front.BodySink) ---------------------------------
+
+    def body(self, data: bytes) -> None:
+        if self._finished or not data:
+            return
+        self._body_sent = True
+        self.conn.write(chunk(data) if self._chunked else data)
+
+    def body_end(self) -> None:
+        if self._chunked and not self._finished:
+            self.conn.write(LAST_CHUNK)
+
+    # --- flow control -----------------------------------------------------
+
+    def pause(self) -> None:
+        """The client's write buffer is full: stop reading the upstream."""
+        self.conn.pause_reading()
+
+    def resume(self) -> None:
+        self.conn.resume_reading()
+
+    def upstream_paused(self, paused: bool) -> None:
+        self._upstream_holds = paused
+        if paused:
+            self.request.hold_body()
+        else:
+            self.request.release_body()
+
+    # --- the response (pool.Receiver) --------------------------------------
+
+    def on_informational(self, status: int) -> None:
+        if status == 100:
+            self.request.informational()
+        # Others (103 Early Hints) are dropped, as nginx does.
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
+    ) -> None:
+        if status == 101:
+            return  # on_switch follows
+        request = self.request
+        assert request.version is not None
+        assert request.method is not None
+        self.on_answer()
+        framing = client_framing(
+            method=request.method,
+            status=status,
+            upstream_length=has_length,
+            client_version=request.version,
+        )
+        request.send_head(status, reason, client_response_headers(headers), framing, flush=False)
+        self.head_sent = True
+
+    def on_switch(self, tail: bytes) -> None:
+        """An upstream ``101`` to a request that did not ask for one: a protocol error."""
+        self.conn.abort()
+        self._fail(UpstreamFailure("protocol", "101 Switching Protocols to a plain request"))
+
+    def on_body(self, data: bytes) -> None:
+        self.request.send_body(data)
+
+    def flush(self) -> None:
+        if self.head_sent:
+            self.request.connection.write(b"")
+
+    def on_complete(self) -> None:
+        self._finished = True
+        self.request.end()
+        pool = self.conn.pool
+        if not self.request.body_done:
+            self.conn.broken = True  # the upstream answered before the whole body
+        if pool is not None:
+            pool.release(self.conn)
+        else:
+            self.conn.close()  # a one-off connection (a refused WebSocket handshake)
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def on_failed(self, failure: UpstreamFailure | Stale) -> None:
+        self._fail(failure)
+
+    def _fail(self, failure: UpstreamFailure | Stale) -> None:
+        self._finished = True
+        if self._done.done():
+            return
+        if self.head_sent:
+            actual = failure.failure if isinstance(failure, Stale) else failure
+            self.on_cut(actual)
+            log.warning(
+                "upstream %s failed mid-response (%s); client connection cut",
+                self.conn.pool.server if self.conn.pool else "?",
+                actual,
+            )
+            self.request.cut()
+            self._done.set_result(None)
+        else:
+            self._done.set_exception(failure)
+
+    @property
+    def retryable(self) -> bool:
+        return not self._body_sent and not self.request.has_body
 
 
 async def forward_http(
-    request: web.BaseRequest,
-    session: aiohttp.ClientSession,
-    server: Address,
+    request: Request,
+    pool: ServerPool,
     target: str,
     headers: Sequence[tuple[str, str]],
     *,
     on_answer: Callable[[], None],
     on_cut: Callable[[UpstreamFailure], None],
-) -> web.StreamResponse:
+) -> None:
     """Forward one request.
 
     ``target`` is the normalized origin-form target (wsproxy.target) and
     ``headers`` the upstream request's (headers.upstream_request_headers).
     Raises UpstreamFailure when nothing has been answered yet (the caller
-    sends 502/504).  ``on_answer`` runs when a valid response head arrived;
-    ``on_cut`` when the upstream failed after it, mid-body, which cuts the
-    client connection (errors.cut_response).
+    sends 502/504) and pool.PoolTimeout when no connection slot came free.
+    ``on_answer`` runs when a valid response head arrived; ``on_cut`` when
+    the upstream failed after it.
     """
-    url = URL(f"http://{server}{target}", encoded=True)
-    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.body_exists:
-        # The proxy takes the body itself, so it says "go ahead" itself.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    body = request.content if request.body_exists else None
-    try:
-        upstream_response = await session.request(
-            request.method,
-            url,
-            headers=CIMultiDict(headers),
-            data=body,
-            allow_redirects=False,
-            compress=None,
-            chunked=None,
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise classify(exc) from exc
-
-    async with upstream_response:
-        if upstream_response.status == 101:
-            # Only a WebSocket handshake may switch protocols, and those never
-            # come this way: the connection is not HTTP any more, drop it.
-            upstream_response.close()
-            raise UpstreamFailure("protocol", "101 Switching Protocols to a plain request")
-        on_answer()
-        # Head and body in one send() only when the body is already here; a
-        # streamed response (server-sent events, long polling) gets its head
-        # at once, as the upstream sent it.
-        response = ProxiedResponse(
-            status=upstream_response.status,
-            reason=upstream_response.reason,
-            coalesce=upstream_response.content.is_eof(),
-        )
-        for name, value in client_response_headers(_decode(upstream_response.raw_headers)):
-            response.headers.add(name, value)
-        await response.prepare(request)
-        while True:
-            try:
-                chunk = await upstream_response.content.readany()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                # Headers are already out: the only honest signal left is to
-                # cut the connection instead of ending the body as if whole.
-                failure = classify(exc)
-                on_cut(failure)
-                cut_response(request, failure, server)
-                return response
-            if not chunk:
-                break
-            # A client that went away raises ConnectionError here; the
-            # dispatcher treats that as a disconnect, not an upstream failure.
-            await response.write(chunk)
-        await response.write_eof()
-    return response
-
-
-def _decode(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    framing: list[tuple[str, str]] = []
+    if request.chunked:
+        framing.append(("Transfer-Encoding", "chunked"))
+    head = request_head(request.method or "GET", target, [*headers, *framing])
+    read_timeout = pool.upstream.read_timeout
+    conn = await pool.acquire()
+    while True:
+        relay = Relay(request, conn, on_answer=on_answer, on_cut=on_cut)
+        try:
+            await relay.run(head, read_timeout)
+            return
+        except Stale as stale:
+            if request.method not in IDEMPOTENT or not relay.retryable:
+                raise stale.failure from None
+            log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
+            conn = await pool.connect_new()
+            # A fresh connection's failure is the server's: no second retry.
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            if not relay._finished:
+                conn.abort()

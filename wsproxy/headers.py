@@ -54,8 +54,10 @@ HOP_BY_HOP = frozenset(
 #: Set by this hop from what it saw; values sent by an untrusted client are lies.
 FORWARDED_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 
-#: Request headers this hop sets itself (``Expect`` because the proxy answers
-#: ``100 Continue`` on its own before it reads the body).
+#: Request headers this hop sets itself, or drops: ``Expect`` goes upstream
+#: only from an HTTP/1.1 client (``forward_expect``), so the upstream's ``100``
+#: or refusal is the client's answer; an HTTP/1.0 client's is ignored (RFC 9110
+#: §10.1.1).
 _REPLACED_BY_PROXY = FORWARDED_HEADERS | {"expect", "x-request-id"}
 
 WEBSOCKET_VERSION = "13"
@@ -310,6 +312,7 @@ def upstream_request_headers(
     websocket_upgrade: str | None = None,
     allow_underscores: bool = False,
     dropped: list[str] | None = None,
+    forward_expect: bool = False,
 ) -> HeaderList:
     """Headers for the HTTP/1.1 request the upstream receives.
 
@@ -330,7 +333,7 @@ def upstream_request_headers(
     """
     index = _index(headers)
     hop_by_hop = HOP_BY_HOP | frozenset(split_tokens(index.get("connection", ())))
-    drop = hop_by_hop | _REPLACED_BY_PROXY
+    drop = hop_by_hop | (_REPLACED_BY_PROXY - {"expect"} if forward_expect else _REPLACED_BY_PROXY)
     kept: HeaderList = []
     for name, value in headers:
         lower = name.lower()

@@ -13,29 +13,30 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 import uuid
-from collections.abc import Iterator, KeysView, Sequence
+from collections.abc import Iterator, KeysView
 from functools import partial
 from typing import TextIO
 
-import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from wsproxy.admin import admin_app
-from wsproxy.aiohttp_adapter import Server, TextResponse, parse_error_reason, stops_parsing
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
-from wsproxy.forward import forward_http, make_session
+from wsproxy.forward import forward_http
 from wsproxy.headers import (
     ClientInfo,
     check_request,
     check_websocket_handshake,
     choose_request_id,
+    header_values,
     upstream_request_headers,
     wants_websocket,
 )
+from wsproxy.http.front import ClientConnection, FrontSettings, Request
+from wsproxy.http.pool import PoolTimeout, ServerPool
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
 from wsproxy.sessions import redact_target
@@ -46,17 +47,17 @@ from wsproxy.wsframes import FrameBudget
 
 log = logging.getLogger("wsproxy")
 
-#: How long an idle keep-alive client connection stays open (nginx: 75s).
-CLIENT_KEEPALIVE_TIMEOUT = 75.0
 
-
-def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> web.Response:
-    response = TextResponse(status=status, text=message + "\n")
-    for name, value in headers:
-        response.headers[name] = value
-    if status == 505:
-        response.force_close()  # the client speaks another protocol
-    return response
+def front_settings(config: Config) -> FrontSettings:
+    proxy = config.proxy
+    return FrontSettings(
+        max_header_size=proxy.max_header_size,
+        max_body_size=proxy.max_body_size,
+        client_header_timeout=proxy.client_header_timeout,
+        client_body_timeout=proxy.client_body_timeout,
+        send_timeout=proxy.send_timeout,
+        keepalive_timeout=proxy.keepalive_timeout,
+    )
 
 
 class Proxy:
@@ -67,7 +68,7 @@ class Proxy:
         self.observability = observability
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.pools: dict[str, dict[Address, ServerPool]] = {}
         #: Frames all WebSocket observers may parse per loop turn (set in open()).
         self.frame_budget: FrameBudget | None = None
 
@@ -83,117 +84,110 @@ class Proxy:
     async def open(self) -> None:
         self.frame_budget = turn_budget(asyncio.get_running_loop())
         for name, upstream in self.config.upstreams.items():
-            self.sessions[name] = make_session(upstream)
+            self.pools[name] = {server: ServerPool(upstream, server) for server in upstream.servers}
 
     async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
-        self.sessions.clear()
+        for pools in self.pools.values():
+            for pool in pools.values():
+                pool.close()
+        self.pools.clear()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> None:
         exchange = self._exchange(request)
         try:
-            response = await self._dispatch(request, exchange)
+            await self._dispatch(request, exchange)
         except asyncio.CancelledError:
-            # aiohttp cancels the handler when the client disconnects
-            # (handler_cancellation): the upstream request is abandoned too.
-            self.observability.request_done(exchange, 499, time.monotonic())
+            # The front door ended the request: the client left (499), or a
+            # timer or limit answered it; the upstream request is abandoned.
+            self._done(request, exchange)
             raise
-        except ConnectionError as exc:
-            # The client went away while we were answering: nobody is left to
-            # tell, and it is not a server error (aiohttp would log a 500).
-            log.debug("client %s disconnected: %s", exchange.client, exc)
-            response = web.Response(status=499)  # nginx's "client closed request"
-        if response.prepared:
-            exchange.extra["bytes_to_client"] = response.body_length
-        self.observability.request_done(exchange, response.status, time.monotonic())
-        return response
+        self._done(request, exchange)
 
-    def bad_request(self, request: web.BaseRequest, exc: HttpProcessingError) -> web.Response:
-        """aiohttp's parser refused a request: one access-log line, counted, no traceback.
+    def _done(self, request: Request, exchange: Exchange) -> None:
+        status = request.abort_status
+        if status is None or (status == 499 and request.response_started):
+            status = request.status or 499
+        if request.bytes_sent:
+            exchange.extra["bytes_to_client"] = request.bytes_sent
+        self.observability.request_done(exchange, status, time.monotonic())
 
-        Nothing of the request is known but its peer: no method, path or
-        header is trusted or logged, and the answer quotes none of its bytes.
+    def refused(self, request: Request, status: int, message: str) -> None:
+        """The front door refused a request: one access-log line, counted, no traceback.
+
+        Only what was parsed before the refusal is known; nothing of the
+        request's bytes is quoted in the answer or the log.
         """
-        reason = parse_error_reason(exc)
-        exchange = Exchange(
-            request_id=uuid.uuid4().hex,
-            method=None,
-            path=None,
-            client=self._peer(request),
-            version=None,
-            started=time.monotonic(),
-        )
-        exchange.extra["error"] = f"malformed request: {reason}"
-        log.debug("refused a malformed request from %s: %s", exchange.client, reason)
-        self.observability.request_done(exchange, 400, time.monotonic())
-        return _text(400, f"malformed request: {reason}")
+        exchange = self._exchange(request)
+        exchange.extra["error"] = message
+        log.debug("refused a request from %s: %s", exchange.client, message)
+        self.observability.request_done(exchange, status, time.monotonic())
 
-    @staticmethod
-    def _peer(request: web.BaseRequest) -> str:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote)
-
-    def _exchange(self, request: web.BaseRequest) -> Exchange:
-        request_ids = request.headers.getall("X-Request-ID", [])
-        path = request.raw_path
-        if self.config.access_log.redact_query:
+    def _exchange(self, request: Request) -> Exchange:
+        path: str | None = request.target or None
+        if path is not None and self.config.access_log.redact_query:
             path = redact_target(path)
+        version = request.version
         return Exchange(
-            request_id=choose_request_id(
-                [("X-Request-ID", v) for v in request_ids], uuid.uuid4().hex
-            ),
+            request_id=choose_request_id(request.headers, uuid.uuid4().hex),
             method=request.method,
             path=path,
-            client=self._peer(request),
-            version=f"HTTP/{request.version.major}.{request.version.minor}",
-            started=time.monotonic(),
+            client=request.peer,
+            version=f"HTTP/{version[0]}.{version[1]}" if version is not None else None,
+            started=request.started,
         )
 
-    async def _dispatch(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        version = request.version
-        hosts = request.headers.getall("Host", [])
-        rejection = check_request(request.method, (version.major, version.minor), hosts)
+    async def _dispatch(self, request: Request, exchange: Exchange) -> None:
+        assert request.method is not None
+        assert request.version is not None
+        hosts = header_values(request.headers, "host")
+        rejection = check_request(request.method, request.version, hosts)
         if rejection is not None:
-            return _text(rejection.status, rejection.reason, rejection.headers)
+            close = rejection.status in (405, 505)  # another protocol, or a tunnel request
+            request.answer(rejection.status, rejection.reason, rejection.headers, close=close)
+            return
         try:
-            target = parse_target(request.raw_path)
+            target = parse_target(request.target)
         except BadTarget as exc:
-            return _text(exc.status, f"bad request target: {exc}")
+            request.answer(exc.status, f"bad request target: {exc}")
+            return
         route = self.router.match(hosts[0] if hosts else None, target.route_path)
         if route is None:
-            return _text(404, "no route matches this request")
+            request.answer(404, "no route matches this request")
+            return
         exchange.route = route.name
         client = ClientInfo(
-            peer_ip=request.remote,
-            scheme="https" if request.secure else "http",
+            peer_ip=request.peer_ip,
+            scheme="http",
             trusted_proxies=self.config.proxy.trusted_proxies,
         )
         upstream = self.config.upstreams[route.upstream]
         if self._is_websocket(request):
-            return await self._websocket(request, target, route, upstream, client, exchange)
-        if stops_parsing(request):
-            # Upgrade: h2c and the like are forwarded as plain HTTP; the
-            # connection closes after the answer (aiohttp_adapter.stops_parsing).
-            exchange.extra["upgrade_ignored"] = request.headers.get("Upgrade", "")[:100]
+            await self._websocket(request, target, route, upstream, client, exchange)
+            return
+        if request.upgrade:
+            # Upgrade: h2c and the like are forwarded as plain HTTP, their
+            # Upgrade dropped as hop-by-hop (what nginx does by default).
+            upgrade = header_values(request.headers, "upgrade")
+            exchange.extra["upgrade_ignored"] = (upgrade[0] if upgrade else "")[:100]
         server = self._pick(upstream, exchange)
         headers = self._upstream_headers(request, client, server, exchange)
         try:
-            return await forward_http(
+            await forward_http(
                 request,
-                self.sessions[upstream.name],
-                server,
+                self.pools[upstream.name][server],
                 target.origin_form,
                 headers,
                 on_answer=partial(self.observability.upstream_ok, upstream.name, str(server)),
                 on_cut=partial(self._record_failure, exchange),
             )
         except UpstreamFailure as failure:
-            return self._upstream_failed(exchange, failure)
+            self._upstream_failed(request, exchange, failure)
+        except PoolTimeout:
+            self._pool_timeout(request, exchange, upstream)
 
     def _upstream_headers(
         self,
-        request: web.BaseRequest,
+        request: Request,
         client: ClientInfo,
         server: Address,
         exchange: Exchange,
@@ -201,14 +195,16 @@ class Proxy:
         websocket: bool = False,
     ) -> list[tuple[str, str]]:
         dropped: list[str] = []
+        upgrade = header_values(request.headers, "upgrade")
         headers = upstream_request_headers(
-            list(request.headers.items()),
+            request.headers,
             client,
             default_host=str(server),
             request_id=exchange.request_id,
-            websocket_upgrade=request.headers.get("Upgrade", "websocket") if websocket else None,
+            websocket_upgrade=(upgrade[0] if upgrade else "websocket") if websocket else None,
             allow_underscores=self.config.proxy.allow_underscore_headers,
             dropped=dropped,
+            forward_expect=request.version == (1, 1),
         )
         if dropped:
             log.debug(
@@ -224,34 +220,39 @@ class Proxy:
         exchange.server = str(server)
         return server
 
-    def _is_websocket(self, request: web.BaseRequest) -> bool:
-        upgrade = request.headers.getall("Upgrade", None)
-        if upgrade is None or not wants_websocket([("Upgrade", value) for value in upgrade]):
+    def _is_websocket(self, request: Request) -> bool:
+        upgrade = header_values(request.headers, "upgrade")
+        if not upgrade or not wants_websocket([("Upgrade", value) for value in upgrade]):
             return False
         # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
         # received in an HTTP/1.0 request."  Strict mode does; the default
         # forwards it, because the client is usually a legacy load balancer
         # that downgraded a browser's HTTP/1.1 handshake.
+        assert request.version is not None
         return request.version >= (1, 1) or self.config.proxy.http10_upgrade == "accept"
 
     async def _websocket(
         self,
-        request: web.BaseRequest,
+        request: Request,
         target: Target,
         route: Route,
         upstream: Upstream,
         client: ClientInfo,
         exchange: Exchange,
-    ) -> web.StreamResponse:
-        headers = list(request.headers.items())
+    ) -> None:
         if self.draining:
-            return _text(
+            request.answer(
                 503, "shutting down; reconnect to another instance", [("Retry-After", "1")]
             )
-        rejection = check_websocket_handshake(request.method, headers, has_body=request.body_exists)
+            return
+        assert request.method is not None
+        rejection = check_websocket_handshake(
+            request.method, request.headers, has_body=request.has_body
+        )
         if rejection is not None:
             exchange.upgrade_result = "bad_handshake"
-            return _text(rejection.status, rejection.reason, rejection.headers)
+            request.answer(rejection.status, rejection.reason, rejection.headers)
+            return
         server = self._pick(upstream, exchange)
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
@@ -262,7 +263,7 @@ class Proxy:
         )
         headers = self._upstream_headers(request, client, server, exchange, websocket=True)
         try:
-            return await handle_websocket(
+            await handle_websocket(
                 request,
                 target.origin_form,
                 headers,
@@ -275,9 +276,11 @@ class Proxy:
             )
         except UpstreamFailure as failure:
             exchange.upgrade_result = "upstream_unavailable"
-            return self._upstream_failed(exchange, failure)
+            self._upstream_failed(request, exchange, failure)
 
-    def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
+    def _upstream_failed(
+        self, request: Request, exchange: Exchange, failure: UpstreamFailure
+    ) -> None:
         """No answer from the upstream: count, log the details, tell the client in general."""
         self._record_failure(exchange, failure)
         log.warning(
@@ -288,13 +291,26 @@ class Proxy:
             failure,
             exchange.request_id,
         )
-        return _text(failure.status, failure.client_message)
+        request.answer(failure.status, failure.client_message)
+
+    def _pool_timeout(self, request: Request, exchange: Exchange, upstream: Upstream) -> None:
+        """Every connection slot stayed busy: the proxy's limit, not the server's failure."""
+        exchange.extra["error"] = "pool: no free upstream connection within connect_timeout"
+        log.warning(
+            "route %s: upstream %s server %s: all %d connections busy for %gs (request %s)",
+            exchange.route,
+            exchange.upstream,
+            exchange.server,
+            upstream.max_connections,
+            upstream.connect_timeout,
+            exchange.request_id,
+        )
+        request.answer(504, "no upstream connection free in time")
 
     def _record_failure(self, exchange: Exchange, failure: UpstreamFailure) -> None:
         """Count a failed attempt against its server and give the access log its error.
 
-        Also the ``on_cut`` of a response that failed after its head went out
-        (errors.cut_response logs that case).
+        Also the ``on_cut`` of a response that failed after its head went out.
         """
         assert exchange.upstream is not None
         assert exchange.server is not None
@@ -309,14 +325,18 @@ class ProxyServer:
         self.config = config
         self.observability = Observability(config, access_log)
         self.proxy = Proxy(config, self.observability)
-        self._runner: web.ServerRunner | None = None
+        self.connections: set[ClientConnection] = set()
+        self._listeners: list[asyncio.Server] = []
         self._admin: web.AppRunner | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of each listener (port 0 resolved)."""
-        assert self._runner is not None
-        return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+        return [
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for listener in self._listeners
+            for sock in listener.sockets
+        ]
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -326,23 +346,14 @@ class ProxyServer:
 
     async def start(self) -> None:
         await self.proxy.open()
-        limit = self.config.proxy.max_header_size
-        server = Server(
-            self.proxy.handle,
-            on_bad_request=self.proxy.bad_request,
-            # A client that leaves cancels its handler, so a slow upstream
-            # handshake or response is abandoned at once (nginx's 499).
-            handler_cancellation=True,
-            keepalive_timeout=CLIENT_KEEPALIVE_TIMEOUT,
-            auto_decompress=False,  # bodies pass as sent, compressed or not
-            max_line_size=limit,
-            max_field_size=limit,
-            access_log=None,
-        )
-        self._runner = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=self.config.shutdown.grace_period
-        )
-        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        settings = front_settings(self.config)
+        proxy = self.proxy
+        connections = self.connections
+
+        def factory() -> ClientConnection:
+            return ClientConnection(proxy, settings, connections)
+
         self._admin = web.AppRunner(
             admin_app(self.observability),
             access_log=None,
@@ -351,8 +362,14 @@ class ProxyServer:
         await self._admin.setup()
         try:
             for listen in self.config.listen:
-                site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
-                await site.start()
+                listener = await loop.create_server(
+                    factory,
+                    listen.host,
+                    listen.port,
+                    reuse_address=True,
+                    backlog=socket.SOMAXCONN,
+                )
+                self._listeners.append(listener)
             admin = self.config.admin
             await web.TCPSite(self._admin, admin.host, admin.port, reuse_address=True).start()
         except BaseException:
@@ -369,12 +386,11 @@ class ProxyServer:
         self.observability.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown.grace_period
-        if self._runner is not None:
-            for site in list(self._runner.sites):
-                await site.stop()  # no new connections from here on
-        # Sessions are not aiohttp's (it forgot them at the 101): end them and
-        # wait, so each is counted and logged; a handshake whose 101 arrives
-        # meanwhile is closed at once (websocket.py), so this converges.
+        for listener in self._listeners:
+            listener.close()  # no new connections from here on
+        # Sessions are no connection's any more (taken over at the 101): end
+        # them and wait, so each is counted and logged; a handshake whose 101
+        # arrives meanwhile is closed at once (websocket.py), so this converges.
         while self.proxy.tunnels and (remaining := deadline - loop.time()) > 0:
             tunnels = list(self.proxy.tunnels)
             for tunnel in tunnels:
@@ -385,9 +401,21 @@ class ProxyServer:
             tunnel.close("drain", reset=True)
         if leftovers:  # a reset is reported on the next loop turns
             await asyncio.wait([tunnel.finished for tunnel in leftovers], timeout=1.0)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        # Keep-alive connections close now when idle, busy ones after their
+        # answer (a handshake on one meanwhile got 503).
+        for connection in list(self.connections):
+            connection.shutdown()
+        busy = [connection.closed for connection in self.connections]
+        remaining = deadline - loop.time()
+        if busy and remaining > 0:
+            await asyncio.wait(busy, timeout=remaining)
+        for connection in list(self.connections):
+            connection.reset()
+        if self.connections:
+            await asyncio.wait([c.closed for c in self.connections], timeout=1.0)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None

@@ -3,15 +3,18 @@
 Order of events for one session:
 
 1. Connect to the upstream server (``connect_timeout``: ``504`` when it
-   expires, ``502`` when refused or unreachable).
+   expires, ``502`` when refused or unreachable).  A handshake gets a
+   connection of its own, never a pooled one: it will not come back.
 2. Send it an HTTP/1.1 handshake: the client's headers minus hop-by-hop ones,
    plus ``Upgrade: websocket`` and ``Connection: upgrade``.  This is the step
    that nginx without ``proxy_http_version 1.1`` gets wrong (HTTP/1.0, which a
    Swoole backend closes right after ``101``).
-3. Read the upstream's answer (``read_timeout``).  Not ``101``: relay that
+3. Read the upstream's answer (``read_timeout``), parsed by the same llhttp
+   parser as every response (wsproxy.http.pool).  Not ``101``: relay that
    response, body included, and close the upstream connection.  ``101``:
-   answer the client with the upstream's ``101`` and headers, take the client
-   connection over from aiohttp, and splice (tunnel.py).
+   answer the client with the upstream's ``101`` and headers, point both
+   transports at the tunnel with ``set_protocol`` (tunnel.py), and forward
+   first what either side sent behind its handshake.
 """
 
 from __future__ import annotations
@@ -19,24 +22,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import h11
-from aiohttp import web
-
-from wsproxy.aiohttp_adapter import ProxiedResponse, TextResponse, take_over
 from wsproxy.config import Address, Upstream
-from wsproxy.errors import UpstreamFailure, cut_response
+from wsproxy.errors import UpstreamFailure
+from wsproxy.forward import Relay
 from wsproxy.headers import (
     check_switching_protocols,
-    client_response_headers,
     header_values,
     switching_protocols_headers,
 )
+from wsproxy.http.front import Request
+from wsproxy.http.pool import Stale, UpstreamConnection, connect
+from wsproxy.http.wire import request_head, response_head
 from wsproxy.observe import Exchange, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
-from wsproxy.upstream import UpstreamHandshake, open_handshake
 from wsproxy.wsframes import FrameBudget, allowed_rsv_bits
 
 log = logging.getLogger("wsproxy.websocket")
@@ -54,8 +54,30 @@ class TunnelSettings:
     frame_budget: FrameBudget | None = None
 
 
+class _HandshakeRelay(Relay):
+    """A relay that stops at an upstream ``101`` instead of refusing it."""
+
+    __slots__ = ()
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
+    ) -> None:
+        if status == 101:
+            self.switched = (status, reason, headers, b"")
+            return
+        super().on_head(status, reason, headers, has_length)
+
+    def on_switch(self, tail: bytes) -> None:
+        assert self.switched is not None
+        status, reason, headers, _ = self.switched
+        self.switched = (status, reason, headers, tail)
+        self._finished = True
+        if not self._done.done():
+            self._done.set_result(None)
+
+
 async def handle_websocket(
-    request: web.BaseRequest,
+    request: Request,
     target: str,
     headers: Sequence[tuple[str, str]],
     upstream: Upstream,
@@ -65,150 +87,103 @@ async def handle_websocket(
     observability: Observability,
     *,
     on_cut: Callable[[UpstreamFailure], None],
-) -> web.StreamResponse:
-    """Run one session to its end; raises UpstreamFailure before any answer.
+) -> None:
+    """Run one handshake; raises UpstreamFailure before any answer.
 
     ``target`` is the normalized origin-form target (wsproxy.target) and
     ``headers`` the upstream request's (headers.upstream_request_headers,
     with the upgrade).  ``on_cut`` runs when a refusal's body fails midway.
     """
-    handshake = await open_handshake(server, upstream.connect_timeout)
+    conn = await connect(server, upstream.connect_timeout, UpstreamConnection)
+
+    def answered() -> None:
+        exchange.upgrade_result = "upstream_rejected"
+        observability.upstream_ok(upstream.name, str(server))
+
+    relay = _HandshakeRelay(request, conn, on_answer=answered, on_cut=on_cut)
     try:
-        try:
-            handshake.send_request(request.method, target, headers)
-        except h11.LocalProtocolError as exc:
-            # aiohttp accepted something h11 will not write as HTTP/1.1.
-            handshake.close()
-            exchange.upgrade_result = "bad_handshake"
-            log.debug("request %s not forwarded: %s", exchange.request_id, type(exc).__name__)
-            return TextResponse(status=400, text="request cannot be forwarded as HTTP/1.1\n")
-        event = await handshake.next_event(upstream.read_timeout)
-        while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-            event = await handshake.next_event(upstream.read_timeout)  # 1xx other than 101
-        if isinstance(event, h11.InformationalResponse):  # 101
-            response_headers = _decode(event.headers)
-            problem = check_switching_protocols(
-                response_headers, request.headers.get("Sec-WebSocket-Key", "")
-            )
-            if problem is not None:
-                raise UpstreamFailure("protocol", problem)
+        await relay.run(request_head("GET", target, headers), upstream.read_timeout)
+    except Stale as stale:  # never reused, so never stale; for the type checker
+        conn.abort()
+        raise stale.failure from None
     except BaseException:
-        handshake.close()
+        conn.abort()
+        raise
+    if relay.switched is None:
+        return  # the upstream's refusal was relayed
+    _status, reason, response_headers, tail = relay.switched
+    try:
+        key = header_values(request.headers, "sec-websocket-key")
+        problem = check_switching_protocols(response_headers, key[0] if key else "")
+        if problem is not None:
+            raise UpstreamFailure("protocol", problem)
+    except BaseException:
+        conn.abort()
         raise
     observability.upstream_ok(upstream.name, str(server))
-
-    if isinstance(event, h11.InformationalResponse):  # 101
-        info = SessionInfo(
-            route=exchange.route,
-            client=exchange.client,
-            server=str(server),
-            request_id=exchange.request_id,
-            path=exchange.path or "",
-            upstream_version="HTTP/1.1",  # what h11 wrote on the request line
-            upstream_connection=", ".join(header_values(headers, "connection")),
-            early_close_window=settings.early_close_window,
-        )
-        return await _tunnel(
-            request, handshake, event, response_headers, settings, info, exchange, observability
-        )
-    assert isinstance(event, h11.Response)
-    exchange.upgrade_result = "upstream_rejected"
-    try:
-        return await _relay_refusal(
-            request, handshake, event, upstream.read_timeout, server, on_cut
-        )
-    finally:
-        handshake.close()
+    info = SessionInfo(
+        route=exchange.route,
+        client=exchange.client,
+        server=str(server),
+        request_id=exchange.request_id,
+        path=exchange.path or "",
+        upstream_version="HTTP/1.1",  # what the request line said (wire.request_head)
+        upstream_connection=", ".join(header_values(headers, "connection")),
+        early_close_window=settings.early_close_window,
+    )
+    _tunnel(request, conn, reason, response_headers, tail, settings, info, exchange, observability)
 
 
-async def _tunnel(
-    request: web.BaseRequest,
-    handshake: UpstreamHandshake,
-    event: h11.InformationalResponse,
+def _tunnel(
+    request: Request,
+    conn: UpstreamConnection,
+    reason: bytes,
     response_headers: Sequence[tuple[str, str]],
+    upstream_tail: bytes,
     settings: TunnelSettings,
     info: SessionInfo,
     exchange: Exchange,
     observability: Observability,
-) -> web.StreamResponse:
-    assert handshake.transport is not None
+) -> None:
+    assert conn.transport is not None
     extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
     tunnel = Tunnel(
-        handshake.transport,
+        conn.transport,
         buffer_limit=settings.buffer_limit,
         idle_timeout=settings.idle_timeout,
         observe_frames=settings.observe_frames,
         allowed_rsv=allowed_rsv_bits(extensions),
         budget=settings.frame_budget,
     )
-    response = ProxiedResponse(status=101, reason=event.reason.decode("latin-1") or None)
-    for name, value in switching_protocols_headers(response_headers):
-        response.headers.add(name, value)
+    request.response_started = request.response_done = True
+    request.status = 101
     try:
-        await response.prepare(request)
-        client_transport, client_tail = take_over(request, tunnel.client_side)
+        request.connection.write(
+            response_head(101, reason, switching_protocols_headers(response_headers))
+        )
+        client_transport, client_tail = request.connection.take_over(tunnel.client_side)
     except BaseException:
         tunnel.close("error", reset=True)
         raise
     # From here the session lives on its own: the observability hub holds it
-    # until it ends, and this handler returns so aiohttp frees the request.
+    # until it ends, and the request's handler returns.
     exchange.upgrade_result = "accepted"
     exchange.websocket_session = True
-    observability.session_started(tunnel, info, request.method)
+    observability.session_started(tunnel, info, request.method or "GET")
     tunnel.on_finished = observability.session_ended
     try:
         tunnel.start(
             client_transport,
             client_tail=client_tail,
-            upstream_tail=handshake.trailing_data(),
-            upstream_eof=handshake.saw_eof(),
-            upstream_lost=(handshake.lost,) if handshake.is_lost else None,
+            upstream_tail=upstream_tail,
+            upstream_eof=conn.eof,
+            upstream_lost=(conn.lost_exc,) if conn.lost else None,
         )
     except Exception:
         # Nothing may leave a session in the live set with nobody to end it.
         log.exception("session %s failed to start", info.request_id)
         tunnel.close("error", reset=True)
         observability.session_ended(tunnel)
-        return response
+        return
     if observability.draining:
         tunnel.close("drain")  # the 101 arrived during shutdown
-    return response
-
-
-async def _relay_refusal(
-    request: web.BaseRequest,
-    handshake: UpstreamHandshake,
-    event: h11.Response,
-    read_timeout: float,
-    server: Address,
-    on_cut: Callable[[UpstreamFailure], None],
-) -> web.StreamResponse:
-    """Give the client the upstream's own non-101 answer, body and all.
-
-    A failure mid-body is handled as forward.py does: reported through
-    ``on_cut``, then the client connection is reset (errors.cut_response).
-    """
-    response = ProxiedResponse(status=event.status_code, reason=event.reason.decode("latin-1"))
-    for name, value in client_response_headers(_decode(event.headers)):
-        response.headers.add(name, value)
-    await response.prepare(request)
-    try:
-        while True:
-            body_event = await handshake.next_event(read_timeout)
-            if isinstance(body_event, h11.Data):
-                await response.write(bytes(body_event.data))
-            elif isinstance(body_event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
-    except UpstreamFailure as failure:
-        on_cut(failure)
-        cut_response(request, failure, server)
-        return response
-    await response.write_eof()
-    return response
-
-
-def _decode(headers: Any) -> list[tuple[str, str]]:
-    """h11 keeps the upstream's header-name casing in ``raw_items()``."""
-    return [
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw_items()
-    ]

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from tests.support.backends import RawBackend
 from tests.support.http_backends import (
     Received,
     RecordingBackend,
@@ -733,8 +734,10 @@ async def test_http10_client_gets_close_delimited_body_for_chunked_upstream() ->
 # --- 10. Expect: 100-continue ---------------------------------------------------
 
 
-async def test_expect_100_continue_upload() -> None:
-    """Guards against a client waiting forever for 100 Continue, or Expect leaking upstream."""
+async def test_expect_100_continue_is_answered_by_the_upstream() -> None:
+    """The upstream's ``100`` reaches the client, so the client sends its body only
+    when the upstream asked for it (a proxy that says ``100`` itself makes the client
+    upload what the upstream is about to refuse)."""
     request = request_bytes(
         "POST",
         "/upload",
@@ -751,4 +754,52 @@ async def test_expect_100_continue_upload() -> None:
     assert (final.status, body) == (200, b"ok")
     (seen,) = backend.requests
     assert seen.body == b"hello world"
-    assert seen.head.get_all("Expect") == []
+    assert seen.head.get_all("Expect") == ["100-continue"]
+
+
+async def test_an_upstream_refusal_instead_of_100_reaches_the_client_and_the_body_is_not_sent() -> (
+    None
+):
+    """The upstream answers ``417`` without reading the body: the client gets that
+    answer, no ``100``, and the connection closes (its body was never read)."""
+
+    async def refuse(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
+        writer.write(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 4\r\n\r\nnope")
+        await writer.drain()
+        return False
+
+    request = request_bytes(
+        "POST", "/upload", [("Host", "h"), ("Content-Length", "11"), ("Expect", "100-continue")]
+    )
+    async with (
+        RawBackend(refuse) as backend,
+        running_proxy(config_text(backend.port)) as (
+            _server,
+            port,
+        ),
+        raw_connection(port) as (reader, writer),
+    ):
+        writer.write(request)
+        async with asyncio.timeout(5):
+            head, body = await read_response(reader)
+            assert (head.status, body) == (417, b"nope")
+            assert head.get("Connection") == "close"
+            assert await reader.read() == b""
+
+
+async def test_an_http10_clients_expect_is_ignored() -> None:
+    """RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored, never relayed."""
+    backend = RecordingBackend()
+    request = request_bytes(
+        "POST",
+        "/upload",
+        [("Host", "h"), ("Content-Length", "2"), ("Expect", "100-continue")],
+        body=b"hi",
+        version="HTTP/1.0",
+    )
+    async with through_proxy(backend) as port:
+        head, body = await raw_request(port, request)
+    assert (head.status, body) == (200, b"ok")
+    assert backend.requests[0].head.get_all("Expect") == []

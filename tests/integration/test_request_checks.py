@@ -242,33 +242,47 @@ async def test_two_websocket_versions_are_400_not_426() -> None:
 # --- pipelining behind an upgrade the proxy does not perform ----------------------
 
 
-async def test_a_request_pipelined_behind_h2c_is_not_left_hanging() -> None:
-    """The first request is answered as plain HTTP with ``Connection: close``; the
-    pipelined one is not silently swallowed on an open connection: the close
-    tells the client to retry it (RFC 9112 §9.3.2), and the access log says so."""
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\n",
+        # curl --http2 sends its upgrade on a POST too: the body comes first.
+        b"POST /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nContent-Length: 5\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nhello",
+        b"POST /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: Upgrade\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["get", "post-length", "post-chunked"],
+)
+async def test_requests_pipelined_behind_h2c_are_all_answered_in_order(first: bytes) -> None:
+    """llhttp stops parsing at any ``Connection: upgrade`` request; the proxy serves
+    the h2c one as plain HTTP (its Upgrade dropped) and parses on behind it, its
+    body included, on the same connection."""
     async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
         async with raw_client(obs.port) as (reader, writer):
-            writer.write(
-                b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n"
-                b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQ\r\n"
-                b"\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n"
-            )
+            writer.write(first + b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
             async with asyncio.timeout(5):
-                head, body = await read_response(reader)
-                assert (head.status, body) == (200, b"ok")
-                assert head.get("Connection") == "close"
-                assert head.get("Upgrade") is None
-                assert await reader.read() == b""
-        records = await obs.log_has(1)
+                for _ in range(2):
+                    head, body = await read_response(reader)
+                    assert (head.status, body) == (200, b"ok")
+                    assert head.get("Connection") is None
+                    assert head.get("Upgrade") is None
+        await obs.log_has(2)
         assert obs.log_records()[0]["upgrade_ignored"] == "h2c"
-        assert len(records) == 1
-    assert [r.head.start_line for r in backend.requests] == ["GET /first HTTP/1.1"]
+    method = first.split(b" ", 1)[0].decode()
+    assert [r.head.start_line for r in backend.requests] == [
+        f"{method} /first HTTP/1.1",
+        "GET /second HTTP/1.1",
+    ]
     assert backend.requests[0].head.get("Upgrade") is None
+    assert backend.requests[0].body == (b"hello" if method == "POST" else b"")
 
 
 async def test_a_refused_websocket_handshake_closes_the_connection_after_its_answer() -> None:
-    """aiohttp stops parsing after a WebSocket handshake; a reused connection
-    would hang.  The refusal must say ``Connection: close`` and close."""
+    """What follows a WebSocket handshake is kept for the tunnel, not parsed as
+    HTTP; when there is no tunnel the refusal says ``Connection: close`` and the
+    connection closes (the client retries what it pipelined)."""
     async with (
         RecordingBackend() as backend,
         running_proxy(config_text(backend.port)) as (_server, port),
@@ -341,16 +355,23 @@ async def test_allow_underscore_headers_keeps_them_but_never_the_proxys_own() ->
 
 # --- requests the parser refuses ---------------------------------------------------
 
+#: (raw request, status, what the answer starts with): refused before a whole head.
 MALFORMED = [
-    b"GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok\x01en\r\n\r\n",
-    b"G(T /x HTTP/1.1\r\nHost: h\r\n\r\n",
-    b"GET /x HTTP/1.x\r\nHost: h\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
-    b"GET /x HTTP/1.1\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nHost: h\r\n Folded: header\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the HTTP port
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok\x01en\r\n\r\n", 400, b"malformed"),
+    (b"G(T /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),
+    (b"GET /x HTTP/1.x\r\nHost: h\r\n\r\n", 400, b"malformed"),
+    (b"GET /x HTTP/1.2\r\nHost: h\r\n\r\n", 505, b"HTTP version not supported"),
+    (b"GET  /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),  # llhttp allows it
+    (b"GET /x  HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, b"request"),
+    (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, b"request"),
+    (
+        b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+        b"malformed",
+    ),
+    (b"GET /x HTTP/1.1\r\nHost: h\r\n Folded: header\r\n\r\n", 400, b"malformed"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, b"malformed"),  # TLS on the HTTP port
 ]
 
 
@@ -359,27 +380,28 @@ async def test_parser_refusals_are_counted_logged_once_each_and_never_traced(
 ) -> None:
     caplog.set_level("DEBUG")
     async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
-        for raw in MALFORMED:
+        for raw, status, start in MALFORMED:
             async with raw_client(obs.port) as (reader, writer):
                 writer.write(raw)
                 async with asyncio.timeout(5):
                     head, body = await read_response(reader)
-                    assert head.status == 400, raw
-                    assert body.startswith(b"malformed request: "), body
+                    assert head.status == status, raw
+                    assert body.startswith(start), body
                     assert b"tok" not in body
                     assert b"a" * 100 not in body  # no parser dump
                     assert await reader.read() == b""  # closed
         scrape = await obs.sample(
             "wsproxy_http_requests_total", route="none", method="other", code="400"
         )
-        counted = scrape.value(
-            "wsproxy_http_requests_total", route="none", method="other", code="400"
-        )
-        assert counted == len(MALFORMED)
+        for status in {status for _raw, status, _start in MALFORMED}:
+            counted = scrape.value(
+                "wsproxy_http_requests_total", route="none", method="other", code=str(status)
+            )
+            assert counted == sum(1 for m in MALFORMED if m[1] == status)
         records = await obs.log_has(len(MALFORMED))
         assert len(records) == len(MALFORMED)
-        for entry in obs.log_records():
-            assert (entry["route"], entry["status"], entry["method"]) == ("none", 400, None)
-            assert entry["error"].startswith("malformed request: ")
+        for entry, (_raw, status, start) in zip(obs.log_records(), MALFORMED, strict=True):
+            assert (entry["route"], entry["status"], entry["method"]) == ("none", status, None)
+            assert entry["error"].encode().startswith(start)
     assert backend.requests == []
     assert not [r for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR]

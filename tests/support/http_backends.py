@@ -105,8 +105,10 @@ async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> tu
 class RecordingBackend:
     """A raw HTTP/1.1 server that records requests and answers via ``respond``."""
 
-    def __init__(self, respond: Responder = ok) -> None:
+    def __init__(self, respond: Responder = ok, *, continue_for_expect: bool = True) -> None:
         self.respond = respond
+        #: Answer ``Expect: 100-continue`` with ``100`` before reading the body.
+        self.continue_for_expect = continue_for_expect
         self.requests: list[Received] = []
         self.connections = 0
         self.port = 0
@@ -136,6 +138,8 @@ class RecordingBackend:
             for index in range(1_000_000):
                 try:
                     head = await read_head(reader)
+                    if self.continue_for_expect and head.get("Expect") == "100-continue":
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as origin servers do
                     body = await read_request_body(reader, head)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return

@@ -276,7 +276,7 @@ def test_minimal_config_parses_with_all_defaults() -> None:
             http10_upgrade="accept",
             trusted_proxies=(),
             tunnel_buffer=262144,
-            max_header_size=8192,
+            max_header_size=32768,
         ),
         source="proxy.yaml",
     )
@@ -323,7 +323,10 @@ def test_every_default() -> None:
     assert config.proxy.http10_upgrade == "accept"
     assert config.proxy.trusted_proxies == ()
     assert config.proxy.tunnel_buffer == 256 * 1024
-    assert config.proxy.max_header_size == 8 * 1024
+    assert config.proxy.max_header_size == 32 * 1024
+    assert config.proxy.max_body_size == 0
+    assert (config.proxy.client_header_timeout, config.proxy.client_body_timeout) == (30.0, 60.0)
+    assert (config.proxy.send_timeout, config.proxy.keepalive_timeout) == (60.0, 75.0)
 
 
 def test_every_setting() -> None:
@@ -364,6 +367,11 @@ def test_every_setting() -> None:
           trusted_proxies: [10.0.0.1/8, "::1", 192.168.1.7]
           tunnel_buffer: 1MiB
           max_header_size: 16384
+          max_body_size: 10MiB
+          client_header_timeout: 5s
+          client_body_timeout: 10s
+          send_timeout: 15s
+          keepalive_timeout: 20s
         """
     )
     assert config.listen == (
@@ -395,6 +403,11 @@ def test_every_setting() -> None:
         ),
         tunnel_buffer=1048576,
         max_header_size=16384,
+        max_body_size=10 * 1024 * 1024,
+        client_header_timeout=5.0,
+        client_body_timeout=10.0,
+        send_timeout=15.0,
+        keepalive_timeout=20.0,
     )
 
 

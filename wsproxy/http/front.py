@@ -1,0 +1,879 @@
+"""The front door: one ``asyncio.Protocol`` per client connection.
+
+Theory of operation
+-------------------
+Bytes from the client go to llhttp (``httptools.HttpRequestParser``), whose
+callbacks build :class:`Request` objects.  A request is handed to the
+application (``App.handle``, one task per request) as soon as its head is
+complete; its body follows through :meth:`Request.read_body` while the
+application forwards it.  The application answers through the request's
+``send_head``/``send_body``/``end`` (or ``answer`` for the proxy's own small
+answers), and may take the connection over after a ``101``
+(:meth:`ClientConnection.take_over`).
+
+Invariants:
+
+* **In order, bounded.**  Requests on a connection are answered in the
+  order they came (RFC 9112 §9.3.2).  A request parsed while another is in
+  flight waits in a queue and reading stops until it is its turn, so a
+  pipelining client costs at most one read of buffered bytes; at most
+  ``MAX_PIPELINE`` requests wait, later ones are not answered and the
+  connection closes after the queue (the client retries those).
+* **Every limit is ours.**  llhttp enforces none: the head budget
+  (``max_header_size``: ``414`` while still in the request line, ``431``
+  after; ``MAX_HEADERS`` fields), ``max_body_size`` (``413``), and the timers
+  (``client_header_timeout`` and ``client_body_timeout``: ``408``;
+  ``send_timeout``: cut; keep-alive idle: close) are checked here.  Raw
+  bytes buffered for an unfinished head are counted too, so one endless
+  header cannot grow httptools' buffer.
+* **Stricter than llhttp.**  Whatever llhttp lets through that a proxy
+  must refuse is refused here or in headers.check_request: several spaces
+  in the request line, a ``Transfer-Encoding`` other than ``chunked``
+  (``501``), ``Host`` missing on HTTP/1.1 (``400``).
+* **Every refusal is one answer, one count, one log line**
+  (``App.refused``), never a traceback or the client's bytes in a log.
+* **Keep-alive per RFC 9112 §9.3**: llhttp's ``should_keep_alive`` (HTTP/1.1
+  unless ``close``; HTTP/1.0 only with ``keep-alive``), and the connection
+  closes after an answer sent before its request's body was read (the rest of
+  the body is read and dropped for a moment first, so the answer is not lost
+  to a reset: a "lingering close").
+* **Upgrades.**  llhttp stops at a request with ``Upgrade`` and
+  ``Connection: upgrade`` (and at ``CONNECT``).  A WebSocket candidate keeps
+  what follows it for the tunnel (or the connection closes after its answer);
+  any other upgrade (``h2c``) is served as plain HTTP and parsing continues
+  behind it, its body re-read by a fresh parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import httptools
+
+from wsproxy.http.wire import (
+    CONTINUE,
+    LAST_CHUNK,
+    Framing,
+    chunk,
+    own_answer,
+    response_head,
+)
+
+log = logging.getLogger("wsproxy.front")
+
+#: Requests waiting behind the one in flight on one connection.
+MAX_PIPELINE = 32
+#: Header fields in one request head.
+MAX_HEADERS = 256
+#: Bytes a WebSocket candidate's connection buffers before its answer.
+MAX_UPGRADE_TAIL = 256 * 1024
+#: Unanswered body bytes held before the upstream takes them.
+MAX_PENDING_BODY = 256 * 1024
+#: How long a lingering close reads and drops what the client still sends.
+LINGER_TIMEOUT = 2.0
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+#: A request line with exactly one space between its three parts.
+_REQUEST_LINE = re.compile(_TOKEN + rb" [^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
+
+# Why reading is paused; it resumes when no reason is left.
+_PAUSE_PIPELINE = 1  # a request waits behind the one in flight
+_PAUSE_BODY = 2  # the upstream does not take the body as fast as it comes
+_PAUSE_TAIL = 4  # a WebSocket candidate's buffered bytes reached their bound
+
+
+@dataclass(frozen=True, slots=True)
+class FrontSettings:
+    """The front door's limits and timers (the ``proxy:`` section)."""
+
+    max_header_size: int = 32 * 1024
+    max_body_size: int = 0  # 0: unlimited
+    client_header_timeout: float = 30.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+
+    @property
+    def tick(self) -> float:
+        """How often a connection's timer looks at its deadlines (a quarter of the shortest)."""
+        return (
+            min(
+                self.client_header_timeout,
+                self.client_body_timeout,
+                self.send_timeout,
+                self.keepalive_timeout,
+            )
+            / 4
+        )
+
+
+class App(Protocol):
+    """What the front door serves: the proxy."""
+
+    def handle(self, request: Request) -> Coroutine[Any, Any, None]: ...
+
+    def refused(self, request: Request, status: int, message: str) -> None:
+        """Count and log a request the front door refused itself (answered by the caller)."""
+
+
+class BodySink(Protocol):
+    """Where a request body goes (the upstream request)."""
+
+    def body(self, data: bytes) -> None: ...
+
+    def body_end(self) -> None: ...
+
+
+class Producer(Protocol):
+    """Whatever writes a response body: paused while the client does not read."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class _Refuse(Exception):
+    """Raised in a parser callback to stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+class Request:
+    """One request on a client connection, from its head to its answer."""
+
+    __slots__ = (
+        "_pending",
+        "_pending_size",
+        "_sink",
+        "abort_status",
+        "body_bytes",
+        "body_done",
+        "body_reparsed",
+        "bytes_sent",
+        "chunked",
+        "connection",
+        "content_length",
+        "framing",
+        "handling",
+        "headed",
+        "headers",
+        "keep_alive",
+        "method",
+        "producer",
+        "refusal",
+        "response_done",
+        "response_started",
+        "started",
+        "status",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, connection: ClientConnection, started: float) -> None:
+        self.connection = connection
+        self.started = started
+        self.method: str | None = None
+        self.target = ""
+        self.version: tuple[int, int] | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.headed = False
+        self.keep_alive = False
+        #: llhttp stopped at this request (Upgrade + Connection: upgrade, CONNECT).
+        self.upgrade = False
+        self.chunked = False
+        self.content_length: int | None = None
+        self.body_done = False
+        #: The body is read by a fresh parser behind a non-WebSocket upgrade.
+        self.body_reparsed = False
+        self.body_bytes = 0
+        self._sink: BodySink | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.producer: Producer | None = None
+        self.response_started = False
+        self.response_done = False
+        self.framing = Framing.NONE
+        self.status = 0
+        self.bytes_sent = 0
+        #: Set when the front door ended the request (timeout, client gone).
+        self.abort_status: int | None = None
+        #: The front door answers this request itself: (status, message).
+        self.refusal: tuple[int, str] | None = None
+        #: The application's handler started (it logs the request).
+        self.handling = False
+
+    # --- the request ------------------------------------------------------
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def peer(self) -> str:
+        return self.connection.peer
+
+    @property
+    def peer_ip(self) -> str | None:
+        return self.connection.peer_ip
+
+    def read_body(self, sink: BodySink) -> None:
+        """Send the body to ``sink``: what arrived already at once, the rest as it comes."""
+        self._sink = sink
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for data in pending:
+            sink.body(data)
+        self.connection.release(_PAUSE_BODY)
+        if self.body_done:
+            sink.body_end()
+
+    def hold_body(self) -> None:
+        """Stop reading the client (the upstream's write buffer is full)."""
+        self.connection.hold(_PAUSE_BODY)
+
+    def release_body(self) -> None:
+        self.connection.release(_PAUSE_BODY)
+
+    def _body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        limit = self.connection.settings.max_body_size
+        if limit and self.body_bytes > limit:
+            raise _Refuse(413, "request body too large")
+        if self._sink is not None:
+            self._sink.body(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > MAX_PENDING_BODY:
+            self.connection.hold(_PAUSE_BODY)
+
+    def _body_end(self) -> None:
+        self.body_done = True
+        if self._sink is not None:
+            self._sink.body_end()
+
+    # --- the response -----------------------------------------------------
+
+    def informational(self) -> None:
+        """Relay the upstream's ``100 Continue`` (never to an HTTP/1.0 client)."""
+        if not self.response_started and self.version == (1, 1):
+            self.connection.write(CONTINUE)
+
+    def send_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[str, str]],
+        framing: Framing,
+        *,
+        flush: bool = True,
+    ) -> None:
+        """Write the response head; the framing headers are the proxy's to set.
+
+        ``flush=False`` keeps the head back to leave with the first body
+        write (one ``send()`` for a small response).
+        """
+        self.response_started = True
+        self.status = status
+        self.framing = framing
+        keep = self.connection.will_keep_alive(self) and framing is not Framing.CLOSE
+        extra = b""
+        if framing is Framing.CHUNKED:
+            extra = b"Transfer-Encoding: chunked\r\n"
+        if not keep:
+            self.connection.closing = True
+            extra += b"Connection: close\r\n"
+        elif self.version == (1, 0):
+            extra += b"Connection: keep-alive\r\n"
+        head = response_head(status, reason, headers, extra)
+        if flush:
+            self.connection.write(head)
+        else:
+            self.connection.hold_head(head)
+
+    def send_body(self, data: bytes) -> None:
+        if not data or self.framing is Framing.NONE:
+            return
+        self.bytes_sent += len(data)
+        self.connection.write(chunk(data) if self.framing is Framing.CHUNKED else data)
+
+    def end(self) -> None:
+        """The response is complete."""
+        if self.response_done:
+            return
+        self.response_done = True
+        self.connection.write(LAST_CHUNK if self.framing is Framing.CHUNKED else b"")
+
+    def answer(
+        self,
+        status: int,
+        message: str,
+        headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+        *,
+        close: bool = False,
+    ) -> None:
+        """A whole small answer of the proxy's own."""
+        if self.response_started:
+            return
+        self.response_started = self.response_done = True
+        self.status = status
+        close = close or not self.connection.will_keep_alive(self)
+        if close:
+            self.connection.closing = True
+        data = own_answer(status, message, headers, close=close, head_only=self.method == "HEAD")
+        self.bytes_sent += len(data)
+        self.connection.write(data)
+
+    def cut(self) -> None:
+        """The response cannot be completed: reset the connection (never a clean end)."""
+        self.response_done = True
+        self.connection.reset()
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, None]]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(
+        self,
+        app: App,
+        settings: FrontSettings,
+        registry: set[ClientConnection] | None = None,
+    ) -> None:
+        self.app = app
+        #: The server's set of open connections (for shutdown).
+        self.registry = registry
+        #: Resolved when the connection is closed or taken over.
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.peer_ip: str | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        #: Closing after the response in flight (or now, when idle).
+        self.closing = False
+        self._holds = 0
+        self._queue: deque[Request] = deque()
+        self._active: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._parsing: Request | None = None
+        self._url = b""
+        self._head_size = 0
+        self._head_raw = 0
+        self._in_header_fields = False
+        self._reparse_for: Request | None = None
+        self._last_headed: Request | None = None
+        self._tail: list[bytes] | None = None
+        self._tail_size = 0
+        self._no_more_requests = False
+        self._lost = False
+        self._taken_over = False
+        self._held_head: bytes | None = None
+        self._idle_since: float | None = None
+        self._head_started: float | None = None
+        self._body_read_at = 0.0
+        self._send_blocked_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._lingering = False
+
+    # --- asyncio callbacks ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not an asyncio.Transport subclass: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_ip = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._idle_since = self.loop.time()
+        self._timer = self.loop.call_later(self.settings.tick, self._tick)
+        if self.registry is not None:
+            self.registry.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering or (self._no_more_requests and self._tail is None):
+            return  # dropped: the connection closes after what is in flight
+        if self._tail is not None:
+            self._keep_tail(data)
+            return
+        self._idle_since = None
+        head_before = self._parsing is not None and not self._parsing.headed
+        if self._parsing is None and self._reparse_for is None and _spaced_request_line(data):
+            # llhttp accepts several spaces between the parts of the request
+            # line; a proxy must not guess which part a space belongs to.
+            self._refuse_unparsed(400, "malformed request: invalid request line")
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[int(exc.args[0]) :])
+        except httptools.HttpParserCallbackError as exc:
+            refusal = exc.__context__
+            if isinstance(refusal, _Refuse):
+                self._refuse_unparsed(refusal.status, refusal.message)
+            else:  # a bug of ours: a clean 500, the details in the log
+                log.error("client %s: request handling failed", self.peer, exc_info=refusal)
+                self._refuse_unparsed(500, "internal error")
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+        else:
+            parsing = self._parsing
+            if parsing is not None and not parsing.headed and head_before:
+                # httptools buffers an unfinished field whole: count raw bytes too.
+                self._head_raw += len(data)
+                if self._head_raw > self.settings.max_header_size:
+                    self._refuse_unparsed(*self._head_too_large())
+
+    def eof_received(self) -> bool | None:
+        if self._lingering:
+            return None
+        active = self._active
+        if self._tail is not None or (active is not None and not active.body_done):
+            self._client_gone()  # gone in the middle of a request
+            return None
+        if active is None and not self._queue:
+            return None  # idle: close
+        # A half-closed client still gets the answers to what it sent.
+        self._no_more_requests = True
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._forget()
+        if not self._taken_over:
+            self._client_gone()
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.registry is not None:
+            self.registry.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def shutdown(self) -> None:
+        """The server stops: close when idle, else after the answer in flight."""
+        self.closing = True
+        self._no_more_requests = True
+        if self._active is None and not self._lingering:
+            self._close()
+
+    def pause_writing(self) -> None:
+        self._send_blocked_since = self.loop.time()
+        active = self._active
+        if active is not None and active.producer is not None:
+            active.producer.pause()
+
+    def resume_writing(self) -> None:
+        self._send_blocked_since = None
+        active = self._active
+        if active is not None and active.producer is not None:
+            active.producer.resume()
+
+    # --- llhttp callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._reparse_for is not None:
+            self._parsing = self._reparse_for  # a body behind an upgrade
+            return
+        self._parsing = Request(self, time.monotonic())
+        self._head_started = self.loop.time()
+        self._url = b""
+        self._head_size = 0
+        self._head_raw = 0
+        self._in_header_fields = True
+
+    def on_url(self, url: bytes) -> None:
+        if self._reparse_for is not None:
+            return
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self.settings.max_header_size:
+            raise _Refuse(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_header_fields:
+            return  # a trailer (dropped) or the synthetic head of a re-read body
+        request = self._parsing
+        assert request is not None
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.settings.max_header_size:
+            raise _Refuse(431, "request header fields too large")
+        headers = request.headers
+        if len(headers) >= MAX_HEADERS:
+            raise _Refuse(431, "too many request header fields")
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        if self._reparse_for is not None:
+            return
+        request = self._parsing
+        assert request is not None
+        self._in_header_fields = False
+        self._head_started = None
+        parser = self.parser
+        request.headed = True
+        request.method = parser.get_method().decode("ascii")
+        major, _, minor = parser.get_http_version().partition(".")
+        request.version = (int(major), int(minor or 0))
+        request.target = self._url.decode("latin-1")
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower == "transfer-encoding":
+                # llhttp checked that chunked is last; a coding before it
+                # would reach the upstream undecoded (RFC 9112 §6.1: 501).
+                if value.strip().lower() != "chunked":
+                    raise _Refuse(501, "transfer coding not implemented (only chunked)")
+                request.chunked = True
+            elif lower == "content-length":
+                request.content_length = int(value)
+        limit = self.settings.max_body_size
+        if limit and request.content_length is not None and request.content_length > limit:
+            raise _Refuse(413, "request body too large")
+        if request.upgrade and request.has_body and not _keeps_tail(request):
+            request.body_reparsed = True
+        self._last_headed = request
+        self._body_read_at = self.loop.time()
+        self._dispatch(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        self._body_read_at = self.loop.time()
+        request._body(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        if request.body_reparsed and self._reparse_for is None:
+            return  # its body comes through the fresh parser (_upgraded)
+        self._parsing = None
+        self._reparse_for = None
+        if not request.keep_alive:
+            self._no_more_requests = True
+        request._body_end()
+
+    # --- requests in order ------------------------------------------------
+
+    def _dispatch(self, request: Request) -> None:
+        if self._active is None:
+            self._start(request)
+            return
+        if len(self._queue) >= MAX_PIPELINE:
+            # Not answered: the client retries it after the close.
+            self._no_more_requests = True
+            self.closing = True
+            return
+        self._queue.append(request)
+        self.hold(_PAUSE_PIPELINE)
+
+    def _start(self, request: Request) -> None:
+        self._active = request
+        if request.refusal is not None:
+            status, message = request.refusal
+            self.app.refused(request, status, message)
+            request.answer(status, message, close=True)
+            self._finished(request)
+            return
+        self._task = self.loop.create_task(self._run(request), name=f"request from {self.peer}")
+
+    async def _run(self, request: Request) -> None:
+        request.handling = True
+        try:
+            await self.app.handle(request)
+        except asyncio.CancelledError:
+            pass  # the front door ended it; App.handle counted and logged it
+        except Exception:  # a bug of ours: a clean answer, the details in the log
+            log.exception("request from %s failed", self.peer)
+            if not request.response_started:
+                request.answer(500, "internal error", close=True)
+            elif not request.response_done:
+                request.cut()
+        finally:
+            self._task = None
+            self._finished(request)
+
+    def _finished(self, request: Request) -> None:
+        self._active = None
+        if self._taken_over or self._lost:
+            return
+        if not request.response_done:
+            request.cut()  # the handler left the response unfinished
+            return
+        self.write(b"")  # a head held back for a body that never came
+        if self.closing or self._tail is not None or not request.body_done:
+            self._close_after_answer(request)
+        elif self._queue:
+            self._start(self._queue.popleft())
+            if not self._queue:
+                self.release(_PAUSE_PIPELINE)
+        elif self._no_more_requests:
+            self._close()
+        else:
+            self._idle_since = self.loop.time()
+
+    def will_keep_alive(self, request: Request) -> bool:
+        """Whether the connection stays open after ``request``'s response."""
+        return request.keep_alive and not self.closing and request.body_done and self._tail is None
+
+    # --- upgrades ---------------------------------------------------------
+
+    def _upgraded(self, tail: bytes) -> None:
+        """llhttp stopped at an upgrade request; ``tail`` is what followed it."""
+        request = self._last_headed
+        if request is None or _keeps_tail(request):
+            # Kept for the tunnel; otherwise the connection ends with this request.
+            self._tail = []
+            self._no_more_requests = True
+            if tail:
+                self._keep_tail(tail)
+            return
+        # Served as plain HTTP (its Upgrade is dropped as hop-by-hop), and
+        # what follows is read by a fresh parser: its body first, through a
+        # head that states only the body's framing.
+        self.parser = httptools.HttpRequestParser(self)
+        if request.body_reparsed:
+            self._reparse_for = request
+            if request.chunked:
+                framing = b"Transfer-Encoding: chunked"
+            else:
+                framing = b"Content-Length: %d" % (request.content_length or 0)
+            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+        if tail:
+            self.data_received(tail)
+
+    def _keep_tail(self, data: bytes) -> None:
+        assert self._tail is not None
+        self._tail.append(data)
+        self._tail_size += len(data)
+        if self._tail_size > MAX_UPGRADE_TAIL:
+            self.hold(_PAUSE_TAIL)
+
+    def take_over(self, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, bytes]:
+        """Hand the connection to ``protocol`` after a ``101``.
+
+        Returns the transport and the bytes the client sent behind its
+        handshake (to forward first).  The front door forgets the connection.
+        """
+        transport = self.transport
+        if transport is None or self._lost or transport.is_closing():
+            raise ConnectionResetError("client connection already closed")
+        self._taken_over = True
+        self._forget()
+        tail = b"".join(self._tail or ())
+        self._tail = None
+        transport.set_protocol(protocol)
+        if self._holds:
+            self._holds = 0
+            transport.resume_reading()
+        return transport, tail
+
+    # --- writing and closing ----------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if self._held_head is not None:
+            data, self._held_head = self._held_head + data, None
+        if data:
+            transport.write(data)
+
+    def hold_head(self, head: bytes) -> None:
+        self._held_head = head
+
+    def hold(self, reason: int) -> None:
+        held, self._holds = self._holds, self._holds | reason
+        if not held and self.transport is not None and not self._lost:
+            self.transport.pause_reading()
+
+    def release(self, reason: int) -> None:
+        if not self._holds & reason:
+            return
+        self._holds &= ~reason
+        if not self._holds and self.transport is not None and not self._lost:
+            self.transport.resume_reading()
+
+    def reset(self) -> None:
+        """Close with RST: the peer must not take what it got for complete."""
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+        transport.abort()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _close_after_answer(self, request: Request) -> None:
+        """Close once the answer is out; unread request bytes are drained first.
+
+        Closing a socket with unread bytes makes the kernel send RST, which
+        can destroy the answer before the client reads it; so the write side
+        is shut and what still comes is dropped for up to LINGER_TIMEOUT.
+        """
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        unread = not request.body_done or self._tail is not None or self._parsing is not None
+        if not unread or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._holds = 0
+        transport.resume_reading()
+        transport.write_eof()
+        self.loop.call_later(LINGER_TIMEOUT, self._close)
+
+    def _client_gone(self) -> None:
+        """The client closed or reset: abandon what is in flight."""
+        self._no_more_requests = True
+        self._queue.clear()
+        active = self._active
+        if active is not None and not active.response_done and active.abort_status is None:
+            self._abort(active, 499, "client closed the connection", answer=False)
+        self._close()
+
+    def _abort(self, request: Request, status: int, message: str, *, answer: bool) -> None:
+        """End the request in flight for the front door's reasons.
+
+        The handler logs it with ``abort_status`` when it was running; one
+        that never ran is logged here.
+        """
+        request.abort_status = status
+        self._no_more_requests = True
+        self.closing = True
+        if answer and not request.response_started:
+            request.answer(status, message, close=True)
+        elif not request.response_done:
+            request.cut()
+        if not request.handling:
+            self.app.refused(request, status, message)
+        if self._task is not None:
+            self._task.cancel()
+
+    # --- refusals ---------------------------------------------------------
+
+    def _head_too_large(self) -> tuple[int, str]:
+        request = self._parsing
+        if request is not None and not request.headers:
+            return 414, "request target too long"
+        return 431, "request header fields too large"
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._no_more_requests and self._parsing is None:
+            return  # bytes after a request that closes the connection: dropped
+        message = str(exc.args[0]) if exc.args else ""
+        self._refuse_unparsed(*_parser_verdict(exc, message))
+
+    def _refuse_unparsed(self, status: int, message: str) -> None:
+        """Parsing stops: answer ``status`` in turn, then close."""
+        request = self._parsing
+        self._parsing = None
+        self._reparse_for = None
+        self._no_more_requests = True
+        self._head_started = None
+        if request is None:
+            request = Request(self, time.monotonic())
+        if request is self._active:
+            # Its body broke a limit or its framing.
+            self._abort(request, status, message, answer=True)
+            return
+        request.refusal = (status, message)
+        if request not in self._queue:
+            self._dispatch(request)
+
+    def _tick(self) -> None:
+        """The connection's timer: every ``settings.tick``, look at the deadlines."""
+        self._timer = None
+        if self._lost or self._taken_over:
+            return
+        now = self.loop.time()
+        settings = self.settings
+        active = self._active
+        blocked = self._send_blocked_since
+        if blocked is not None and now - blocked > settings.send_timeout:
+            log.info("client %s read nothing for %gs: connection cut", self.peer, now - blocked)
+            if active is not None and not active.response_done:
+                self._abort(active, 499, "client did not read the response", answer=False)
+            self.reset()
+            return
+        if self._lingering:
+            pass
+        elif active is None and self._head_started is not None:
+            if now - self._head_started > settings.client_header_timeout:
+                self._refuse_unparsed(408, "request head not received in time")
+        elif active is None and self._idle_since is not None:
+            if now - self._idle_since > settings.keepalive_timeout:
+                self._close()
+                return
+        elif (
+            active is not None
+            and active.headed
+            and not active.body_done
+            and now - self._body_read_at > settings.client_body_timeout
+        ):
+            self._abort(active, 408, "request body not received in time", answer=True)
+        self._timer = self.loop.call_later(settings.tick, self._tick)
+
+
+def _keeps_tail(request: Request) -> bool:
+    """A WebSocket candidate or ``CONNECT``: the bytes behind it are not HTTP to parse."""
+    if request.method == "CONNECT":
+        return True
+    for name, value in request.headers:
+        if name.lower() == "upgrade" and "websocket" in value.lower():
+            return True
+    return False
+
+
+def _spaced_request_line(data: bytes) -> bool:
+    """A complete first line with more than one space between parts (llhttp allows it)."""
+    line, found, _ = data.lstrip(b"\r\n").partition(b"\r\n")
+    if not found or _REQUEST_LINE.fullmatch(line + b"\r\n"):
+        return False
+    return b"  " in line
+
+
+def _parser_verdict(exc: httptools.HttpParserError, message: str) -> tuple[int, str]:
+    """The answer to what llhttp refused, in words that quote none of its bytes."""
+    lowered = message.lower()
+    if "http version" in lowered or "pri/upgrade" in lowered:
+        return 505, "HTTP version not supported (HTTP/1.1 is)"
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        return 400, "malformed request: invalid method"
+    if isinstance(exc, httptools.HttpParserInvalidURLError):
+        return 400, "malformed request: invalid request target"
+    if "transfer-encoding" in lowered or "content-length" in lowered or "chunk" in lowered:
+        return 400, "malformed request: invalid body framing"
+    if "header" in lowered:
+        return 400, "malformed request: invalid header"
+    return 400, "malformed request: invalid syntax"

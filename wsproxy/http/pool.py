@@ -1,0 +1,521 @@
+"""Connections to upstream servers: per-server keep-alive pools, one request at a time.
+
+Theory of operation
+-------------------
+:class:`UpstreamConnection` is an ``asyncio.Protocol`` that sends one
+request and parses its response with llhttp
+(``httptools.HttpResponseParser``), handing the events to a
+:class:`Receiver` (the relay in wsproxy.forward).  It never pipelines: the
+next request goes out only after the previous response ended, which is what
+makes a connection safe to reuse.
+
+:class:`ServerPool` keeps one server's idle connections (newest first, so
+the others age out), bounded by ``keepalive_timeout`` (idle longer: closed)
+and ``max_connections`` (open at once, busy or idle; a request waits for a
+slot at most ``connect_timeout`` and then gets ``504``, counted as a pool
+wait, not as the server's failure).
+
+What a pooled connection can tell us about its server:
+
+* A FIN or reset while idle: the connection leaves the pool at once.
+* A FIN or reset after a reused connection was handed a request, before
+  any byte of the response: the server closed it just as we sent
+  (``Stale``); the relay retries an idempotent bodiless request once on a
+  fresh connection (RFC 9112 §9.3.1.1).
+* Anything after a complete response that was not asked for (bytes after a
+  ``HEAD`` answer, a second response): the connection is not reused.
+
+llhttp gaps filled here: it cannot be told that a response answers ``HEAD``
+(it would wait for the ``Content-Length`` it announces), so the message ends
+at its head and a fresh parser takes the connection; it has no end-of-input
+call, so a body delimited by the connection's close ends at ``eof_received``
+(a reset there is a cut, never a complete body); it accepts status codes
+outside ``100``-``599``, which are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import httptools
+
+from wsproxy.config import Address, Upstream
+from wsproxy.errors import UpstreamFailure, classify, parser_reason
+
+#: Longest upstream response head accepted (status line plus headers).
+MAX_RESPONSE_HEAD = 64 * 1024
+#: Most header fields in one upstream response head.
+MAX_RESPONSE_HEADERS = 512
+
+
+class Stale(Exception):
+    """A reused connection closed before any byte of the response."""
+
+    def __init__(self, failure: UpstreamFailure) -> None:
+        super().__init__(failure)
+        self.failure = failure
+
+
+class PoolTimeout(Exception):
+    """No connection slot came free within ``connect_timeout``."""
+
+
+class Receiver(Protocol):
+    """What an upstream connection reports to (the relay)."""
+
+    def on_informational(self, status: int) -> None: ...
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
+    ) -> None: ...
+
+    def on_switch(self, tail: bytes) -> None:
+        """``101`` with ``Upgrade``: ``tail`` is what followed its head."""
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+    def on_failed(self, failure: UpstreamFailure | Stale) -> None: ...
+
+    def flush(self) -> None:
+        """The end of one read: a held-back head may go now."""
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The connection's write buffer is full (True) or drained (False)."""
+
+
+class _Protocol(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream server; see the module docstring."""
+
+    def __init__(self, pool: ServerPool | None = None) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.receiver: Receiver | None = None
+        self.reused = False
+        self.idle_since = 0.0
+        self.lost = False
+        self.lost_exc: BaseException | None = None
+        self.eof = False
+        #: Set when something makes the connection unfit for another request.
+        self.broken = False
+        self.switched = False
+        self.head_request = False
+        self._headers: list[tuple[str, str]] = []
+        self._reason = b""
+        self._head_size = 0
+        self._in_head = False
+        self._informational = False
+        self._response_seen = False
+        self._until_close = False
+        self._complete = False
+        self._head_done = False
+        self._reading_paused = False
+        self._last_read = 0.0
+        self._read_timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.counted = pool is not None
+
+    # --- asyncio callbacks ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        receiver = self.receiver
+        if receiver is None:
+            self.broken = True  # bytes nobody asked for
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._switch(data[int(exc.args[0]) :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            detail = cause.detail if isinstance(cause, _Protocol) else "invalid response"
+            self._fail(UpstreamFailure("protocol", detail))
+        except httptools.HttpParserError as exc:
+            if self._complete:
+                self.broken = True  # more than the one response: not reused
+            elif self.parser.get_status_code() == 101:
+                self._fail(UpstreamFailure("protocol", "101 without an Upgrade header"))
+            else:
+                reason = parser_reason(str(exc.args[0]) if exc.args else "")
+                self._fail(UpstreamFailure("protocol", f"invalid response ({reason})"))
+        if self.receiver is not None:
+            self.receiver.flush()
+        if self.head_request and self._complete:
+            # llhttp would read a body after the head of a HEAD answer.
+            self.parser = httptools.HttpResponseParser(self)
+            self.head_request = False
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.switched:
+            return True  # the tunnel decides
+        if self.receiver is not None and self._until_close and self._head_done:
+            self._message_complete()  # a body delimited by the close
+        self.broken = True
+        self._end(None)
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.lost_exc = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.switched:
+            return
+        self.broken = True
+        self._end(exc)
+
+    def pause_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.upstream_paused(False)
+
+    # --- llhttp callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._response_seen = True
+        self._headers = []
+        self._reason = b""
+        self._head_size = 0
+        self._in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+        self._grow(len(reason))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: dropped
+        self._grow(len(name) + len(value) + 4)
+        if len(self._headers) >= MAX_RESPONSE_HEADERS:
+            raise _Protocol("too many header fields")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _grow(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise _Protocol("response head too large")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        status = self.parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise _Protocol("invalid status code")
+        receiver = self.receiver
+        assert receiver is not None
+        if status < 200 and status != 101:
+            self._informational = True
+            receiver.on_informational(status)
+            return
+        if status == 101:
+            return  # llhttp stops here (on_switch), or refuses it without Upgrade
+        self._head_done = True
+        has_length = False
+        codings: list[str] = []
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == "content-length":
+                has_length = True
+            elif lower == "transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+        # RFC 9112 §6.3: no body after HEAD, 204 and 304; a transfer coding
+        # other than a final chunked, or no framing at all, runs to the close.
+        no_body = self.head_request or status in (204, 304)
+        chunked = bool(codings) and codings[-1] == "chunked"
+        self._until_close = not no_body and not chunked and (bool(codings) or not has_length)
+        receiver.on_head(status, self._reason, self._headers, has_length)
+        if self.head_request:
+            self._message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            self.broken = True  # bytes after a HEAD answer
+            return
+        if self.receiver is not None:
+            self.receiver.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.parser.get_status_code() == 101:
+            return  # llhttp stops next (_switch), or refuses a 101 without Upgrade
+        if not self._complete:
+            self._message_complete()
+
+    # --- the request in flight --------------------------------------------
+
+    def start(
+        self, receiver: Receiver, head: bytes, read_timeout: float, *, head_request: bool
+    ) -> None:
+        """Send a request head; the response goes to ``receiver``."""
+        assert self.transport is not None
+        self.receiver = receiver
+        self.head_request = head_request
+        self._complete = False
+        self._head_done = False
+        self._response_seen = False
+        self._until_close = False
+        self._informational = False
+        self._read_timeout = read_timeout
+        self._last_read = self.loop.time()
+        self._timer = self.loop.call_later(read_timeout, self._check_read)
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.lost:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.lost:
+            self._reading_paused = False
+            self._last_read = self.loop.time()
+            self.transport.resume_reading()
+
+    @property
+    def keep_alive(self) -> bool:
+        return not self.broken and not self.eof and self.parser.should_keep_alive()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.broken = True
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    def _check_read(self) -> None:
+        self._timer = None
+        if self.receiver is None or self.lost:
+            return
+        remaining = self._last_read + self._read_timeout - self.loop.time()
+        if self._reading_paused or remaining > 0:
+            delay = self._read_timeout if self._reading_paused else remaining
+            self._timer = self.loop.call_later(delay, self._check_read)
+            return
+        self._fail(UpstreamFailure("timeout", "no response in time"))
+        self.abort()
+
+    def _switch(self, tail: bytes) -> None:
+        """``101`` with ``Upgrade``: reading stops until the tunnel takes over."""
+        receiver = self.receiver
+        assert receiver is not None
+        self.switched = True
+        self._head_done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+        receiver.on_head(101, self._reason, self._headers, False)
+        receiver.on_switch(tail)
+
+    def _message_complete(self) -> None:
+        self._complete = True
+        receiver, self.receiver = self.receiver, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if receiver is not None:
+            receiver.on_complete()
+
+    def _fail(self, failure: UpstreamFailure) -> None:
+        self.broken = True
+        receiver, self.receiver = self.receiver, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if receiver is not None:
+            receiver.on_failed(failure)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The connection is closing or gone."""
+        if self.receiver is not None:
+            if exc is not None:
+                failure = classify(exc)
+            elif self._response_seen:
+                failure = UpstreamFailure(
+                    "reset", "connection closed in the middle of the response"
+                )
+            else:
+                failure = UpstreamFailure(
+                    "reset", "upstream closed the connection before answering"
+                )
+            if self.reused and not self._response_seen:
+                receiver, self.receiver = self.receiver, None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                receiver.on_failed(Stale(failure))
+            else:
+                self._fail(failure)
+        if self.pool is not None:
+            self.pool.forget(self)
+
+
+async def connect(
+    server: Address, timeout: float, factory: Callable[[], UpstreamConnection]
+) -> UpstreamConnection:
+    """Open a connection; a failure comes back as :class:`UpstreamFailure`."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _transport, protocol = await loop.create_connection(factory, server.host, server.port)
+    except TimeoutError as exc:
+        raise UpstreamFailure("timeout", "connect timed out") from exc
+    except OSError as exc:
+        raise classify(exc) from exc
+    return protocol
+
+
+class ServerPool:
+    """Keep-alive connections to one server of an upstream."""
+
+    def __init__(self, upstream: Upstream, server: Address) -> None:
+        self.upstream = upstream
+        self.server = server
+        self.idle: list[UpstreamConnection] = []
+        self.open = 0
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """The newest idle connection still within ``keepalive_timeout``."""
+        idle = self.idle
+        if not idle:
+            return None
+        oldest_ok = time.monotonic() - self.upstream.keepalive_timeout
+        while idle:
+            conn = idle.pop()
+            if conn.idle_since >= oldest_ok and not conn.lost and not conn.eof:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, or a new one when a slot is free (waiting if not)."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
+        limit = self.upstream.max_connections
+        if limit and self.open >= limit:
+            waiter: asyncio.Future[UpstreamConnection | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(self.upstream.connect_timeout):
+                    conn = await waiter
+            except TimeoutError:
+                raise PoolTimeout() from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if conn is not None:
+                conn.reused = True
+                return conn
+        return await self.connect_new()
+
+    async def connect_new(self) -> UpstreamConnection:
+        self.open += 1
+        try:
+            conn = await connect(
+                self.server, self.upstream.connect_timeout, lambda: UpstreamConnection(self)
+            )
+        except BaseException:
+            self.open -= 1
+            self._wake(None)
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A response ended: keep the connection for the next request, or close it."""
+        conn.receiver = None
+        if self._closed or not conn.keep_alive or not self.upstream.keepalive_timeout:
+            conn.close()
+            return
+        conn.reused = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.upstream.keepalive_timeout, self._sweep
+            )
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """``conn`` is closing or closed: it leaves the pool and frees its slot."""
+        if not conn.counted:
+            return
+        conn.counted = False
+        self.open -= 1
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        self._wake(None)
+
+    def _wake(self, conn: UpstreamConnection | None) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        oldest_ok = time.monotonic() - self.upstream.keepalive_timeout
+        for conn in [c for c in self.idle if c.idle_since < oldest_ok]:
+            conn.close()
+        if self.idle and not self._closed:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.upstream.keepalive_timeout / 2, self._sweep
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
