@@ -55,6 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, cast
 
 import httptools
@@ -597,7 +598,11 @@ class ClientConnection(asyncio.Protocol):
             request.answer(status, message, close=True)
             self._finished(request)
             return
-        self._task = self.loop.create_task(self._run(request), name=f"request from {self.peer}")
+        task = self.loop.create_task(self._run(request), name=f"request from {self.peer}")
+        # A done callback, not a ``finally``: a task cancelled before its
+        # first step never runs its coroutine, but its callbacks do run.
+        task.add_done_callback(partial(self._task_done, request))
+        self._task = task
 
     async def _run(self, request: Request) -> None:
         request.handling = True
@@ -611,9 +616,11 @@ class ClientConnection(asyncio.Protocol):
                 request.answer(500, "internal error", close=True)
             elif not request.response_done:
                 request.cut()
-        finally:
+
+    def _task_done(self, request: Request, task: asyncio.Task[None]) -> None:
+        if self._task is task:
             self._task = None
-            self._finished(request)
+        self._finished(request)
 
     def _finished(self, request: Request) -> None:
         self._active = None
