@@ -237,9 +237,9 @@ def _is_websocket_key(value: str) -> bool:
 # --- Requests to the upstream ------------------------------------------------
 
 
-def choose_request_id(headers: Sequence[tuple[str, str]], new_id: str) -> str:
-    """The client's ``X-Request-ID`` if it sent exactly one well-formed one."""
-    sent = header_values(headers, "x-request-id")
+def choose_request_id(sent: Sequence[str], new_id: str) -> str:
+    """The client's ``X-Request-ID`` (``sent``: every value it sent) if it sent
+    exactly one well-formed one."""
     if len(sent) == 1 and _REQUEST_ID.fullmatch(sent[0].strip()):
         return sent[0].strip()
     return new_id

@@ -306,7 +306,7 @@ def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
 def test_client_request_id_is_kept_only_when_well_formed(
     sent: list[tuple[str, str]], expected: str
 ) -> None:
-    assert choose_request_id(sent, "fresh") == expected
+    assert choose_request_id([value for _name, value in sent], "fresh") == expected
 
 
 def test_upstream_gets_exactly_one_request_id() -> None:

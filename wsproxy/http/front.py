@@ -155,6 +155,7 @@ class Request:
     """One request on a client connection, from its head to its answer."""
 
     __slots__ = (
+        "_index",
         "_pending",
         "_pending_size",
         "_sink",
@@ -190,6 +191,7 @@ class Request:
         self.target = ""
         self.version: tuple[int, int] | None = None
         self.headers: list[tuple[str, str]] = []
+        self._index: dict[str, list[str]] | None = None
         self.headed = False
         self.keep_alive = False
         #: llhttp stopped at this request (Upgrade + Connection: upgrade, CONNECT).
@@ -217,6 +219,15 @@ class Request:
         self.handling = False
 
     # --- the request ------------------------------------------------------
+
+    def header(self, name: str) -> list[str]:
+        """Every value of the header ``name`` (lower-case), in order."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self.headers:
+                index.setdefault(key.lower(), []).append(value)
+        return index.get(name, [])
 
     @property
     def has_body(self) -> bool:

@@ -288,7 +288,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = False
         self._read_timeout = read_timeout
         self._last_read = self.loop.time()
-        self._timer = self.loop.call_later(read_timeout, self._check_read)
+        if self._timer is None:
+            # One timer for many requests on a kept-alive connection: when it
+            # fires it looks at the last read and re-arms (_check_read).
+            self._timer = self.loop.call_later(read_timeout, self._check_read)
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
@@ -348,9 +351,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _message_complete(self) -> None:
         self._complete = True
         receiver, self.receiver = self.receiver, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if receiver is not None:
             receiver.on_complete()
 
