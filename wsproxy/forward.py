@@ -82,6 +82,8 @@ class Relay:
         if request.has_body:
             request.read_body(self)
         request.producer = self
+        if request.connection.write_blocked:
+            self.pause()  # the client is behind already (pause_writing came earlier)
         try:
             await self._done
         finally:
@@ -139,7 +141,12 @@ class Relay:
             upstream_length=has_length,
             client_version=request.version,
         )
-        request.send_head(status, reason, client_response_headers(headers), framing, flush=False)
+        relayed = client_response_headers(headers)
+        if status == 204:
+            # RFC 9110 §8.6: no Content-Length in a 204; one that says non-zero
+            # would make a client wait for a body.
+            relayed = [(n, v) for n, v in relayed if n.lower() != "content-length"]
+        request.send_head(status, reason, relayed, framing, flush=False)
         self.head_sent = True
 
     def on_switch(self, tail: bytes) -> None:

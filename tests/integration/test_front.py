@@ -489,3 +489,37 @@ async def test_an_idle_keepalive_connection_closes_after_keepalive_timeout() -> 
             head, _body = await read_response(reader)
             assert head.status == 200
             assert await reader.read() == b""
+
+
+async def test_empty_lines_alone_do_not_keep_a_connection_open() -> None:
+    """llhttp skips CRLFs before a request without starting one; the idle timer
+    must still run."""
+    extra = "proxy:\n  keepalive_timeout: 300ms\n  client_header_timeout: 300ms\n"
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port, extra=extra)) as (_s, port),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(b"\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.read() == b""
+
+
+async def test_an_endless_request_trailer_is_refused() -> None:
+    extra = "proxy:\n  max_header_size: 2KiB\n"
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port, extra=extra)) as (_s, port),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(
+            request_bytes("POST", "/", [("Host", "h"), ("Transfer-Encoding", "chunked")])
+            + b"2\r\nok\r\n0\r\nX-Trailer: "
+        )
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                writer.write(b"t" * 1000)
+                await writer.drain()
+        async with asyncio.timeout(TIMEOUT):
+            head, _body = await read_response(reader)
+        assert head.status == 431

@@ -387,6 +387,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._head_size = 0
         self._head_raw = 0
+        self._raw_since_body = 0
         self._in_header_fields = False
         self._reparse_for: Request | None = None
         self._last_headed: Request | None = None
@@ -427,8 +428,8 @@ class ClientConnection(asyncio.Protocol):
         if self._tail is not None:
             self._keep_tail(data)
             return
-        self._idle_since = None
         head_before = self._parsing is not None and not self._parsing.headed
+        self._raw_since_body += len(data)
         if self._parsing is None and self._reparse_for is None and _spaced_request_line(data):
             # llhttp accepts several spaces between the parts of the request
             # line; a proxy must not guess which part a space belongs to.
@@ -449,11 +450,16 @@ class ClientConnection(asyncio.Protocol):
             self._parse_error(exc)
         else:
             parsing = self._parsing
-            if parsing is not None and not parsing.headed and head_before:
+            if parsing is None:
+                return
+            if not parsing.headed and head_before:
                 # httptools buffers an unfinished field whole: count raw bytes too.
                 self._head_raw += len(data)
                 if self._head_raw > self.settings.max_header_size:
                     self._refuse_unparsed(*self._head_too_large())
+            elif parsing.headed and self._raw_since_body > self.settings.max_header_size:
+                # Trailers and chunk extensions bring no body: the same budget.
+                self._refuse_unparsed(431, "request trailer or chunk extension too large")
 
     def eof_received(self) -> bool | None:
         if self._lingering:
@@ -490,6 +496,11 @@ class ClientConnection(asyncio.Protocol):
         if self._active is None and not self._lingering:
             self._close()
 
+    @property
+    def write_blocked(self) -> bool:
+        """The client's write buffer is above its high-water mark."""
+        return self._send_blocked_since is not None
+
     def pause_writing(self) -> None:
         self._send_blocked_since = self.loop.time()
         active = self._active
@@ -509,6 +520,7 @@ class ClientConnection(asyncio.Protocol):
             self._parsing = self._reparse_for  # a body behind an upgrade
             return
         self._parsing = Request(self, time.monotonic())
+        self._idle_since = None
         self._head_started = self.loop.time()
         self._url = b""
         self._head_size = 0
@@ -543,6 +555,7 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         self._in_header_fields = False
         self._head_started = None
+        self._raw_since_body = 0
         parser = self.parser
         request.headed = True
         request.method = parser.get_method().decode("ascii")
@@ -571,6 +584,7 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch(request)
 
     def on_body(self, body: bytes) -> None:
+        self._raw_since_body = 0
         request = self._parsing
         assert request is not None
         self._body_read_at = self.loop.time()

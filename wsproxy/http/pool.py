@@ -125,6 +125,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._head_done = False
         self._reading_paused = False
+        self._raw_since_progress = 0
+        self._keep_alive = False
         self._last_read = 0.0
         self._read_timeout = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -146,6 +148,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.broken = True  # bytes nobody asked for
             self.close()
             return
+        # httptools grows an unfinished field (a header, a trailer, a chunk
+        # extension) in one buffer: bytes that bring no body are counted
+        # (on_body and the end of the head start the count again).
+        self._raw_since_progress += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -163,8 +169,14 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 reason = parser_reason(str(exc.args[0]) if exc.args else "")
                 self._fail(UpstreamFailure("protocol", f"invalid response ({reason})"))
+        if self.receiver is not None and self._raw_since_progress > MAX_RESPONSE_HEAD:
+            self._fail(UpstreamFailure("protocol", "response head or trailer too large"))
+            self.abort()
+            return
         if self.receiver is not None:
             self.receiver.flush()
+        elif self.broken:
+            self.close()  # bytes after its response: never reused
         if self.head_request and self._complete:
             # llhttp would read a body after the head of a HEAD answer.
             self.parser = httptools.HttpResponseParser(self)
@@ -227,6 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._raw_since_progress = 0
         status = self.parser.get_status_code()
         if not 100 <= status <= 599:
             raise _Protocol("invalid status code")
@@ -249,14 +262,18 @@ class UpstreamConnection(asyncio.Protocol):
                 codings += [c.strip().lower() for c in value.split(",") if c.strip()]
         # RFC 9112 §6.3: no body after HEAD, 204 and 304; a transfer coding
         # other than a final chunked, or no framing at all, runs to the close.
+        if codings and codings != ["chunked"]:
+            # A coding the proxy would drop while re-framing (nginx: 502 too).
+            raise _Protocol("unsupported transfer coding")
         no_body = self.head_request or status in (204, 304)
-        chunked = bool(codings) and codings[-1] == "chunked"
+        chunked = bool(codings)
         self._until_close = not no_body and not chunked and (bool(codings) or not has_length)
         receiver.on_head(status, self._reason, self._headers, has_length)
         if self.head_request:
             self._message_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._raw_since_progress = 0
         if self._complete:
             self.broken = True  # bytes after a HEAD answer
             return
@@ -282,11 +299,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver = receiver
         self.head_request = head_request
         self._complete = False
+        self._keep_alive = False
         self._head_done = False
         self._response_seen = False
         self._until_close = False
         self._informational = False
         self._read_timeout = read_timeout
+        self._raw_since_progress = 0
         self._last_read = self.loop.time()
         if self._timer is None:
             # One timer for many requests on a kept-alive connection: when it
@@ -311,7 +330,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def keep_alive(self) -> bool:
-        return not self.broken and not self.eof and self.parser.should_keep_alive()
+        transport = self.transport
+        return (
+            not self.broken
+            and not self.eof
+            and transport is not None
+            and not transport.is_closing()
+            and self._keep_alive
+        )
 
     def close(self) -> None:
         if self.transport is not None and not self.lost:
@@ -350,6 +376,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _message_complete(self) -> None:
         self._complete = True
+        # Read now: llhttp resets its flags once the callback returns.
+        self._keep_alive = self.parser.should_keep_alive()
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.on_complete()
@@ -423,7 +451,7 @@ class ServerPool:
         oldest_ok = time.monotonic() - self.upstream.keepalive_timeout
         while idle:
             conn = idle.pop()
-            if conn.idle_since >= oldest_ok and not conn.lost and not conn.eof:
+            if conn.idle_since >= oldest_ok and conn.keep_alive and not conn.lost:
                 conn.reused = True
                 return conn
             conn.close()
@@ -443,8 +471,18 @@ class ServerPool:
             try:
                 async with asyncio.timeout(self.upstream.connect_timeout):
                     conn = await waiter
-            except TimeoutError:
-                raise PoolTimeout() from None
+            except BaseException as exc:
+                # Handed a connection (or a slot) in the turn it gave up:
+                # pass it on, or it is lost to everyone.
+                if waiter.done() and not waiter.cancelled():
+                    handed = waiter.result()
+                    if handed is not None:
+                        self.release(handed)
+                    else:
+                        self._wake(None)
+                if isinstance(exc, TimeoutError):
+                    raise PoolTimeout() from None
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
@@ -471,6 +509,9 @@ class ServerPool:
         if self._closed or not conn.keep_alive or not self.upstream.keepalive_timeout:
             conn.close()
             return
+        # The last read may have paused it for a slow client; that client's
+        # backpressure ends with its response.
+        conn.resume_reading()
         conn.reused = True
         while self._waiters:
             waiter = self._waiters.popleft()
