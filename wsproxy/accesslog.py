@@ -13,20 +13,33 @@ import asyncio
 import json
 import sys
 import time
-from typing import TextIO
+from json.encoder import encode_basestring
+from typing import TYPE_CHECKING, TextIO
 
 from wsproxy.config import AccessLogSettings
 
+if TYPE_CHECKING:
+    from wsproxy.observe import Exchange
+
+_last_second: list[object] = [-1, ""]
+
 
 def timestamp(now: float) -> str:
-    """RFC 3339 UTC with milliseconds."""
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-    return f"{seconds}.{int(now * 1000) % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds (the seconds part formatted once a second)."""
+    second = int(now)
+    if _last_second[0] != second:
+        _last_second[0] = second
+        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_last_second[1]}.{int(now * 1000) % 1000:03d}Z"
 
 
 #: One encoder for every line: ``json.dumps`` with non-default arguments builds a
 #: new encoder per call, which cost more than encoding a line.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
 
 
 def format_json(fields: dict[str, object]) -> str:
@@ -64,8 +77,15 @@ class AccessLog:
     def write(self, fields: dict[str, object]) -> None:
         if self._format == "off":
             return
-        entry: dict[str, object] = {"ts": timestamp(time.time()), **fields}
-        line = format_json(entry) if self._format == "json" else format_text(entry)
+        if self._format == "json":
+            # The timestamp goes in front without copying the fields.
+            body = _JSON.encode(fields)
+            line = f'{{"ts":"{timestamp(time.time())}"' + ("," + body[1:] if fields else "}")
+        else:
+            line = format_text({"ts": timestamp(time.time()), **fields})
+        self._emit(line)
+
+    def _emit(self, line: str) -> None:
         stream = self._stream or sys.stdout
         stream.write(line + "\n")
         if self._flush_handle is None:
@@ -75,6 +95,37 @@ class AccessLog:
                 stream.flush()
                 return
             self._flush_handle = loop.call_later(FLUSH_DELAY, self.flush)
+
+    def write_http(self, exchange: Exchange, status: int, duration_ms: float) -> None:
+        """One plain-HTTP request's line: JSON from a prepared template, no dict."""
+        if self._format != "json":
+            self.write(
+                {
+                    "type": "http",
+                    "request_id": exchange.request_id,
+                    "route": exchange.route,
+                    "client": exchange.client,
+                    "upstream": exchange.server,
+                    "method": exchange.method,
+                    "path": exchange.path,
+                    "version": exchange.version,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    **exchange.extra,
+                }
+            )
+            return
+        extra = exchange.extra
+        line = (
+            f'{{"ts":"{timestamp(time.time())}","type":"http",'
+            f'"request_id":{_string(exchange.request_id)},"route":{_string(exchange.route)},'
+            f'"client":{_string(exchange.client)},"upstream":{_string(exchange.server)},'
+            f'"method":{_string(exchange.method)},"path":{_string(exchange.path)},'
+            f'"version":{_string(exchange.version)},"status":{status},'
+            f'"duration_ms":{duration_ms!r}'
+        )
+        line += "," + _JSON.encode(extra)[1:] if extra else "}"
+        self._emit(line)
 
     def flush(self) -> None:
         if self._flush_handle is not None:

@@ -38,14 +38,25 @@ log = logging.getLogger("wsproxy.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+#: What a relay reports when it ends: None when the response was relayed (or
+#: cut after its head, already reported through ``on_cut``), else the failure.
+OnEnd = Callable[["Relay", "UpstreamFailure | Stale | None"], None]
+
+
 class Relay:
-    """One exchange between a client request and an upstream connection."""
+    """One exchange between a client request and an upstream connection.
+
+    Two ways to run it: ``start()`` and an ``on_end`` callback (no task: the
+    plain-HTTP fast path on a pooled connection), or ``await run()``.
+    """
 
     __slots__ = (
         "_body_sent",
         "_chunked",
         "_done",
         "_finished",
+        "_on_end",
+        "_settled",
         "_upstream_holds",
         "conn",
         "head_sent",
@@ -62,6 +73,7 @@ class Relay:
         *,
         on_answer: Callable[[], None],
         on_cut: Callable[[UpstreamFailure], None],
+        on_end: OnEnd | None = None,
     ) -> None:
         self.request = request
         self.conn = conn
@@ -72,11 +84,13 @@ class Relay:
         self._chunked = request.chunked
         self._body_sent = False
         self._finished = False
+        self._settled = False
         self._upstream_holds = False
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_end = on_end
+        self._done: asyncio.Future[None] | None = None
 
-    async def run(self, head: bytes, read_timeout: float) -> None:
-        """Send the request, relay the answer; raises before the answer's head only."""
+    def start(self, head: bytes, read_timeout: float) -> None:
+        """Send the request; the answer is relayed from the connection's callbacks."""
         request = self.request
         self.conn.start(self, head, read_timeout, head_request=request.method == "HEAD")
         if request.has_body:
@@ -84,12 +98,38 @@ class Relay:
         request.producer = self
         if request.connection.write_blocked:
             self.pause()  # the client is behind already (pause_writing came earlier)
-        try:
-            await self._done
-        finally:
-            request.producer = None
-            if self._upstream_holds:
-                request.release_body()
+
+    async def run(self, head: bytes, read_timeout: float) -> None:
+        """Send the request, relay the answer; raises before the answer's head only."""
+        self._done = asyncio.get_running_loop().create_future()
+        self.start(head, read_timeout)
+        await self._done
+
+    def abort(self) -> None:
+        """The front door ended the request (client gone, a timer): drop the upstream."""
+        self._finished = True
+        self.conn.receiver = None
+        self.conn.abort()
+        self._settle(None)
+
+    def _settle(self, failure: UpstreamFailure | Stale | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        request = self.request
+        request.producer = None
+        if self._upstream_holds:
+            request.release_body()
+        done = self._done
+        if done is not None:
+            if done.done():
+                return
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure)
+        elif self._on_end is not None:
+            self._on_end(self, failure)
 
     # --- the request body (front.BodySink) ---------------------------------
 
@@ -171,15 +211,14 @@ class Relay:
             pool.release(self.conn)
         else:
             self.conn.close()  # a one-off connection (a refused WebSocket handshake)
-        if not self._done.done():
-            self._done.set_result(None)
+        self._settle(None)
 
     def on_failed(self, failure: UpstreamFailure | Stale) -> None:
         self._fail(failure)
 
     def _fail(self, failure: UpstreamFailure | Stale) -> None:
         self._finished = True
-        if self._done.done():
+        if self._settled:
             return
         if self.head_sent:
             actual = failure.failure if isinstance(failure, Stale) else failure
@@ -190,53 +229,61 @@ class Relay:
                 actual,
             )
             self.request.cut()
-            self._done.set_result(None)
+            self._settle(None)
         else:
-            self._done.set_exception(failure)
+            self._settle(failure)
 
     @property
     def retryable(self) -> bool:
         return not self._body_sent and not self.request.has_body
 
 
+def upstream_head(request: Request, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The upstream request head: ``target`` normalized (wsproxy.target), ``headers``
+    rewritten (headers.upstream_request_headers), the body re-framed if chunked."""
+    if request.chunked:
+        headers = [*headers, ("Transfer-Encoding", "chunked")]
+    return request_head(request.method or "GET", target, headers)
+
+
 async def forward_http(
     request: Request,
     pool: ServerPool,
-    target: str,
-    headers: Sequence[tuple[str, str]],
+    head: bytes,
     *,
     on_answer: Callable[[], None],
     on_cut: Callable[[UpstreamFailure], None],
+    fresh: bool = False,
 ) -> None:
-    """Forward one request.
+    """Forward one request on a connection from ``pool`` (a new one if ``fresh``).
 
-    ``target`` is the normalized origin-form target (wsproxy.target) and
-    ``headers`` the upstream request's (headers.upstream_request_headers).
     Raises UpstreamFailure when nothing has been answered yet (the caller
     sends 502/504) and pool.PoolTimeout when no connection slot came free.
     ``on_answer`` runs when a valid response head arrived; ``on_cut`` when
-    the upstream failed after it.
+    the upstream failed after it.  A stale pooled connection is retried once
+    on a new one for an idempotent request without a body; a new
+    connection's failure is the server's.
     """
-    framing: list[tuple[str, str]] = []
-    if request.chunked:
-        framing.append(("Transfer-Encoding", "chunked"))
-    head = request_head(request.method or "GET", target, [*headers, *framing])
     read_timeout = pool.upstream.read_timeout
-    conn = await pool.acquire()
+    conn = await (pool.connect_new() if fresh else pool.acquire())
     while True:
         relay = Relay(request, conn, on_answer=on_answer, on_cut=on_cut)
         try:
             await relay.run(head, read_timeout)
             return
         except Stale as stale:
-            if request.method not in IDEMPOTENT or not relay.retryable:
+            if not retryable(request, relay):
                 raise stale.failure from None
             log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
             conn = await pool.connect_new()
-            # A fresh connection's failure is the server's: no second retry.
         except BaseException:
             conn.abort()
             raise
         finally:
             if not relay._finished:
                 conn.abort()
+
+
+def retryable(request: Request, relay: Relay) -> bool:
+    """Whether a request that met a stale connection can go again (RFC 9112 §9.3.1.1)."""
+    return request.method in IDEMPOTENT and relay.retryable

@@ -313,6 +313,7 @@ def upstream_request_headers(
     allow_underscores: bool = False,
     dropped: list[str] | None = None,
     forward_expect: bool = False,
+    index: dict[str, list[str]] | None = None,
 ) -> HeaderList:
     """Headers for the HTTP/1.1 request the upstream receives.
 
@@ -329,9 +330,11 @@ def upstream_request_headers(
     client could otherwise smuggle a value in beside the proxy's own.  Even
     when allowed, the underscore spellings of the headers this hop sets or
     removes are dropped.  Names dropped for an underscore are appended to
-    ``dropped`` (for a debug log line).
+    ``dropped`` (for a debug log line).  ``index`` is ``headers`` by
+    lower-case name when the caller has it already.
     """
-    index = _index(headers)
+    if index is None:
+        index = _index(headers)
     hop_by_hop = HOP_BY_HOP | frozenset(split_tokens(index.get("connection", ())))
     drop = hop_by_hop | (_REPLACED_BY_PROXY - {"expect"} if forward_expect else _REPLACED_BY_PROXY)
     kept: HeaderList = []

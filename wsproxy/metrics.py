@@ -12,9 +12,9 @@ open sessions, so a scrape is exact for long-lived WebSockets too.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,8 +23,14 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from wsproxy.config import Config
 from wsproxy.sessions import SessionInfo, SessionReport, method_label
@@ -113,6 +119,61 @@ class SessionCollector(Collector):
         )
 
 
+#: The ``le`` labels as prometheus-client writes them ("0.001", "1.0", ...).
+_BUCKET_LABELS = [floatToGoString(bound) for bound in HTTP_BUCKETS]  # type: ignore[no-untyped-call]
+
+
+class HttpCollector(Collector):
+    """Requests answered and their durations, counted in plain integers.
+
+    A prometheus-client ``inc()`` and ``observe()`` per request cost a few
+    microseconds (a lock each); here a request is two dictionary updates and
+    the families are built at scrape time.  Keys hold the raw method and
+    status: llhttp accepts only the methods it knows and statuses are three
+    digits, so the set stays bounded; methods fold into their label here.
+    """
+
+    def __init__(self) -> None:
+        self._requests: defaultdict[tuple[str, str | None, int], int] = defaultdict(int)
+        #: route -> [count per bucket (the last one +Inf)..., sum of durations]
+        self._durations: dict[str, list[float]] = {}
+
+    def request(self, route: str, method: str | None, status: int) -> None:
+        self._requests[(route, method, status)] += 1
+
+    def duration(self, route: str, seconds: float) -> None:
+        counts = self._durations.get(route)
+        if counts is None:
+            counts = self._durations[route] = [0.0] * (len(HTTP_BUCKETS) + 2)
+        counts[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        totals: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        for (route, method, status), count in list(self._requests.items()):
+            totals[(route, method_label(method), str(status))] += count
+        yield _counter(
+            "wsproxy_http_requests",
+            "HTTP requests answered, including WebSocket handshakes.",
+            ["route", "method", "code"],
+            totals.items(),
+        )
+        family = HistogramMetricFamily(
+            "wsproxy_http_request_duration_seconds",
+            "Time to answer a plain HTTP request (WebSocket sessions excluded).",
+            labels=["route"],
+        )
+        bounds = [*_BUCKET_LABELS, "+Inf"]
+        for route, counts in sorted(self._durations.items()):
+            buckets: list[tuple[str, float]] = []
+            total = 0.0
+            for bound, in_bucket in zip(bounds, counts[:-1], strict=True):
+                total += in_bucket
+                buckets.append((bound, total))
+            family.add_metric([route], buckets, sum_value=counts[-1])
+        yield family
+
+
 def _counter(
     name: str, documentation: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], int]]
 ) -> CounterMetricFamily:
@@ -132,19 +193,8 @@ class Metrics:
     def __init__(self, config: Config, live: Mapping[Tunnel, SessionInfo]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter(
-            "wsproxy_http_requests",
-            "HTTP requests answered, including WebSocket handshakes.",
-            ["route", "method", "code"],
-            registry=r,
-        )
-        self.http_duration = Histogram(
-            "wsproxy_http_request_duration_seconds",
-            "Time to answer a plain HTTP request (WebSocket sessions excluded).",
-            ["route"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
-        )
+        self.http = HttpCollector()
+        r.register(self.http)
         self.upstream_errors = Counter(
             "wsproxy_upstream_errors",
             "Failures to reach or understand an upstream server.",
@@ -188,8 +238,6 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
-        self._request_counters: dict[tuple[str, str | None, int], Any] = {}
-        self._durations: dict[str, Any] = {}
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)
         # Series that exist from the start, so rate() and absent() work at once.
@@ -199,22 +247,6 @@ class Metrics:
         for upstream in config.upstreams.values():
             for server in upstream.servers:
                 self.upstream_up.labels(upstream.name, str(server)).set(1)
-
-    def request_counter(self, route: str, method: str | None, status: int) -> Any:
-        """The http_requests_total child, cached: labels() costs microseconds."""
-        key = (route, method, status)
-        child = self._request_counters.get(key)
-        if child is None:
-            child = self.http_requests.labels(route, method_label(method), str(status))
-            if len(self._request_counters) < _CHILD_CACHE_LIMIT:
-                self._request_counters[key] = child
-        return child
-
-    def duration_histogram(self, route: str) -> Any:
-        child = self._durations.get(route)
-        if child is None:
-            child = self._durations[route] = self.http_duration.labels(route)
-        return child
 
     def session_ended(self, report: SessionReport, session: Tunnel) -> None:
         route = report.info.route

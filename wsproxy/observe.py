@@ -140,34 +140,21 @@ class Observability:
         if exchange.websocket_session:
             return  # counted when its 101 was relayed; the session logs itself
         metrics = self.metrics
-        metrics.request_counter(exchange.route, exchange.method, status).inc()
+        http = metrics.http
+        http.request(exchange.route, exchange.method, status)
         if exchange.upgrade_result is not None:
             metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
         duration = now - exchange.started
-        metrics.duration_histogram(exchange.route).observe(duration)
+        http.duration(exchange.route, duration)
         if self.access_log.enabled:
-            self.access_log.write(
-                {
-                    "type": "http",
-                    "request_id": exchange.request_id,
-                    "route": exchange.route,
-                    "client": exchange.client,
-                    "upstream": exchange.server,
-                    "method": exchange.method,
-                    "path": exchange.path,
-                    "version": exchange.version,
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 3),
-                    **exchange.extra,
-                }
-            )
+            self.access_log.write_http(exchange, status, round(duration * 1000, 3))
 
     # --- WebSocket sessions ------------------------------------------------
 
     def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.live[tunnel] = info
-        self.metrics.request_counter(info.route, method, 101).inc()
+        self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
 
     def session_ended(self, tunnel: Tunnel) -> None:

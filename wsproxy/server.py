@@ -17,16 +17,16 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator, KeysView
+from collections.abc import Coroutine, Iterator, KeysView
 from functools import partial
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 
 from wsproxy.admin import admin_app
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
-from wsproxy.forward import forward_http
+from wsproxy.forward import Relay, forward_http, retryable, upstream_head
 from wsproxy.headers import (
     ClientInfo,
     check_request,
@@ -36,7 +36,7 @@ from wsproxy.headers import (
     wants_websocket,
 )
 from wsproxy.http.front import ClientConnection, FrontSettings, Request
-from wsproxy.http.pool import PoolTimeout, ServerPool
+from wsproxy.http.pool import PoolTimeout, ServerPool, Stale
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
 from wsproxy.sessions import redact_target
@@ -88,7 +88,10 @@ class Proxy:
     async def open(self) -> None:
         self.frame_budget = turn_budget(asyncio.get_running_loop())
         for name, upstream in self.config.upstreams.items():
-            self.pools[name] = {server: ServerPool(upstream, server) for server in upstream.servers}
+            self.pools[name] = {}
+            for server in upstream.servers:
+                pool = self.pools[name][server] = ServerPool(upstream, server)
+                pool.on_answer = partial(self.observability.upstream_ok, name, str(server))
 
     async def close(self) -> None:
         for pools in self.pools.values():
@@ -96,18 +99,21 @@ class Proxy:
                 pool.close()
         self.pools.clear()
 
-    async def handle(self, request: Request) -> None:
-        exchange = self._exchange(request)
-        try:
-            await self._dispatch(request, exchange)
-        except asyncio.CancelledError:
-            # The front door ended the request: the client left (499), or a
-            # timer or limit answered it; the upstream request is abandoned.
-            self._done(request, exchange)
-            raise
-        self._done(request, exchange)
+    def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
+        """front.App.handle: answer now, start a relay, or return the work for a task."""
+        exchange = request.exchange = self._exchange(request)
+        return self._dispatch(request, exchange)
 
-    def _done(self, request: Request, exchange: Exchange) -> None:
+    def finished(self, request: Request) -> None:
+        """front.App.finished: one count and one access-log line per request.
+
+        The front door calls it however the request ended, also when it
+        ended the request itself (``abort_status``: the client left, 499; a
+        timer or limit answered, 408/413/...; the upstream was abandoned).
+        """
+        exchange = request.exchange
+        if exchange is None:
+            exchange = request.exchange = self._exchange(request)
         status = request.abort_status
         if status is None or (status == 499 and request.response_started):
             status = request.status or 499
@@ -143,7 +149,7 @@ class Proxy:
             started=request.started,
         )
 
-    async def _dispatch(self, request: Request, exchange: Exchange) -> None:
+    def _dispatch(self, request: Request, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         assert request.method is not None
         assert request.version is not None
         hosts = request.header("host")
@@ -151,26 +157,27 @@ class Proxy:
         if rejection is not None:
             close = rejection.status in (405, 505)  # another protocol, or a tunnel request
             request.answer(rejection.status, rejection.reason, rejection.headers, close=close)
-            return
+            return None
         try:
             target = parse_target(request.target)
         except BadTarget as exc:
             request.answer(exc.status, f"bad request target: {exc}")
-            return
+            return None
         route = self.router.match(hosts[0] if hosts else None, target.route_path)
         if route is None:
             request.answer(404, "no route matches this request")
-            return
+            return None
         exchange.route = route.name
-        client = ClientInfo(
-            peer_ip=request.peer_ip,
-            scheme="http",
-            trusted_proxies=self.config.proxy.trusted_proxies,
-        )
+        client = request.connection.app_data
+        if client is None:  # once per connection
+            client = request.connection.app_data = ClientInfo(
+                peer_ip=request.peer_ip,
+                scheme="http",
+                trusted_proxies=self.config.proxy.trusted_proxies,
+            )
         upstream = self.config.upstreams[route.upstream]
         if self._is_websocket(request):
-            await self._websocket(request, target, route, upstream, client, exchange)
-            return
+            return self._websocket(request, target, route, upstream, client, exchange)
         if request.upgrade:
             # Upgrade: h2c and the like are forwarded as plain HTTP, their
             # Upgrade dropped as hop-by-hop (what nginx does by default).
@@ -178,19 +185,69 @@ class Proxy:
             exchange.extra["upgrade_ignored"] = (upgrade[0] if upgrade else "")[:100]
         server = self._pick(upstream, exchange)
         headers = self._upstream_headers(request, client, server, exchange)
+        pool = self.pools[upstream.name][server]
+        head = upstream_head(request, target.origin_form, headers)
+        conn = pool.take_idle()
+        if conn is None:
+            return self._forward(request, exchange, pool, head)
+        # The fast path: a kept-alive connection is free, so the exchange runs
+        # on the two protocols' callbacks with no task (Relay.start).
+        relay = Relay(
+            request,
+            conn,
+            on_answer=pool.on_answer,
+            on_cut=partial(self._record_failure, exchange),
+            on_end=partial(self._relay_ended, request, exchange, pool, head),
+        )
+        request.pending = True
+        request.on_abort = relay.abort
+        relay.start(head, pool.upstream.read_timeout)
+        return None
+
+    def _relay_ended(
+        self,
+        request: Request,
+        exchange: Exchange,
+        pool: ServerPool,
+        head: bytes,
+        relay: Relay,
+        failure: UpstreamFailure | Stale | None,
+    ) -> None:
+        if failure is None or request.abort_status is not None:
+            request.done()
+            return
+        if isinstance(failure, Stale):
+            if retryable(request, relay):
+                log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
+                request.continue_with(self._forward(request, exchange, pool, head, fresh=True))
+                return
+            failure = failure.failure
+        self._upstream_failed(request, exchange, failure)
+        request.done()
+
+    async def _forward(
+        self,
+        request: Request,
+        exchange: Exchange,
+        pool: ServerPool,
+        head: bytes,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """The slow path: wait for a connection slot or connect first."""
         try:
             await forward_http(
                 request,
-                self.pools[upstream.name][server],
-                target.origin_form,
-                headers,
-                on_answer=partial(self.observability.upstream_ok, upstream.name, str(server)),
+                pool,
+                head,
+                on_answer=pool.on_answer,
                 on_cut=partial(self._record_failure, exchange),
+                fresh=fresh,
             )
         except UpstreamFailure as failure:
             self._upstream_failed(request, exchange, failure)
         except PoolTimeout:
-            self._pool_timeout(request, exchange, upstream)
+            self._pool_timeout(request, exchange, pool.upstream)
 
     def _upstream_headers(
         self,
@@ -212,6 +269,7 @@ class Proxy:
             allow_underscores=self.config.proxy.allow_underscore_headers,
             dropped=dropped,
             forward_expect=request.version == (1, 1),
+            index=request.index,
         )
         if dropped:
             log.debug(

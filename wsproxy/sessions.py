@@ -44,6 +44,8 @@ def redact_target(target: str) -> str:
     Browsers put tokens in WebSocket URLs because JavaScript cannot set
     headers there; none of them may reach a log line.
     """
+    if "?" not in target and ";" not in target and "#" not in target and "@" not in target:
+        return target  # nothing that could hold a secret (the common case)
     target, hash_, _fragment = target.partition("#")
     base, question, query = target.partition("?")
     if not base.startswith("/") and "://" in base:

@@ -72,8 +72,7 @@ class _HandshakeRelay(Relay):
         status, reason, headers, _ = self.switched
         self.switched = (status, reason, headers, tail)
         self._finished = True
-        if not self._done.done():
-            self._done.set_result(None)
+        self._settle(None)
 
 
 async def handle_websocket(

@@ -71,6 +71,8 @@ from wsproxy.http.wire import (
 
 log = logging.getLogger("wsproxy.front")
 
+_NONE: list[str] = []  # the values of an absent header (never modified)
+
 #: Requests waiting behind the one in flight on one connection.
 MAX_PIPELINE = 32
 #: Header fields in one request head.
@@ -120,7 +122,16 @@ class FrontSettings:
 class App(Protocol):
     """What the front door serves: the proxy."""
 
-    def handle(self, request: Request) -> Coroutine[Any, Any, None]: ...
+    def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
+        """Start answering ``request``.
+
+        Return a coroutine to run as the request's task, or None: then the
+        request was answered already, or (``request.pending``) it calls
+        ``request.done()`` when it ends, without a task.
+        """
+
+    def finished(self, request: Request) -> None:
+        """``request`` ended (answered, failed or abandoned): count and log it, once."""
 
     def refused(self, request: Request, status: int, message: str) -> None:
         """Count and log a request the front door refused itself (answered by the caller)."""
@@ -155,7 +166,6 @@ class Request:
     """One request on a client connection, from its head to its answer."""
 
     __slots__ = (
-        "_index",
         "_pending",
         "_pending_size",
         "_sink",
@@ -167,12 +177,17 @@ class Request:
         "chunked",
         "connection",
         "content_length",
+        "ended",
+        "exchange",
         "framing",
         "handling",
         "headed",
         "headers",
+        "index",
         "keep_alive",
         "method",
+        "on_abort",
+        "pending",
         "producer",
         "refusal",
         "response_done",
@@ -191,7 +206,8 @@ class Request:
         self.target = ""
         self.version: tuple[int, int] | None = None
         self.headers: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] | None = None
+        #: Values by lower-case name, built as the fields are parsed.
+        self.index: dict[str, list[str]] = {}
         self.headed = False
         self.keep_alive = False
         #: llhttp stopped at this request (Upgrade + Connection: upgrade, CONNECT).
@@ -217,17 +233,19 @@ class Request:
         self.refusal: tuple[int, str] | None = None
         #: The application's handler started (it logs the request).
         self.handling = False
+        #: The application's record of the request (observe.Exchange).
+        self.exchange: Any = None
+        #: Answered by callbacks, not a task: calls done() when it ends.
+        self.pending = False
+        #: Called when the front door ends a pending request (client gone, timers).
+        self.on_abort: Callable[[], None] | None = None
+        self.ended = False
 
     # --- the request ------------------------------------------------------
 
     def header(self, name: str) -> list[str]:
         """Every value of the header ``name`` (lower-case), in order."""
-        index = self._index
-        if index is None:
-            index = self._index = {}
-            for key, value in self.headers:
-                index.setdefault(key.lower(), []).append(value)
-        return index.get(name, [])
+        return self.index.get(name, _NONE)
 
     @property
     def has_body(self) -> bool:
@@ -353,8 +371,17 @@ class Request:
         self.response_done = True
         self.connection.reset()
 
+    def done(self) -> None:
+        """A pending request ended (its answer is complete or cut)."""
+        self.pending = False
+        self.on_abort = None
+        self.connection.loop.call_soon(self.connection.request_done, self)
 
-Handler = Callable[[Request], Coroutine[Any, Any, None]]
+    def continue_with(self, work: Coroutine[Any, Any, None]) -> None:
+        """A pending request goes on in a task (a retry that must connect first)."""
+        self.pending = False
+        self.on_abort = None
+        self.connection.run_task(self, work)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -369,6 +396,8 @@ class ClientConnection(asyncio.Protocol):
         self.app = app
         #: The server's set of open connections (for shutdown).
         self.registry = registry
+        #: What the application keeps per connection (the client's address info).
+        self.app_data: Any = None
         #: Resolved when the connection is closed or taken over.
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.settings = settings
@@ -546,7 +575,15 @@ class ClientConnection(asyncio.Protocol):
         headers = request.headers
         if len(headers) >= MAX_HEADERS:
             raise _Refuse(431, "too many request header fields")
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        headers.append((key, text))
+        lower = key.lower()
+        values = request.index.get(lower)
+        if values is None:
+            request.index[lower] = [text]
+        else:
+            values.append(text)
 
     def on_headers_complete(self) -> None:
         if self._reparse_for is not None:
@@ -564,16 +601,16 @@ class ClientConnection(asyncio.Protocol):
         request.target = self._url.decode("latin-1")
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
-        for name, value in request.headers:
-            lower = name.lower()
-            if lower == "transfer-encoding":
-                # llhttp checked that chunked is last; a coding before it
-                # would reach the upstream undecoded (RFC 9112 §6.1: 501).
-                if value.strip().lower() != "chunked":
-                    raise _Refuse(501, "transfer coding not implemented (only chunked)")
-                request.chunked = True
-            elif lower == "content-length":
-                request.content_length = int(value)
+        index = request.index
+        for value in index.get("transfer-encoding", _NONE):
+            # llhttp checked that chunked is last; a coding before it would
+            # reach the upstream undecoded (RFC 9112 §6.1: 501).
+            if value.strip().lower() != "chunked":
+                raise _Refuse(501, "transfer coding not implemented (only chunked)")
+            request.chunked = True
+        lengths = index.get("content-length")
+        if lengths:
+            request.content_length = int(lengths[0])  # llhttp refused several
         limit = self.settings.max_body_size
         if limit and request.content_length is not None and request.content_length > limit:
             raise _Refuse(413, "request body too large")
@@ -623,18 +660,32 @@ class ClientConnection(asyncio.Protocol):
             request.answer(status, message, close=True)
             self._finished(request)
             return
-        task = self.loop.create_task(self._run(request), name=f"request from {self.peer}")
-        # A done callback, not a ``finally``: a task cancelled before its
-        # first step never runs its coroutine, but its callbacks do run.
-        task.add_done_callback(partial(self._task_done, request))
-        self._task = task
-
-    async def _run(self, request: Request) -> None:
         request.handling = True
         try:
-            await self.app.handle(request)
+            work = self.app.handle(request)
+        except Exception:  # a bug of ours: a clean answer, the details in the log
+            log.exception("request from %s failed", self.peer)
+            request.answer(500, "internal error", close=True)
+            work = None
+        if work is not None:
+            self.run_task(request, work)
+        elif not request.pending:
+            # Answered at once.  Finished on the next turn: this runs inside
+            # llhttp's callbacks, before the request's end was parsed.
+            self.loop.call_soon(self.request_done, request)
+
+    def run_task(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(self._guard(request, work), name=f"request from {self.peer}")
+        # A done callback, not a ``finally``: a task cancelled before its
+        # first step never runs its coroutine, but its callbacks do run.
+        task.add_done_callback(partial(self._task_done, request, work))
+        self._task = task
+
+    async def _guard(self, request: Request, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
         except asyncio.CancelledError:
-            pass  # the front door ended it; App.handle counted and logged it
+            pass  # the front door ended it
         except Exception:  # a bug of ours: a clean answer, the details in the log
             log.exception("request from %s failed", self.peer)
             if not request.response_started:
@@ -642,9 +693,20 @@ class ClientConnection(asyncio.Protocol):
             elif not request.response_done:
                 request.cut()
 
-    def _task_done(self, request: Request, task: asyncio.Task[None]) -> None:
+    def _task_done(
+        self, request: Request, work: Coroutine[Any, Any, None], task: asyncio.Task[None]
+    ) -> None:
         if self._task is task:
             self._task = None
+        work.close()  # cancelled before its first step, it was never awaited
+        self.request_done(request)
+
+    def request_done(self, request: Request) -> None:
+        """``request`` ended: the application logs it, then the next one may start."""
+        if request.ended or request.pending:
+            return
+        request.ended = True
+        self.app.finished(request)
         self._finished(request)
 
     def _finished(self, request: Request) -> None:
@@ -797,8 +859,7 @@ class ClientConnection(asyncio.Protocol):
     def _abort(self, request: Request, status: int, message: str, *, answer: bool) -> None:
         """End the request in flight for the front door's reasons.
 
-        The handler logs it with ``abort_status`` when it was running; one
-        that never ran is logged here.
+        It is logged with ``abort_status`` when it ends (App.finished).
         """
         request.abort_status = status
         self._no_more_requests = True
@@ -807,10 +868,10 @@ class ClientConnection(asyncio.Protocol):
             request.answer(status, message, close=True)
         elif not request.response_done:
             request.cut()
-        if not request.handling:
-            self.app.refused(request, status, message)
         if self._task is not None:
             self._task.cancel()
+        elif request.on_abort is not None:
+            request.on_abort()
 
     # --- refusals ---------------------------------------------------------
 
@@ -881,14 +942,14 @@ def _keeps_tail(request: Request) -> bool:
     """A WebSocket candidate or ``CONNECT``: the bytes behind it are not HTTP to parse."""
     if request.method == "CONNECT":
         return True
-    for name, value in request.headers:
-        if name.lower() == "upgrade" and "websocket" in value.lower():
-            return True
-    return False
+    return any("websocket" in value.lower() for value in request.header("upgrade"))
 
 
 def _spaced_request_line(data: bytes) -> bool:
     """A complete first line with more than one space between parts (llhttp allows it)."""
+    end = data.find(b"\r\n", 2)
+    if data.find(b"  ", 0, end) < 0 and not data.startswith(b" "):
+        return False  # the common case, without a regular expression
     line, found, _ = data.lstrip(b"\r\n").partition(b"\r\n")
     if not found or _REQUEST_LINE.fullmatch(line + b"\r\n"):
         return False

@@ -1,0 +1,137 @@
+"""Where one proxied plain-HTTP request spends its Python time, without sockets.
+
+Drives the real front door (wsproxy.http.front), pool connection
+(wsproxy.http.pool), relay and proxy dispatch with in-memory transports: each
+round feeds a client request, answers the upstream request the proxy wrote,
+and lets the loop run the deferred steps.  The total is the proxy's own CPU
+per request minus the system calls (the sockets are what the bench measures);
+``--profile`` prints the per-function breakdown behind docs/performance.md.
+
+    python bench/perrequest.py [--requests N] [--profile] [--log json|off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import time
+from typing import Any
+
+import uvloop
+
+from wsproxy.config import parse_config
+from wsproxy.http.front import ClientConnection
+from wsproxy.http.pool import UpstreamConnection
+from wsproxy.server import ProxyServer, front_settings
+
+REQUEST = b"GET /index.html?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 07:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+)
+
+
+class MemoryTransport(asyncio.Transport):
+    """Collects writes; everything else is a no-op."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self._peer = peer
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._peer if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+async def run(requests: int, log_format: str, profile: bool, sort: str = "cumulative") -> float:
+    config = parse_config(
+        f"""\
+listen: [{{host: 127.0.0.1, port: 0}}]
+admin: {{host: 127.0.0.1, port: 0}}
+upstreams:
+  web:
+    servers: ["127.0.0.1:9"]
+routes:
+  - path_prefix: /
+    upstream: web
+access_log:
+  format: {log_format}
+""",
+        "perrequest.yaml",
+    )
+    server = ProxyServer(config, access_log=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
+    await server.proxy.open()
+    proxy = server.proxy
+    client = ClientConnection(proxy, front_settings(config))
+    client_transport = MemoryTransport(("127.0.0.1", 40000))
+    client.connection_made(client_transport)
+    (pool,) = proxy.pools["web"].values()
+    upstream = UpstreamConnection(pool)
+    upstream.connection_made(MemoryTransport(("127.0.0.1", 9)))
+    pool.open += 1
+    upstream.idle_since = time.monotonic()
+    upstream._keep_alive = True
+    pool.idle.append(upstream)
+
+    async def one() -> None:
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        await asyncio.sleep(0)  # the deferred end of the request (request.done)
+        await asyncio.sleep(0)
+
+    for _ in range(200):  # warm up
+        await one()
+    profiler = cProfile.Profile() if profile else None
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    for _ in range(requests):
+        await one()
+    if profiler is not None:
+        profiler.disable()
+    elapsed = time.perf_counter() - started
+    assert client_transport.written[-1].endswith(b"ok"), client_transport.written[-1]
+    if profiler is not None:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats(sort).print_stats(45)
+    return elapsed / requests * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--log", choices=["json", "text", "off"], default="json")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    micros = uvloop.run(run(args.requests, args.log, args.profile))
+    print(f"{micros:.1f} µs of Python per proxied request (access log {args.log})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
