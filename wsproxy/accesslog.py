@@ -112,6 +112,11 @@ class AccessLog:
                     "status": status,
                     "duration_ms": duration_ms,
                     **exchange.extra,
+                    **(
+                        {"bytes_to_client": exchange.bytes_to_client}
+                        if exchange.bytes_to_client
+                        else {}
+                    ),
                 }
             )
             return
@@ -124,8 +129,11 @@ class AccessLog:
             f'"version":{_string(exchange.version)},"status":{status},'
             f'"duration_ms":{duration_ms!r}'
         )
-        line += "," + _JSON.encode(extra)[1:] if extra else "}"
-        self._emit(line)
+        if extra:
+            line += "," + _JSON.encode(extra)[1:-1]
+        if exchange.bytes_to_client:
+            line += f',"bytes_to_client":{exchange.bytes_to_client}'
+        self._emit(line + "}")
 
     def flush(self) -> None:
         if self._flush_handle is not None:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from wsproxy.errors import UpstreamFailure
-from wsproxy.headers import client_response_headers
+from wsproxy.headers import client_response_fields
 from wsproxy.http.front import Request
 from wsproxy.http.pool import ServerPool, Stale, UpstreamConnection
 from wsproxy.http.wire import LAST_CHUNK, chunk, client_framing, request_head
@@ -167,7 +167,7 @@ class Relay:
         # Others (103 Early Hints) are dropped, as nginx does.
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
     ) -> None:
         if status == 101:
             return  # on_switch follows
@@ -181,11 +181,9 @@ class Relay:
             upstream_length=has_length,
             client_version=request.version,
         )
-        relayed = client_response_headers(headers)
-        if status == 204:
-            # RFC 9110 §8.6: no Content-Length in a 204; one that says non-zero
-            # would make a client wait for a body.
-            relayed = [(n, v) for n, v in relayed if n.lower() != "content-length"]
+        # RFC 9110 §8.6: no Content-Length in a 204; one that says non-zero
+        # would make a client wait for a body.
+        relayed = client_response_fields(headers, drop_length=status == 204)
         request.send_head(status, reason, relayed, framing, flush=False)
         self.head_sent = True
 

@@ -362,6 +362,30 @@ def client_response_headers(headers: Sequence[tuple[str, str]]) -> HeaderList:
     return strip_hop_by_hop(headers)
 
 
+_HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+_CONTENT_LENGTH_RAW = frozenset({b"content-length"})
+
+
+def client_response_fields(
+    headers: Sequence[tuple[bytes, bytes]], *, drop_length: bool = False
+) -> bytes:
+    """:func:`client_response_headers` on the upstream's raw fields, encoded for
+    the response head (``Name: value\r\n`` each, case and order kept).
+
+    The plain-HTTP path relays bytes as they came: decoding every field to
+    text and back cost more than the rest of the rewriting.  ``drop_length``
+    also drops ``Content-Length`` (a ``204`` must not carry one).
+    """
+    drop = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW if drop_length else _HOP_BY_HOP_RAW
+    named = [value for name, value in headers if name.lower() == b"connection"]
+    if named:
+        tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+        drop = drop | tokens
+    return b"".join(
+        name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop
+    )
+
+
 #: RFC 9110 §6.4.1: a 101 has no content, so no framing header may describe one.
 _NO_CONTENT_FRAMING = frozenset({"content-length", "transfer-encoding"})
 

@@ -57,6 +57,7 @@ class Exchange:
     websocket_session: bool = False  # a 101 was relayed: counted and logged as a session
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
     extra: dict[str, object] = field(default_factory=dict)  # more access-log fields
+    bytes_to_client: int = 0  # body bytes (or the whole answer, for our own)
 
 
 def _stats(observer: FrameObserver) -> DirectionStats:

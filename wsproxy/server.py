@@ -118,7 +118,7 @@ class Proxy:
         if status is None or (status == 499 and request.response_started):
             status = request.status or 499
         if request.bytes_sent:
-            exchange.extra["bytes_to_client"] = request.bytes_sent
+            exchange.bytes_to_client = request.bytes_sent
         self.observability.request_done(exchange, status, time.monotonic())
 
     def refused(self, request: Request, status: int, message: str) -> None:

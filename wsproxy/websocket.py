@@ -60,10 +60,11 @@ class _HandshakeRelay(Relay):
     __slots__ = ()
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
     ) -> None:
         if status == 101:
-            self.switched = (status, reason, headers, b"")
+            decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+            self.switched = (status, reason, decoded, b"")
             return
         super().on_head(status, reason, headers, has_length)
 

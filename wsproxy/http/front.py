@@ -305,12 +305,14 @@ class Request:
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[str, str]] | bytes,
         framing: Framing,
         *,
         flush: bool = True,
     ) -> None:
         """Write the response head; the framing headers are the proxy's to set.
+
+        ``headers`` are pairs, or the fields already encoded (wire.encode_fields).
 
         ``flush=False`` keeps the head back to leave with the first body
         write (one ``send()`` for a small response).

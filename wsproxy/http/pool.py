@@ -72,8 +72,9 @@ class Receiver(Protocol):
     def on_informational(self, status: int) -> None: ...
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[str, str]], has_length: bool
-    ) -> None: ...
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+    ) -> None:
+        """A final response head; ``headers`` as received (names' case kept)."""
 
     def on_switch(self, tail: bytes) -> None:
         """``101`` with ``Upgrade``: ``tail`` is what followed its head."""
@@ -115,7 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.broken = False
         self.switched = False
         self.head_request = False
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._head_size = 0
         self._in_head = False
@@ -222,20 +223,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        self._grow(len(reason))
+        self._head_size += len(reason)
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise _Protocol("response head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer: dropped
-        self._grow(len(name) + len(value) + 4)
-        if len(self._headers) >= MAX_RESPONSE_HEADERS:
-            raise _Protocol("too many header fields")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def _grow(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_RESPONSE_HEAD:
+        self._head_size += len(name) + len(value) + 4
+        headers = self._headers
+        if self._head_size > MAX_RESPONSE_HEAD or len(headers) >= MAX_RESPONSE_HEADERS:
             raise _Protocol("response head too large")
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -253,16 +252,16 @@ class UpstreamConnection(asyncio.Protocol):
             return  # llhttp stops here (on_switch), or refuses it without Upgrade
         self._head_done = True
         has_length = False
-        codings: list[str] = []
+        codings: list[bytes] = []
         for name, value in self._headers:
             lower = name.lower()
-            if lower == "content-length":
+            if lower == b"content-length":
                 has_length = True
-            elif lower == "transfer-encoding":
-                codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+            elif lower == b"transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
         # RFC 9112 §6.3: no body after HEAD, 204 and 304; a transfer coding
         # other than a final chunked, or no framing at all, runs to the close.
-        if codings and codings != ["chunked"]:
+        if codings and codings != [b"chunked"]:
             # A coding the proxy would drop while re-framing (nginx: 502 too).
             raise _Protocol("unsupported transfer coding")
         no_body = self.head_request or status in (204, 304)

@@ -56,23 +56,25 @@ def client_framing(
     return Framing.CLOSE
 
 
+def encode_fields(headers: Sequence[tuple[str, str]]) -> bytes:
+    """``Name: value\r\n`` for each field, in order."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+
+
 def response_head(
     status: int,
     reason: bytes,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str]] | bytes,
     extra: bytes = b"",
 ) -> bytes:
-    """``HTTP/1.1 <status> <reason>``, the headers, ``extra`` (pre-encoded lines), CRLF.
+    """``HTTP/1.1 <status> <reason>``, the fields (pairs, or already encoded),
+    ``extra`` (more encoded lines), CRLF.
 
     The status line always says ``HTTP/1.1``: a server answers with the
     highest minor version of the request's major version (RFC 9110 §2.5).
     """
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    for name, value in headers:
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(extra)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    fields = headers if isinstance(headers, bytes) else encode_fields(headers)
+    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, fields, extra)
 
 
 def request_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
