@@ -26,6 +26,9 @@ TITLES = {
     "pingpong_50": "64 B ping-pong, 50 connections",
     "stream_1mib_4": "1 MiB messages streamed, 4 connections",
     "http_get": "plain HTTP GET, keep-alive, 50 connections (wrk)",
+    "http_64k": "64 KiB responses, keep-alive, 50 connections (wrk)",
+    "http_1m": "1 MiB responses, keep-alive, 10 connections (wrk)",
+    "upload_100m": "100 MiB upload streamed, 1 connection (curl)",
 }
 UNITS = {"msgs_per_s": "msgs/s", "mb_per_s": "MB/s", "requests_per_s": "req/s"}
 

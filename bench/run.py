@@ -30,6 +30,7 @@ from typing import Any
 
 from procs import cpu_seconds, rss_kb  # type: ignore[import-not-found]
 from targets import (  # type: ignore[import-not-found]
+    BODIES,
     HERE,
     PROXIES,
     Target,
@@ -39,6 +40,8 @@ from targets import (  # type: ignore[import-not-found]
 )
 
 THE_THREE = ("nginx", "haproxy", "caddy")
+#: Where the upload workload's body file is written (once, reused).
+UPLOAD_BODY = Path(tempfile.gettempdir()) / "wsproxy-bench-upload.bin"
 #: Direct must beat every proxy by this factor, or the workload is generator-bound.
 CLEARLY_FASTER = 1.10
 
@@ -56,14 +59,14 @@ def loadgen(*args: str, timeout: float) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def wrk(port: int, seconds: float, connections: int) -> dict[str, Any]:
+def wrk(port: int, seconds: float, connections: int, path: str = "/") -> dict[str, Any]:
     result = subprocess.run(
         [
             need("wrk"),
             "-t1",
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
-            f"http://127.0.0.1:{port}/",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -92,15 +95,64 @@ def workloads(quick: bool) -> dict[str, dict[str, Any]]:
             "seconds": seconds,
         },
         "http_get": {"kind": "http", "connections": 50, "seconds": 1.0 if quick else 5.0},
+        "http_64k": {
+            "kind": "http",
+            "path": "/64k",
+            "connections": 50,
+            "seconds": 1.0 if quick else 5.0,
+        },
+        "http_1m": {
+            "kind": "http",
+            "path": "/1m",
+            "connections": 10,
+            "seconds": 1.0 if quick else 5.0,
+        },
+        "upload_100m": {"kind": "upload", "size": (8 if quick else 100) * 1024 * 1024},
     }
+
+
+def upload(port: int, body: Path, size: int) -> dict[str, Any]:
+    """One streamed POST of ``body`` (curl -T reads the file as it sends)."""
+    result = subprocess.run(
+        [
+            need("curl"),
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total}",
+            "-X",
+            "POST",
+            "-H",
+            "Expect:",
+            "-T",
+            str(body),
+            f"http://127.0.0.1:{port}/upload",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    code, _, seconds = result.stdout.partition(" ")
+    if result.returncode != 0 or code != "200":
+        raise RuntimeError(f"upload through port {port} failed: {result.stdout} {result.stderr}")
+    return {"seconds": float(seconds), "mb_per_s": size / float(seconds) / 1e6, "bytes": size}
 
 
 def run_one(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{target.port}/ws"
     before = cpu_seconds(target.pid)
-    timeout = spec["seconds"] + 60
+    timeout = spec.get("seconds", 0) + 60
     if spec["kind"] == "http":
-        result = wrk(target.port, spec["seconds"], spec["connections"])
+        path = spec.get("path", "/")
+        result = wrk(target.port, spec["seconds"], spec["connections"], path)
+        if path in BODIES:
+            result["mb_per_s"] = result["requests_per_s"] * BODIES[path] / 1e6
+    elif spec["kind"] == "upload":
+        body = UPLOAD_BODY.with_name(f"upload-{spec['size']}.bin")
+        if not body.exists() or body.stat().st_size != spec["size"]:
+            body.write_bytes(b"u" * spec["size"])
+        result = upload(target.port, body, spec["size"])
     else:
         result = loadgen(
             spec["kind"],
@@ -223,7 +275,7 @@ def main() -> int:
         for round_number in range(rounds):
             for workload, spec in specs.items():
                 for name, target in targets.items():
-                    if spec["kind"] == "http" and name == "direct":
+                    if spec["kind"] in ("http", "upload") and name == "direct":
                         run_target = Target("direct", origin.port, origin.process)
                     else:
                         run_target = target

@@ -96,9 +96,20 @@ def start_backend(workdir: Path) -> Target:
     return _spawn("backend", [sys.executable, str(HERE / "backend.py"), str(port)], port, workdir)
 
 
+#: Static bodies the origin serves for the large-response workloads.
+BODIES = {"/64k": 64 * 1024, "/1m": 1024 * 1024}
+
+
 def start_origin(workdir: Path) -> Target:
-    """A static nginx answering ``ok`` for the plain-HTTP workload."""
+    """A static nginx: ``ok`` at ``/``, 64 KiB and 1 MiB files, and ``/upload``,
+    which reads and drops a request body of any size."""
     port = free_port()
+    # nginx's workers run as "nobody": the files and their directory must be readable.
+    workdir.chmod(0o755)
+    for path, size in BODIES.items():
+        body = workdir / f"body{path.replace('/', '-')}.bin"
+        body.write_bytes(b"x" * size)
+        body.chmod(0o644)
     conf = workdir / "origin.conf"
     conf.write_text(
         f"""\
@@ -117,7 +128,11 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
+    client_max_body_size 0;
     location / {{ return 200 "ok\\n"; }}
+    location = /64k {{ alias {workdir}/body-64k.bin; }}
+    location = /1m {{ alias {workdir}/body-1m.bin; }}
+    location = /upload {{ return 200 "ok\\n"; }}
   }}
 }}
 """
@@ -160,6 +175,9 @@ http {{
       proxy_pass http://web;
       proxy_http_version 1.1;
       proxy_set_header Connection $connection_upgrade;
+      # Uploads of any size, streamed as they come (as the other proxies do).
+      client_max_body_size 0;
+      proxy_request_buffering off;
     }}
   }}
 }}

@@ -71,9 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
+        from wsproxy.memory import tune_malloc
         from wsproxy.server import serve
 
         _setup_logging()
+        tune_malloc()
         return _run_server(serve(config))
     if args.command == "demo":
         from wsproxy.demo import run_demo

@@ -72,7 +72,7 @@ def test_flood_bench_runs_and_reports_the_victim_under_each_flood(tmp_path: Path
 
 def test_side_by_side_bench_quick_run_reports_every_target(tmp_path: Path) -> None:
     """Guards against a competitor or workload silently dropping out of make bench."""
-    for program in ("nginx", "haproxy", "caddy", "wrk"):
+    for program in ("nginx", "haproxy", "caddy", "wrk", "curl"):
         need_program(program)
     result = subprocess.run(
         [sys.executable, "run.py", "--quick", "--idle", "50", "--out", str(tmp_path)],
@@ -85,7 +85,15 @@ def test_side_by_side_bench_quick_run_reports_every_target(tmp_path: Path) -> No
     (report,) = tmp_path.glob("bench-*.json")
     data = json.loads(report.read_text())
     targets = {"direct", "nginx", "haproxy", "caddy", "wsproxy"}
-    assert set(data["summary"]) == {"pingpong_1", "pingpong_50", "stream_1mib_4", "http_get"}
+    assert set(data["summary"]) == {
+        "pingpong_1",
+        "pingpong_50",
+        "stream_1mib_4",
+        "http_get",
+        "http_64k",
+        "http_1m",
+        "upload_100m",
+    }
     for workload in data["summary"].values():
         assert set(workload["targets"]) == targets
         metric = workload["metric"]
