@@ -382,7 +382,7 @@ def client_response_fields(
         tokens = {token.strip().lower() for value in named for token in value.split(b",")}
         drop = drop | tokens
     return b"".join(
-        name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop
+        [name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop]
     )
 
 

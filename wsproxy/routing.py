@@ -107,9 +107,13 @@ class RoundRobin:
     _next: int = field(default=0)
 
     def pick(self) -> Address:
-        server = self.servers[self._next % len(self.servers)]
-        self._next = (self._next + 1) % len(self.servers)
-        return server
+        return self.servers[self.pick_index()]
+
+    def pick_index(self) -> int:
+        """The position of the next server in ``servers``."""
+        index = self._next
+        self._next = (index + 1) % len(self.servers)
+        return index
 
 
 def balancers(upstreams: Mapping[str, Upstream]) -> dict[str, RoundRobin]:

@@ -48,6 +48,10 @@ from wsproxy.wsframes import FrameBudget
 log = logging.getLogger("wsproxy")
 
 
+#: The versions llhttp accepts, as the access log writes them.
+_VERSIONS = {(major, minor): f"HTTP/{major}.{minor}" for major in range(10) for minor in range(10)}
+
+
 def front_settings(config: Config) -> FrontSettings:
     proxy = config.proxy
     return FrontSettings(
@@ -69,6 +73,8 @@ class Proxy:
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
         self.pools: dict[str, dict[Address, ServerPool]] = {}
+        #: Each upstream's pools in its balancer's order (picked by index).
+        self.rotations: dict[str, tuple[ServerPool, ...]] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
         # cheap (uuid4 cost ~5 µs a request); 32 hex digits like before.
         self._id_prefix = secrets.token_hex(8)
@@ -92,6 +98,7 @@ class Proxy:
             for server in upstream.servers:
                 pool = self.pools[name][server] = ServerPool(upstream, server)
                 pool.on_answer = partial(self.observability.upstream_ok, name, str(server))
+            self.rotations[name] = tuple(self.pools[name][s] for s in upstream.servers)
 
     async def close(self) -> None:
         for pools in self.pools.values():
@@ -145,7 +152,7 @@ class Proxy:
             method=request.method,
             path=path,
             client=request.peer,
-            version=f"HTTP/{version[0]}.{version[1]}" if version is not None else None,
+            version=_VERSIONS.get(version) if version is not None else None,
             started=request.started,
         )
 
@@ -183,9 +190,8 @@ class Proxy:
             # Upgrade dropped as hop-by-hop (what nginx does by default).
             upgrade = request.header("upgrade")
             exchange.extra["upgrade_ignored"] = (upgrade[0] if upgrade else "")[:100]
-        server = self._pick(upstream, exchange)
-        headers = self._upstream_headers(request, client, server, exchange)
-        pool = self.pools[upstream.name][server]
+        pool = self._pick(upstream, exchange)
+        headers = self._upstream_headers(request, client, pool.server, exchange)
         head = upstream_head(request, target.origin_form, headers)
         conn = pool.take_idle()
         if conn is None:
@@ -279,11 +285,11 @@ class Proxy:
             )
         return headers
 
-    def _pick(self, upstream: Upstream, exchange: Exchange) -> Address:
-        server = self.balancers[upstream.name].pick()
+    def _pick(self, upstream: Upstream, exchange: Exchange) -> ServerPool:
+        pool = self.rotations[upstream.name][self.balancers[upstream.name].pick_index()]
         exchange.upstream = upstream.name
-        exchange.server = str(server)
-        return server
+        exchange.server = pool.label
+        return pool
 
     def _is_websocket(self, request: Request) -> bool:
         upgrade = request.header("upgrade")
@@ -318,7 +324,7 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        server = self._pick(upstream, exchange)
+        server = self._pick(upstream, exchange).server
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
             idle_timeout=route.websocket.idle_timeout,

@@ -230,15 +230,17 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer: dropped
-        self._head_size += len(name) + len(value) + 4
-        headers = self._headers
-        if self._head_size > MAX_RESPONSE_HEAD or len(headers) >= MAX_RESPONSE_HEADERS:
+        # Bytes of fields still being read count in data_received (raw).
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_RESPONSE_HEAD:
             raise _Protocol("response head too large")
-        headers.append((name, value))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._raw_since_progress = 0
+        if len(self._headers) > MAX_RESPONSE_HEADERS:
+            raise _Protocol("too many header fields")
         status = self.parser.get_status_code()
         if not 100 <= status <= 599:
             raise _Protocol("invalid status code")
@@ -436,6 +438,8 @@ class ServerPool:
     def __init__(self, upstream: Upstream, server: Address) -> None:
         self.upstream = upstream
         self.server = server
+        #: ``HOST:PORT``, the ``server`` label of metrics and logs.
+        self.label = str(server)
         self.idle: list[UpstreamConnection] = []
         self.open = 0
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()

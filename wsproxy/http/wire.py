@@ -58,7 +58,7 @@ def client_framing(
 
 def encode_fields(headers: Sequence[tuple[str, str]]) -> bytes:
     """``Name: value\r\n`` for each field, in order."""
-    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
 
 
 def response_head(
@@ -79,10 +79,8 @@ def response_head(
 
 def request_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
     """An HTTP/1.1 request head (the upstream side is always HTTP/1.1)."""
-    head = f"{method} {target} HTTP/1.1\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in headers
-    )
-    return (head + "\r\n").encode("latin-1")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
 
 
 def chunk(data: bytes) -> bytes:
