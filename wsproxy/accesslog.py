@@ -38,10 +38,6 @@ def timestamp(now: float) -> str:
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _string(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
-
-
 def format_json(fields: dict[str, object]) -> str:
     return _JSON.encode(fields)
 
@@ -121,12 +117,17 @@ class AccessLog:
             )
             return
         extra = exchange.extra
+        q = encode_basestring  # C; None only where a request was never parsed or routed
+        route, server, method = exchange.route, exchange.server, exchange.method
+        path, version = exchange.path, exchange.version
         line = (
             f'{{"ts":"{timestamp(time.time())}","type":"http",'
-            f'"request_id":{_string(exchange.request_id)},"route":{_string(exchange.route)},'
-            f'"client":{_string(exchange.client)},"upstream":{_string(exchange.server)},'
-            f'"method":{_string(exchange.method)},"path":{_string(exchange.path)},'
-            f'"version":{_string(exchange.version)},"status":{status},'
+            f'"request_id":{q(exchange.request_id)},"route":{q(route)},'
+            f'"client":{q(exchange.client)},'
+            f'"upstream":{"null" if server is None else q(server)},'
+            f'"method":{"null" if method is None else q(method)},'
+            f'"path":{"null" if path is None else q(path)},'
+            f'"version":{"null" if version is None else q(version)},"status":{status},'
             f'"duration_ms":{duration_ms!r}'
         )
         if extra:

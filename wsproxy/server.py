@@ -48,6 +48,8 @@ from wsproxy.wsframes import FrameBudget
 log = logging.getLogger("wsproxy")
 
 
+_NONE: list[str] = []  # the values of an absent header (never modified)
+
 #: The versions llhttp accepts, as the access log writes them.
 _VERSIONS = {(major, minor): f"HTTP/{major}.{minor}" for major in range(10) for minor in range(10)}
 
@@ -148,7 +150,7 @@ class Proxy:
             path = redact_target(path)
         version = request.version
         return Exchange(
-            request_id=choose_request_id(request.header("x-request-id"), self._new_id()),
+            request_id=choose_request_id(request.index.get("x-request-id", _NONE), self._new_id()),
             method=request.method,
             path=path,
             client=request.peer,
@@ -159,7 +161,7 @@ class Proxy:
     def _dispatch(self, request: Request, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         assert request.method is not None
         assert request.version is not None
-        hosts = request.header("host")
+        hosts = request.index.get("host", _NONE)
         rejection = check_request(request.method, request.version, hosts)
         if rejection is not None:
             close = rejection.status in (405, 505)  # another protocol, or a tunnel request
@@ -188,10 +190,10 @@ class Proxy:
         if request.upgrade:
             # Upgrade: h2c and the like are forwarded as plain HTTP, their
             # Upgrade dropped as hop-by-hop (what nginx does by default).
-            upgrade = request.header("upgrade")
+            upgrade = request.index.get("upgrade", _NONE)
             exchange.extra["upgrade_ignored"] = (upgrade[0] if upgrade else "")[:100]
         pool = self._pick(upstream, exchange)
-        headers = self._upstream_headers(request, client, pool.server, exchange)
+        headers = self._upstream_headers(request, client, pool.label, exchange)
         head = upstream_head(request, target.origin_form, headers)
         conn = pool.take_idle()
         if conn is None:
@@ -259,17 +261,17 @@ class Proxy:
         self,
         request: Request,
         client: ClientInfo,
-        server: Address,
+        server: str,
         exchange: Exchange,
         *,
         websocket: bool = False,
     ) -> list[tuple[str, str]]:
         dropped: list[str] = []
-        upgrade = request.header("upgrade")
+        upgrade = request.index.get("upgrade", _NONE)
         headers = upstream_request_headers(
             request.headers,
             client,
-            default_host=str(server),
+            default_host=server,
             request_id=exchange.request_id,
             websocket_upgrade=(upgrade[0] if upgrade else "websocket") if websocket else None,
             allow_underscores=self.config.proxy.allow_underscore_headers,
@@ -292,7 +294,7 @@ class Proxy:
         return pool
 
     def _is_websocket(self, request: Request) -> bool:
-        upgrade = request.header("upgrade")
+        upgrade = request.index.get("upgrade", _NONE)
         if not upgrade or not wants_websocket([("Upgrade", value) for value in upgrade]):
             return False
         # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
@@ -332,7 +334,7 @@ class Proxy:
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
         )
-        headers = self._upstream_headers(request, client, server, exchange, websocket=True)
+        headers = self._upstream_headers(request, client, str(server), exchange, websocket=True)
         try:
             await handle_websocket(
                 request,
