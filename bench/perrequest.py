@@ -18,8 +18,10 @@ import cProfile
 import os
 import pstats
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httptools
 import uvloop
 
 from wsproxy.config import parse_config
@@ -122,12 +124,144 @@ access_log:
     return elapsed / requests * 1e6
 
 
+def parser_only(requests: int) -> float:
+    """llhttp on the same request and response with callbacks that only record."""
+
+    class Sink:
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.last = (name, value)
+
+        def on_body(self, body: bytes) -> None:
+            self.body = body
+
+    sink = Sink()
+    request_parser = httptools.HttpRequestParser(sink)
+    response_parser = httptools.HttpResponseParser(sink)
+    started = time.perf_counter()
+    for _ in range(requests):
+        request_parser.feed_data(REQUEST)
+        response_parser.feed_data(RESPONSE)
+    return (time.perf_counter() - started) / requests * 1e6
+
+
+class Patches:
+    """Attribute replacements, undone together."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[object, str, object]] = []
+
+    def __call__(self, owner: object, attribute: str, value: object) -> None:
+        self.saved.append((owner, attribute, getattr(owner, attribute)))
+        setattr(owner, attribute, value)
+
+    def undo(self) -> None:
+        for owner, attribute, value in reversed(self.saved):
+            setattr(owner, attribute, value)
+        self.saved.clear()
+
+
+def _nothing(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def knockouts() -> dict[str, Callable[[Patches], None]]:
+    """Each part of the per-request work, replaced by a constant answer."""
+    import wsproxy.server as server_module
+    from wsproxy import forward
+    from wsproxy.accesslog import AccessLog
+    from wsproxy.headers import client_response_fields, upstream_request_headers
+    from wsproxy.metrics import HttpCollector
+    from wsproxy.routing import Router
+    from wsproxy.server import Proxy
+    from wsproxy.target import parse_target
+
+    target = parse_target("/index.html?x=1")
+    fields = client_response_fields([(b"Server", b"nginx/1.22.1"), (b"Content-Length", b"2")])
+    rewritten = upstream_request_headers(
+        [("Host", "localhost:8080")],
+        server_module.ClientInfo("127.0.0.1", "http"),
+        default_host="x",
+        request_id="x",
+    )
+    route = Router.match
+
+    def access_log(patch: Patches) -> None:
+        patch(AccessLog, "write_http", _nothing)
+
+    def metrics(patch: Patches) -> None:
+        patch(HttpCollector, "request", _nothing)
+        patch(HttpCollector, "duration", _nothing)
+
+    def request_id(patch: Patches) -> None:
+        patch(Proxy, "_new_id", lambda self: "0" * 32)
+        patch(server_module, "choose_request_id", lambda sent, new: new)
+
+    def checks(patch: Patches) -> None:
+        patch(server_module, "check_request", _nothing)
+
+    def normalization(patch: Patches) -> None:
+        patch(server_module, "parse_target", lambda raw: target)
+
+    def routing(patch: Patches) -> None:
+        chosen: dict[int, object] = {}
+
+        def match(self: Router, host: str | None, path: str) -> object:
+            if id(self) not in chosen:
+                chosen[id(self)] = route(self, host, path)
+            return chosen[id(self)]
+
+        patch(Router, "match", match)
+
+    def rewriting(patch: Patches) -> None:
+        patch(server_module, "upstream_request_headers", lambda *a, **k: rewritten)
+        patch(forward, "client_response_fields", lambda *a, **k: fields)
+
+    return {
+        "access log line (JSON)": access_log,
+        "metrics (counter, histogram)": metrics,
+        "request ID": request_id,
+        "request checks (Host, version, method)": checks,
+        "target normalization": normalization,
+        "routing": routing,
+        "header rewriting (both directions)": rewriting,
+    }
+
+
+def best_of(rounds: int, requests: int, log: str) -> float:
+    return min(uvloop.run(run(requests, log, False)) for _ in range(rounds))
+
+
+def breakdown(requests: int, rounds: int) -> None:
+    """What each part costs: the difference when it is replaced by a constant."""
+    total = best_of(rounds, requests, "json")
+    print(f"{'whole request (Python, no system calls)':42} {total:6.1f} µs")
+    print(f"{'  llhttp parsing both messages (alone)':42} {parser_only(requests * 5):6.1f} µs")
+    for name, knock in knockouts().items():
+        patch = Patches()
+        knock(patch)
+        try:
+            without = best_of(rounds, requests, "json")
+        finally:
+            patch.undo()
+        print(f"{'  ' + name:42} {total - without:6.1f} µs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--log", choices=["json", "text", "off"], default="json")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="the cost of each part, by knocking it out"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args.requests, args.rounds)
+        return 0
     micros = uvloop.run(run(args.requests, args.log, args.profile))
     print(f"{micros:.1f} µs of Python per proxied request (access log {args.log})")
     return 0

@@ -377,13 +377,28 @@ def client_response_fields(
     also drops ``Content-Length`` (a ``204`` must not carry one).
     """
     drop = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW if drop_length else _HOP_BY_HOP_RAW
-    named = [value for name, value in headers if name.lower() == b"connection"]
-    if named:
-        tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+    out: list[bytes] = []
+    named: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            if lower == b"connection":
+                named.append(value)
+            continue
+        out += (name, b": ", value, b"\r\n")
+    # Fields the Connection header names are hop-by-hop too (RFC 9110 §7.6.1);
+    # "close" and "keep-alive" (already dropped) name nothing else.
+    tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+    tokens -= _PLAIN_CONNECTION_TOKENS
+    if tokens:
         drop = drop | tokens
-    return b"".join(
-        [name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop]
-    )
+        return b"".join(
+            [name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop]
+        )
+    return b"".join(out)
+
+
+_PLAIN_CONNECTION_TOKENS = frozenset({b"", b"close", b"keep-alive"})
 
 
 #: RFC 9110 §6.4.1: a 101 has no content, so no framing header may describe one.

@@ -15,6 +15,8 @@ from wsproxy.headers import (
     check_switching_protocols,
     check_websocket_handshake,
     choose_request_id,
+    client_response_fields,
+    client_response_headers,
     connection_options,
     strip_hop_by_hop,
     switching_protocols_headers,
@@ -393,3 +395,35 @@ def test_connect_is_405_with_allow() -> None:
     assert rejection.status == 405
     assert dict(rejection.headers)["Allow"] == ALLOWED_METHODS
     assert "CONNECT" not in ALLOWED_METHODS
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            [(b"Server", b"x"), (b"Connection", b"keep-alive"), (b"Content-Length", b"2")],
+            b"Server: x\r\nContent-Length: 2\r\n",
+        ),
+        (
+            [(b"X-Secret", b"1"), (b"connection", b"close, X-Secret"), (b"Keep-Alive", b"t=5")],
+            b"",
+        ),
+        (
+            [(b"Set-Cookie", b"a=1"), (b"TRANSFER-ENCODING", b"chunked"), (b"Set-Cookie", b"b=2")],
+            b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+        ),
+        ([(b"x-Odd-Case", b"v"), (b"Upgrade", b"h2c"), (b"Trailer", b"X")], b"x-Odd-Case: v\r\n"),
+    ],
+)
+def test_client_response_fields_drop_hop_by_hop_and_keep_order_and_case(
+    fields: list[tuple[bytes, bytes]], expected: bytes
+) -> None:
+    assert client_response_fields(fields) == expected
+    decoded = [(n.decode(), v.decode()) for n, v in fields]
+    as_text = "".join(f"{n}: {v}\r\n" for n, v in client_response_headers(decoded))
+    assert as_text.encode() == expected  # the same rule as for text fields
+
+
+def test_client_response_fields_can_drop_content_length_for_a_204() -> None:
+    fields = [(b"Content-Length", b"5"), (b"X-A", b"b")]
+    assert client_response_fields(fields, drop_length=True) == b"X-A: b\r\n"
