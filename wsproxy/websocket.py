@@ -179,6 +179,7 @@ def _tunnel(
             upstream_eof=conn.eof,
             upstream_lost=(conn.lost_exc,) if conn.lost else None,
         )
+        conn.detach()
     except Exception:
         # Nothing may leave a session in the live set with nobody to end it.
         log.exception("session %s failed to start", info.request_id)

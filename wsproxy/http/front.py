@@ -784,6 +784,12 @@ class ClientConnection(asyncio.Protocol):
         if self._holds:
             self._holds = 0
             transport.resume_reading()
+        # Nothing of the front door may outlive the take-over: the parser and
+        # this protocol hold each other, and a cycle waits for the garbage
+        # collector (1-2 KB per session until it runs).
+        del self.parser
+        self._queue.clear()
+        self._parsing = self._last_headed = self._reparse_for = None
         return transport, tail
 
     # --- writing and closing ----------------------------------------------

@@ -375,6 +375,15 @@ class UpstreamConnection(asyncio.Protocol):
         receiver.on_head(101, self._reason, self._headers, False)
         receiver.on_switch(tail)
 
+    def detach(self) -> None:
+        """The tunnel owns the transport now: drop the parser and the relay.
+
+        The parser and this protocol hold each other; without this the pair
+        (and the relay, the request) would wait for the garbage collector.
+        """
+        self.receiver = None
+        del self.parser
+
     def _message_complete(self) -> None:
         self._complete = True
         # Read now: llhttp resets its flags once the callback returns.
