@@ -164,7 +164,10 @@ def test_a_routed_path_stays_under_its_prefix_on_a_lenient_backend(tokens: list[
     if not path_matches(PREFIX, target.route_path):
         return
     seen = lenient_backend(target.path)
-    assert seen == PREFIX or seen.startswith(PREFIX + "/"), (raw, target.path, seen)
+    # Path parameters are not part of the name a backend resolves ("/public;"
+    # is "/public" with an empty parameter to Tomcat).
+    names = re.sub(r";[^/]*", "", seen)
+    assert names == PREFIX or names.startswith(PREFIX + "/"), (raw, target.path, seen)
 
 
 @settings(max_examples=3000)
