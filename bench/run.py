@@ -37,6 +37,7 @@ from targets import (  # type: ignore[import-not-found]
     need,
     start_backend,
     start_origin,
+    start_sink,
 )
 
 THE_THREE = ("nginx", "haproxy", "caddy")
@@ -264,10 +265,12 @@ def main() -> int:
         started.append(backend)
         origin = start_origin(workdir)
         started.append(origin)
+        sink = start_sink(workdir)
+        started.append(sink)
         targets: dict[str, Target] = {"direct": Target("direct", backend.port, backend.process)}
         for name, start in PROXIES.items():
             # A competitor that fails to start fails the run: no missing column.
-            proxy = start(workdir, backend.port, origin.port)
+            proxy = start(workdir, backend.port, origin.port, sink.port)
             started.append(proxy)
             targets[name] = proxy
 
@@ -275,8 +278,10 @@ def main() -> int:
         for round_number in range(rounds):
             for workload, spec in specs.items():
                 for name, target in targets.items():
-                    if spec["kind"] in ("http", "upload") and name == "direct":
+                    if spec["kind"] == "http" and name == "direct":
                         run_target = Target("direct", origin.port, origin.process)
+                    elif spec["kind"] == "upload" and name == "direct":
+                        run_target = Target("direct", sink.port, sink.process)
                     else:
                         run_target = target
                     result = run_one(run_target, spec)

@@ -100,9 +100,14 @@ def start_backend(workdir: Path) -> Target:
 BODIES = {"/64k": 64 * 1024, "/1m": 1024 * 1024}
 
 
+def start_sink(workdir: Path) -> Target:
+    """The upload workload's upstream (bench/sink.py): answers after the whole body."""
+    port = free_port()
+    return _spawn("sink", [sys.executable, str(HERE / "sink.py"), str(port)], port, workdir)
+
+
 def start_origin(workdir: Path) -> Target:
-    """A static nginx: ``ok`` at ``/``, 64 KiB and 1 MiB files, and ``/upload``,
-    which reads and drops a request body of any size."""
+    """A static nginx: ``ok`` at ``/``, and 64 KiB and 1 MiB files."""
     port = free_port()
     # nginx's workers run as "nobody": the files and their directory must be readable.
     workdir.chmod(0o755)
@@ -132,7 +137,6 @@ http {{
     location / {{ return 200 "ok\\n"; }}
     location = /64k {{ alias {workdir}/body-64k.bin; }}
     location = /1m {{ alias {workdir}/body-1m.bin; }}
-    location = /upload {{ return 200 "ok\\n"; }}
   }}
 }}
 """
@@ -140,7 +144,7 @@ http {{
     return _spawn("origin", [need("nginx"), "-p", str(workdir), "-c", str(conf)], port, workdir)
 
 
-def start_nginx(workdir: Path, ws: int, http: int) -> Target:
+def start_nginx(workdir: Path, ws: int, http: int, sink: int) -> Target:
     """nginx with the article's fix: HTTP/1.1 upstream plus the upgrade map."""
     port = free_port()
     conf = workdir / "nginx.conf"
@@ -162,6 +166,7 @@ http {{
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   upstream ws {{ server 127.0.0.1:{ws}; }}
   upstream web {{ server 127.0.0.1:{http}; keepalive 64; }}
+  upstream sink {{ server 127.0.0.1:{sink}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location /ws {{
@@ -175,6 +180,11 @@ http {{
       proxy_pass http://web;
       proxy_http_version 1.1;
       proxy_set_header Connection $connection_upgrade;
+    }}
+    location = /upload {{
+      proxy_pass http://sink;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
       # Uploads of any size, streamed as they come (as the other proxies do).
       client_max_body_size 0;
       proxy_request_buffering off;
@@ -186,7 +196,7 @@ http {{
     return _spawn("nginx", [need("nginx"), "-p", str(workdir), "-c", str(conf)], port, workdir)
 
 
-def start_haproxy(workdir: Path, ws: int, http: int) -> Target:
+def start_haproxy(workdir: Path, ws: int, http: int, sink: int) -> Target:
     port = free_port()
     conf = workdir / "haproxy.cfg"
     conf.write_text(
@@ -205,6 +215,7 @@ defaults
 frontend fe
   bind 127.0.0.1:{port}
   use_backend ws if {{ path_beg /ws }}
+  use_backend sink if {{ path /upload }}
   default_backend web
 
 backend ws
@@ -212,12 +223,15 @@ backend ws
 
 backend web
   server s1 127.0.0.1:{http}
+
+backend sink
+  server s1 127.0.0.1:{sink}
 """
     )
     return _spawn("haproxy", [need("haproxy"), "-db", "-f", str(conf)], port, workdir)
 
 
-def start_caddy(workdir: Path, ws: int, http: int) -> Target:
+def start_caddy(workdir: Path, ws: int, http: int, sink: int) -> Target:
     port = free_port()
     conf = workdir / "Caddyfile"
     conf.write_text(
@@ -230,6 +244,9 @@ def start_caddy(workdir: Path, ws: int, http: int) -> Target:
 http://127.0.0.1:{port} {{
   handle /ws* {{
     reverse_proxy 127.0.0.1:{ws}
+  }}
+  handle /upload {{
+    reverse_proxy 127.0.0.1:{sink}
   }}
   handle {{
     reverse_proxy 127.0.0.1:{http}
@@ -247,7 +264,7 @@ http://127.0.0.1:{port} {{
     return _spawn("caddy", argv, port, workdir, env)
 
 
-def start_wsproxy(workdir: Path, ws: int, http: int) -> Target:
+def start_wsproxy(workdir: Path, ws: int, http: int, sink: int) -> Target:
     port = free_port()
     conf = workdir / "wsproxy.yaml"
     conf.write_text(
@@ -263,9 +280,13 @@ upstreams:
     servers: ["127.0.0.1:{ws}"]
   web:
     servers: ["127.0.0.1:{http}"]
+  sink:
+    servers: ["127.0.0.1:{sink}"]
 routes:
   - path_prefix: /ws
     upstream: ws
+  - path_prefix: /upload
+    upstream: sink
   - path_prefix: /
     upstream: web
 """
