@@ -14,14 +14,21 @@ import hashlib
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
 from tests.support.backends import RawBackend, Seen, recording, swoole_like
-from tests.support.http_backends import RecordingBackend, read_response, request_bytes
+from tests.support.http_backends import (
+    Received,
+    RecordingBackend,
+    read_response,
+    request_bytes,
+)
 from tests.support.observe_helpers import eventually, observed_proxy
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import Head, encode_frame, handshake_request, open_raw, read_head
+from tests.support.ws_helpers import read_frame
 from wsproxy.server import ProxyServer
 from wsproxy.tunnel import Tunnel
 
@@ -44,13 +51,8 @@ async def connection(port: int):  # type: ignore[no-untyped-def]
 
 
 async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    first, second = await reader.readexactly(2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", await reader.readexactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    return first & 0x0F, await reader.readexactly(length)
+    frame = await read_frame(reader)
+    return frame.opcode, frame.payload
 
 
 async def open_tunnel(
@@ -88,6 +90,41 @@ async def wait_for(condition: Callable[[], bool], what: str) -> None:
         return True if condition() else None
 
     await eventually(probe, timeout=TIMEOUT, what=what)
+
+
+@dataclass
+class Refusal:
+    head: Head
+    closed: bool  # the connection ended after the answer
+    logged_status: int
+    backend_saw: list[Received]
+
+
+async def refusal(extra: str, *pieces: bytes, forwarded_ok: bool = False) -> Refusal:
+    """Send ``pieces`` (each drained) on one connection; the proxy's answer and log.
+
+    Unless ``forwarded_ok``, nothing may have reached the backend.
+    """
+    async with (
+        RecordingBackend() as backend,
+        observed_proxy(config_text(backend.port, extra=extra)) as obs,
+        connection(obs.port) as (reader, writer),
+    ):
+        with contextlib.suppress(ConnectionError):
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+        async with asyncio.timeout(TIMEOUT):
+            head, _body = await read_response(reader)
+            try:
+                closed = await reader.read() == b""
+            except ConnectionError:
+                closed = True
+        await obs.log_has(1)
+        (record,) = obs.log_records()
+    if not forwarded_ok:
+        assert backend.requests == []
+    return Refusal(head, closed, record["status"], backend.requests)
 
 
 # --- the take-over after 101 ------------------------------------------------------
@@ -326,45 +363,20 @@ async def test_a_deep_pipeline_is_bounded_and_closes_after_the_answered_ones() -
     ids=["request-line", "one-field", "many-fields"],
 )
 async def test_the_head_budget_is_the_whole_head(raw: bytes, status: int) -> None:
-    extra = "proxy:\n  max_header_size: 2KiB\n"
-    async with (
-        RecordingBackend() as backend,
-        observed_proxy(config_text(backend.port, extra=extra)) as obs,
-        connection(obs.port) as (reader, writer),
-    ):
-        writer.write(raw)
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-            assert head.status == status
-            assert await reader.read() == b""
-        (record,) = [__import__("json").loads(line) for line in await obs.log_has(1)]
-        assert record["status"] == status
-    assert backend.requests == []
+    answer = await refusal("proxy:\n  max_header_size: 2KiB\n", raw)
+    assert answer.head.status == answer.logged_status == status
+    assert answer.closed
 
 
 async def test_a_head_sent_in_pieces_cannot_outgrow_the_budget() -> None:
     """httptools buffers an unfinished field whole; raw bytes count against the budget."""
-    extra = "proxy:\n  max_header_size: 2KiB\n"
-    async with (
-        RecordingBackend() as backend,
-        running_proxy(config_text(backend.port, extra=extra)) as (_s, port),
-        connection(port) as (reader, writer),
-    ):
-        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ")
-        await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            for _ in range(100):
-                writer.write(b"x" * 1000)
-                await writer.drain()
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-        assert head.status == 431
-    assert backend.requests == []
+    pieces = [b"GET / HTTP/1.1\r\nHost: h\r\nX-Endless: ", *[b"x" * 1000] * 100]
+    answer = await refusal("proxy:\n  max_header_size: 2KiB\n", *pieces)
+    assert answer.head.status == answer.logged_status == 431
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_max_body_size_is_413_and_nothing_more_is_forwarded(chunked: bool) -> None:
-    extra = "proxy:\n  max_body_size: 1KiB\n"
     body = b"z" * 4096
     if chunked:
         raw = request_bytes(
@@ -372,55 +384,34 @@ async def test_max_body_size_is_413_and_nothing_more_is_forwarded(chunked: bool)
         ) + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     else:
         raw = request_bytes("POST", "/", [("Host", "h"), ("Content-Length", "4096")], body=body)
-    async with (
-        RecordingBackend() as backend,
-        observed_proxy(config_text(backend.port, extra=extra)) as obs,
-        connection(obs.port) as (reader, writer),
-    ):
-        writer.write(raw)
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-            assert head.status == 413
-            assert head.get("Connection") == "close"
-        await obs.log_has(1)
-        assert obs.log_records()[0]["status"] == 413
-    assert all(len(r.body) <= 1024 for r in backend.requests)
+    answer = await refusal("proxy:\n  max_body_size: 1KiB\n", raw, forwarded_ok=True)
+    assert answer.head.status == answer.logged_status == 413
+    assert answer.head.get("Connection") == "close"
+    assert all(len(r.body) <= 1024 for r in answer.backend_saw)
 
 
 async def test_a_transfer_coding_other_than_chunked_is_501() -> None:
-    raw = request_bytes("POST", "/", [("Host", "h"), ("Transfer-Encoding", "gzip, chunked")]) + (
-        b"0\r\n\r\n"
-    )
-    async with (
-        RecordingBackend() as backend,
-        running_proxy(config_text(backend.port)) as (_s, port),
-        connection(port) as (reader, writer),
-    ):
-        writer.write(raw)
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-        assert head.status == 501
-    assert backend.requests == []
+    raw = request_bytes("POST", "/", [("Host", "h"), ("Transfer-Encoding", "gzip, chunked")])
+    answer = await refusal("", raw + b"0\r\n\r\n")
+    assert answer.head.status == answer.logged_status == 501
+
+
+async def test_an_endless_request_trailer_is_refused() -> None:
+    start = request_bytes("POST", "/", [("Host", "h"), ("Transfer-Encoding", "chunked")])
+    pieces = [start + b"2\r\nok\r\n0\r\nX-Trailer: ", *[b"t" * 1000] * 100]
+    answer = await refusal("proxy:\n  max_header_size: 2KiB\n", *pieces, forwarded_ok=True)
+    assert answer.head.status == answer.logged_status == 431
 
 
 # --- timers -----------------------------------------------------------------------
 
 
 async def test_a_head_that_never_completes_gets_408_and_the_connection_closes() -> None:
-    extra = "proxy:\n  client_header_timeout: 300ms\n"
-    async with (
-        RecordingBackend() as backend,
-        observed_proxy(config_text(backend.port, extra=extra)) as obs,
-        connection(obs.port) as (reader, writer),
-    ):
-        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-            assert head.status == 408
-            assert await reader.read() == b""
-        await obs.log_has(1)
-        assert obs.log_records()[0]["status"] == 408
-    assert backend.requests == []
+    answer = await refusal(
+        "proxy:\n  client_header_timeout: 300ms\n", b"GET / HTTP/1.1\r\nHost: h\r\n"
+    )
+    assert answer.head.status == answer.logged_status == 408
+    assert answer.closed
 
 
 async def test_a_stalled_body_gets_408_and_the_upstream_request_is_abandoned() -> None:
@@ -503,23 +494,3 @@ async def test_empty_lines_alone_do_not_keep_a_connection_open() -> None:
         writer.write(b"\r\n")
         async with asyncio.timeout(TIMEOUT):
             assert await reader.read() == b""
-
-
-async def test_an_endless_request_trailer_is_refused() -> None:
-    extra = "proxy:\n  max_header_size: 2KiB\n"
-    async with (
-        RecordingBackend() as backend,
-        running_proxy(config_text(backend.port, extra=extra)) as (_s, port),
-        connection(port) as (reader, writer),
-    ):
-        writer.write(
-            request_bytes("POST", "/", [("Host", "h"), ("Transfer-Encoding", "chunked")])
-            + b"2\r\nok\r\n0\r\nX-Trailer: "
-        )
-        with contextlib.suppress(ConnectionError):
-            for _ in range(100):
-                writer.write(b"t" * 1000)
-                await writer.drain()
-        async with asyncio.timeout(TIMEOUT):
-            head, _body = await read_response(reader)
-        assert head.status == 431

@@ -63,17 +63,23 @@ async def test_a_connection_paused_for_a_slow_client_is_resumed_before_its_reuse
     assert backend.connections == 1  # the same pooled connection served both
 
 
-async def test_an_endless_upstream_header_is_502_with_bounded_memory() -> None:
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h: Head) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+def _endless(start: bytes) -> RawBackend:
+    """A backend that sends ``start``, then up to 64 MiB of one field that never ends."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h: Head) -> bool:
+        writer.write(start)
         with contextlib.suppress(ConnectionError):
-            for _ in range(64):  # up to 64 MiB; the proxy gives up after 64 KiB
+            for _ in range(64):  # the proxy gives up after 64 KiB
                 writer.write(b"a" * (1 << 20))
                 await writer.drain()
         return False
 
+    return RawBackend(handler)
+
+
+async def test_an_endless_upstream_header_is_502_with_bounded_memory() -> None:
     async with (
-        RawBackend(endless) as backend,
+        _endless(b"HTTP/1.1 200 OK\r\nX-Endless: ") as backend,
         running_proxy(config_text(backend.port)) as (_server, port),
     ):
         async with asyncio.timeout(TIMEOUT):
@@ -83,18 +89,9 @@ async def test_an_endless_upstream_header_is_502_with_bounded_memory() -> None:
 
 
 async def test_an_endless_upstream_trailer_cuts_the_client() -> None:
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h: Head) -> bool:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: "
-        )
-        with contextlib.suppress(ConnectionError):
-            for _ in range(64):
-                writer.write(b"a" * (1 << 20))
-                await writer.drain()
-        return False
-
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
     async with (
-        RawBackend(endless) as backend,
+        _endless(chunked + b"X-Trailer: ") as backend,
         running_proxy(config_text(backend.port)) as (_server, port),
     ):
         reader, writer = await open_raw("127.0.0.1", port)

@@ -101,6 +101,17 @@ class _Protocol(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream server; see the module docstring."""
 
+    # One request's and response's state, fresh for each (_exchange_begins).
+    head_request: bool
+    _read_timeout: float
+    _complete: bool
+    _keep_alive: bool
+    _head_done: bool
+    _response_seen: bool
+    _until_close: bool
+    _informational: bool
+    _raw_since_progress: int
+
     def __init__(self, pool: ServerPool | None = None) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
@@ -115,21 +126,13 @@ class UpstreamConnection(asyncio.Protocol):
         #: Set when something makes the connection unfit for another request.
         self.broken = False
         self.switched = False
-        self.head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._head_size = 0
         self._in_head = False
-        self._informational = False
-        self._response_seen = False
-        self._until_close = False
-        self._complete = False
-        self._head_done = False
         self._reading_paused = False
-        self._raw_since_progress = 0
-        self._keep_alive = False
         self._last_read = 0.0
-        self._read_timeout = 0.0
+        self._exchange_begins(False, 0.0)
         self._timer: asyncio.TimerHandle | None = None
         self.counted = pool is not None
 
@@ -298,21 +301,25 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request head; the response goes to ``receiver``."""
         assert self.transport is not None
         self.receiver = receiver
-        self.head_request = head_request
-        self._complete = False
-        self._keep_alive = False
-        self._head_done = False
-        self._response_seen = False
-        self._until_close = False
-        self._informational = False
-        self._read_timeout = read_timeout
-        self._raw_since_progress = 0
+        self._exchange_begins(head_request, read_timeout)
         self._last_read = self.loop.time()
         if self._timer is None:
             # One timer for many requests on a kept-alive connection: when it
             # fires it looks at the last read and re-arms (_check_read).
             self._timer = self.loop.call_later(read_timeout, self._check_read)
         self.transport.write(head)
+
+    def _exchange_begins(self, head_request: bool, read_timeout: float) -> None:
+        """The state of one request and its response, fresh."""
+        self.head_request = head_request
+        self._read_timeout = read_timeout
+        self._complete = False
+        self._keep_alive = False
+        self._head_done = False
+        self._response_seen = False
+        self._until_close = False
+        self._informational = False
+        self._raw_since_progress = 0
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.lost:
