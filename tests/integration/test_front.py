@@ -22,6 +22,7 @@ from tests.support.backends import RawBackend, Seen, recording, swoole_like
 from tests.support.http_backends import (
     Received,
     RecordingBackend,
+    raw_request,
     read_response,
     request_bytes,
 )
@@ -29,6 +30,7 @@ from tests.support.observe_helpers import eventually, observed_proxy
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import Head, encode_frame, handshake_request, open_raw, read_head
 from tests.support.ws_helpers import read_frame
+from wsproxy.forward import Relay
 from wsproxy.server import ProxyServer
 from wsproxy.tunnel import Tunnel
 
@@ -494,3 +496,54 @@ async def test_empty_lines_alone_do_not_keep_a_connection_open() -> None:
         writer.write(b"\r\n")
         async with asyncio.timeout(TIMEOUT):
             assert await reader.read() == b""
+
+
+async def test_an_answer_given_before_a_body_limit_broke_is_the_one_logged() -> None:
+    """The proxy answers 404 inside the parser's callbacks; the same read then
+    breaks max_body_size.  The client got the 404, so the log and the count say
+    404, and the connection closes (the rest of the body is not read)."""
+    extra = "proxy:\n  max_body_size: 100\n"
+    start = request_bytes("POST", "/nothere", [("Host", "h"), ("Transfer-Encoding", "chunked")])
+    async with (
+        RecordingBackend() as backend,
+        observed_proxy(config_text(backend.port, extra=extra, path_prefix="/api")) as obs,
+        connection(obs.port) as (reader, writer),
+    ):
+        writer.write(start + b"200\r\n" + b"a" * 0x200 + b"\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            head, _body = await read_response(reader)
+            assert head.status == 404
+            assert await reader.read() == b""
+        await obs.log_has(1)
+        (record,) = obs.log_records()
+        assert record["status"] == 404
+
+
+async def test_a_failure_of_ours_after_the_request_went_upstream_is_one_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug raising after a relay started: the relay is dropped, the client gets
+    one 500 (never the upstream's answer after it), and one line is logged."""
+    started = Relay.start
+
+    def start_then_fail(self: Relay, head: bytes, read_timeout: float) -> None:
+        started(self, head, read_timeout)
+        raise RuntimeError("a bug of ours")
+
+    async with (
+        RecordingBackend() as backend,
+        observed_proxy(config_text(backend.port)) as obs,
+    ):
+        # A first request opens the pooled connection the fast path uses.
+        head, _body = await raw_request(obs.port, request_bytes("GET", "/", [("Host", "h")]))
+        assert head.status == 200
+        monkeypatch.setattr(Relay, "start", start_then_fail)
+        async with connection(obs.port) as (reader, writer):
+            writer.write(request_bytes("GET", "/again", [("Host", "h")]))
+            async with asyncio.timeout(TIMEOUT):
+                head, _body = await read_response(reader)
+                assert head.status == 500
+                assert await reader.read() == b""  # nothing after the 500
+        await obs.log_has(2)
+        assert [record["status"] for record in obs.log_records()] == [200, 500]
+    assert any("a bug of ours" in str(r.exc_info) for r in caplog.records if r.exc_info)

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import socket
 
+import pytest
+
+import wsproxy.http.pool as pool_module
 from tests.support.backends import RawBackend
 from tests.support.http_backends import RecordingBackend, raw_request, read_response, reply
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import Head, open_raw
 from wsproxy.config import parse_config
-from wsproxy.http.pool import PoolTimeout, ServerPool
+from wsproxy.http.pool import PoolTimeout, ServerPool, UpstreamConnection
 
 TIMEOUT = 10.0
 BIG = 100_000
@@ -219,3 +222,47 @@ def _answering(answer: bytes):  # type: ignore[no-untyped-def]
         return True
 
     return handler
+
+
+async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that leaves while the proxy connects upstream cancels the connect
+    between asyncio's protocol factory and connection_made; asyncio then closes
+    that transport, and the slot must be counted free once, not twice."""
+    if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+        # uvloop makes the protocol only once connected and does not count it
+        # twice; cancelling inside its factory leaves a handle it cannot close.
+        pytest.skip("the window is asyncio's (selector event loop)")
+    accepted: list[asyncio.StreamWriter] = []
+
+    def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    listener = await asyncio.start_server(keep, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    extra = "    max_connections: 2\n"
+    upstream = parse_config(config_text(port, upstream_extra=extra), "t.yaml").upstreams["app"]
+    pool = ServerPool(upstream, upstream.servers[0])
+    real = pool_module.UpstreamConnection
+
+    def cancelling(owner: ServerPool | None = None) -> UpstreamConnection:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # what the client's departure does at this moment
+        return real(owner)
+
+    monkeypatch.setattr(pool_module, "UpstreamConnection", cancelling)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(pool.connect_new())
+        monkeypatch.setattr(pool_module, "UpstreamConnection", real)
+        for _ in range(100):  # asyncio reports the closed transport on later turns
+            await asyncio.sleep(0)
+        assert pool.open == 0
+    finally:
+        pool.close()
+        for writer in accepted:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()

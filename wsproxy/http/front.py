@@ -667,7 +667,14 @@ class ClientConnection(asyncio.Protocol):
             work = self.app.handle(request)
         except Exception:  # a bug of ours: a clean answer, the details in the log
             log.exception("request from %s failed", self.peer)
-            request.answer(500, "internal error", close=True)
+            if request.on_abort is not None:
+                request.on_abort()  # a relay already started: drop its upstream
+            request.pending = False
+            request.on_abort = None
+            if not request.response_started:
+                request.answer(500, "internal error", close=True)
+            elif not request.response_done:
+                request.cut()
             work = None
         if work is not None:
             self.run_task(request, work)
@@ -867,11 +874,16 @@ class ClientConnection(asyncio.Protocol):
     def _abort(self, request: Request, status: int, message: str, *, answer: bool) -> None:
         """End the request in flight for the front door's reasons.
 
-        It is logged with ``abort_status`` when it ends (App.finished).
+        It is logged with ``abort_status`` when it ends (App.finished).  A
+        request answered already (the proxy's own answer, given inside the
+        parser's callbacks before the rest of the read broke a limit) keeps
+        the status it was answered with; the connection just closes.
         """
-        request.abort_status = status
         self._no_more_requests = True
         self.closing = True
+        if request.response_done:
+            return
+        request.abort_status = status
         if answer and not request.response_started:
             request.answer(status, message, close=True)
         elif not request.response_done:

@@ -514,13 +514,24 @@ class ServerPool:
 
     async def connect_new(self) -> UpstreamConnection:
         self.open += 1
+        created: list[UpstreamConnection] = []
+
+        def factory() -> UpstreamConnection:
+            conn = UpstreamConnection(self)
+            created.append(conn)
+            return conn
+
         try:
-            conn = await connect(
-                self.server, self.upstream.connect_timeout, lambda: UpstreamConnection(self)
-            )
+            conn = await connect(self.server, self.upstream.connect_timeout, factory)
         except BaseException:
-            self.open -= 1
-            self._wake(None)
+            if created:
+                # Cancelled between the factory and connection_made: asyncio
+                # closes that transport, and connection_lost would count the
+                # slot free a second time; forget() counts it once.
+                self.forget(created[0])
+            else:
+                self.open -= 1
+                self._wake(None)
             raise
         return conn
 
