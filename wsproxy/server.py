@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine, Iterator, KeysView
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TextIO
 
@@ -50,6 +51,21 @@ log = logging.getLogger("wsproxy")
 
 _NONE: list[str] = []  # the values of an absent header (never modified)
 
+#: Dispatch decisions kept (method, version, Host values, target -> route);
+#: the table starts over when full, so hostile variety costs only misses.
+_DECISIONS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """An answer the proxy gives without an upstream (check, target, route)."""
+
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
+
+
 #: The versions llhttp accepts, as the access log writes them.
 _VERSIONS = {(major, minor): f"HTTP/{major}.{minor}" for major in range(10) for minor in range(10)}
 
@@ -77,6 +93,8 @@ class Proxy:
         self.pools: dict[str, dict[Address, ServerPool]] = {}
         #: Each upstream's pools in its balancer's order (picked by index).
         self.rotations: dict[str, tuple[ServerPool, ...]] = {}
+        #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
+        self._decisions: dict[tuple[object, ...], _Refusal | tuple[Target, Route]] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
         # cheap (uuid4 cost ~5 µs a request); 32 hex digits like before.
         self._id_prefix = secrets.token_hex(8)
@@ -162,20 +180,19 @@ class Proxy:
         assert request.method is not None
         assert request.version is not None
         hosts = request.index.get("host", _NONE)
-        rejection = check_request(request.method, request.version, hosts)
-        if rejection is not None:
-            close = rejection.status in (405, 505)  # another protocol, or a tunnel request
-            request.answer(rejection.status, rejection.reason, rejection.headers, close=close)
+        key = (request.method, request.version, tuple(hosts), request.target)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(request.method, request.version, hosts, request.target)
+            if len(self._decisions) >= _DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        if isinstance(decision, _Refusal):
+            request.answer(
+                decision.status, decision.message, decision.headers, close=decision.close
+            )
             return None
-        try:
-            target = parse_target(request.target)
-        except BadTarget as exc:
-            request.answer(exc.status, f"bad request target: {exc}")
-            return None
-        route = self.router.match(hosts[0] if hosts else None, target.route_path)
-        if route is None:
-            request.answer(404, "no route matches this request")
-            return None
+        target, route = decision
         exchange.route = route.name
         client = request.connection.app_data
         if client is None:  # once per connection
@@ -256,6 +273,25 @@ class Proxy:
             self._upstream_failed(request, exchange, failure)
         except PoolTimeout:
             self._pool_timeout(request, exchange, pool.upstream)
+
+    def _decide(
+        self, method: str, version: tuple[int, int], hosts: list[str], raw_target: str
+    ) -> _Refusal | tuple[Target, Route]:
+        """The request checks, the normalized target and the route: pure functions
+        of the method, version, Host values and target, so the result is kept
+        (``_decisions``) and the next request alike skips all three."""
+        rejection = check_request(method, version, hosts)
+        if rejection is not None:
+            close = rejection.status in (405, 505)  # another protocol, or a tunnel request
+            return _Refusal(rejection.status, rejection.reason, rejection.headers, close)
+        try:
+            target = parse_target(raw_target)
+        except BadTarget as exc:
+            return _Refusal(exc.status, f"bad request target: {exc}")
+        route = self.router.match(hosts[0] if hosts else None, target.route_path)
+        if route is None:
+            return _Refusal(404, "no route matches this request")
+        return target, route
 
     def _upstream_headers(
         self,

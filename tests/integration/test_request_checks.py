@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+import wsproxy.server
 from tests.support.http_backends import (
     RecordingBackend,
     aiohttp_backend,
@@ -405,3 +406,30 @@ async def test_parser_refusals_are_counted_logged_once_each_and_never_traced(
             assert entry["error"].encode().startswith(start)
     assert backend.requests == []
     assert not [r for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR]
+
+
+async def test_dispatch_decisions_are_kept_bounded_and_never_mixed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks, target and route of a request are kept for the next one alike;
+    the table stays bounded, and a kept decision never answers another request."""
+    monkeypatch.setattr(wsproxy.server, "_DECISIONS", 4)
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port, path_prefix="/api")) as (server, port),
+    ):
+        for round_ in range(2):
+            for index in range(10):
+                target = f"/api/{index}" if index % 2 else f"/other/{index}"
+                head, _body = await raw_request(port, request_bytes("GET", target, [("Host", "h")]))
+                assert head.status == (200 if index % 2 else 404), (round_, target)
+                assert len(server.proxy._decisions) <= 4
+        for host, status in (("h", 200), ("a b", 400), ("h", 200)):
+            # The same target right after: only the Host differs.
+            head, _body = await raw_request(port, request_bytes("GET", "/api/1", [("Host", host)]))
+            assert head.status == status, host
+    assert [r.head.start_line.split()[1] for r in backend.requests] == [
+        *[f"/api/{index}" for index in (1, 3, 5, 7, 9)] * 2,
+        "/api/1",
+        "/api/1",
+    ]
