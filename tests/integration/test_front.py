@@ -547,3 +547,33 @@ async def test_a_failure_of_ours_after_the_request_went_upstream_is_one_answer(
         await obs.log_has(2)
         assert [record["status"] for record in obs.log_records()] == [200, 500]
     assert any("a bug of ours" in str(r.exc_info) for r in caplog.records if r.exc_info)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # Pipelined behind a well-formed request, in the same write.
+        [b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET  /b HTTP/1.1\r\nHost: h\r\n\r\n"],
+        # Split across writes (and so, usually, across reads).
+        [b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", b"GET ", b" /b HTTP/1.1\r\nHost: h\r\n\r\n"],
+        [b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b ", b" HTTP/1.1\r\nHost: h\r\n\r\n"],
+    ],
+    ids=["pipelined", "split-after-method", "split-after-target"],
+)
+async def test_several_spaces_in_any_request_line_are_refused(pieces: list[bytes]) -> None:
+    """llhttp reads "GET  /b" as "GET /b"; the proxy refuses it wherever the line
+    falls in the reads, and never forwards it."""
+    async with (
+        RecordingBackend() as backend,
+        running_proxy(config_text(backend.port)) as (_s, port),
+        connection(port) as (reader, writer),
+    ):
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+        async with asyncio.timeout(TIMEOUT):
+            first, _body = await read_response(reader)
+            second, _body = await read_response(reader)
+            assert await reader.read() == b""
+    assert (first.status, second.status) == (200, 400)
+    assert [r.head.start_line for r in backend.requests] == ["GET /a HTTP/1.1"]

@@ -356,23 +356,36 @@ async def test_allow_underscore_headers_keeps_them_but_never_the_proxys_own() ->
 
 # --- requests the parser refuses ---------------------------------------------------
 
-#: (raw request, status, what the answer starts with): refused before a whole head.
+#: (raw request, status, what the answer starts with, the method logged): refused
+#: before a whole head, or (several spaces in the request line, which llhttp
+#: accepts) as soon as the head is parsed.
 MALFORMED = [
-    (b"GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok\x01en\r\n\r\n", 400, b"malformed"),
-    (b"G(T /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),
-    (b"GET /x HTTP/1.x\r\nHost: h\r\n\r\n", 400, b"malformed"),
-    (b"GET /x HTTP/1.2\r\nHost: h\r\n\r\n", 505, b"HTTP version not supported"),
-    (b"GET  /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),  # llhttp allows it
-    (b"GET /x  HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed"),
-    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, b"request"),
-    (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, b"request"),
+    (
+        b"GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok\x01en\r\n\r\n",
+        400,
+        b"malformed",
+        None,
+    ),
+    (b"G(T /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed", None),
+    (b"GET /x HTTP/1.x\r\nHost: h\r\n\r\n", 400, b"malformed", None),
+    (b"GET /x HTTP/1.2\r\nHost: h\r\n\r\n", 505, b"HTTP version not supported", None),
+    (b"GET  /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed", "GET"),  # llhttp allows it
+    (b"GET /x  HTTP/1.1\r\nHost: h\r\n\r\n", 400, b"malformed", "GET"),
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, b"request", None),
+    (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, b"request", None),
     (
         b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         400,
         b"malformed",
+        None,
     ),
-    (b"GET /x HTTP/1.1\r\nHost: h\r\n Folded: header\r\n\r\n", 400, b"malformed"),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, b"malformed"),  # TLS on the HTTP port
+    (b"GET /x HTTP/1.1\r\nHost: h\r\n Folded: header\r\n\r\n", 400, b"malformed", None),
+    (
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        400,
+        b"malformed",
+        None,
+    ),  # TLS on the HTTP port
 ]
 
 
@@ -381,7 +394,7 @@ async def test_parser_refusals_are_counted_logged_once_each_and_never_traced(
 ) -> None:
     caplog.set_level("DEBUG")
     async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
-        for raw, status, start in MALFORMED:
+        for raw, status, start, _method in MALFORMED:
             async with raw_client(obs.port) as (reader, writer):
                 writer.write(raw)
                 async with asyncio.timeout(5):
@@ -394,15 +407,19 @@ async def test_parser_refusals_are_counted_logged_once_each_and_never_traced(
         scrape = await obs.sample(
             "wsproxy_http_requests_total", route="none", method="other", code="400"
         )
-        for status in {status for _raw, status, _start in MALFORMED}:
-            counted = scrape.value(
-                "wsproxy_http_requests_total", route="none", method="other", code=str(status)
-            )
-            assert counted == sum(1 for m in MALFORMED if m[1] == status)
+        for status in {status for _raw, status, _start, _method in MALFORMED}:
+            for method in ("other", "GET"):
+                counted = scrape.value(
+                    "wsproxy_http_requests_total", route="none", method=method, code=str(status)
+                )
+                expected = sum(
+                    1 for m in MALFORMED if m[1] == status and (m[3] or "other") == method
+                )
+                assert (counted or 0) == expected, (status, method)
         records = await obs.log_has(len(MALFORMED))
         assert len(records) == len(MALFORMED)
-        for entry, (_raw, status, start) in zip(obs.log_records(), MALFORMED, strict=True):
-            assert (entry["route"], entry["status"], entry["method"]) == ("none", status, None)
+        for entry, (_raw, status, start, method) in zip(obs.log_records(), MALFORMED, strict=True):
+            assert (entry["route"], entry["status"], entry["method"]) == ("none", status, method)
             assert entry["error"].encode().startswith(start)
     assert backend.requests == []
     assert not [r for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR]
