@@ -478,6 +478,8 @@ class ClientConnection(asyncio.Protocol):
             self._parse_error(exc)
         else:
             parsing = self._parsing
+            if parsing is None or parsing.headed:
+                self._seen = b""  # no head left to check: keep no read alive
             if parsing is None:
                 return
             if not parsing.headed and head_before:
