@@ -40,7 +40,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 #: What a relay reports when it ends: None when the response was relayed (or
 #: cut after its head, already reported through ``on_cut``), else the failure.
-OnEnd = Callable[["Relay", "UpstreamFailure | Stale | None"], None]
+OnEnd = Callable[["UpstreamFailure | Stale | None"], None]
 
 
 class Relay:
@@ -51,7 +51,6 @@ class Relay:
     """
 
     __slots__ = (
-        "_body_sent",
         "_chunked",
         "_done",
         "_finished",
@@ -82,7 +81,6 @@ class Relay:
         self.head_sent = False
         self.switched: tuple[int, bytes, list[tuple[str, str]], bytes] | None = None
         self._chunked = request.chunked
-        self._body_sent = False
         self._finished = False
         self._settled = False
         self._upstream_holds = False
@@ -129,14 +127,13 @@ class Relay:
             else:
                 done.set_exception(failure)
         elif self._on_end is not None:
-            self._on_end(self, failure)
+            self._on_end(failure)
 
     # --- the request body (front.BodySink) ---------------------------------
 
     def body(self, data: bytes) -> None:
         if self._finished or not data:
             return
-        self._body_sent = True
         self.conn.write(chunk(data) if self._chunked else data)
 
     def body_end(self) -> None:
@@ -231,10 +228,6 @@ class Relay:
         else:
             self._settle(failure)
 
-    @property
-    def retryable(self) -> bool:
-        return not self._body_sent and not self.request.has_body
-
 
 def upstream_head(request: Request, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
     """The upstream request head: ``target`` normalized (wsproxy.target), ``headers``
@@ -270,7 +263,7 @@ async def forward_http(
             await relay.run(head, read_timeout)
             return
         except Stale as stale:
-            if not retryable(request, relay):
+            if not retryable(request):
                 raise stale.failure from None
             log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
             conn = await pool.connect_new()
@@ -282,6 +275,7 @@ async def forward_http(
                 conn.abort()
 
 
-def retryable(request: Request, relay: Relay) -> bool:
-    """Whether a request that met a stale connection can go again (RFC 9112 §9.3.1.1)."""
-    return request.method in IDEMPOTENT and relay.retryable
+def retryable(request: Request) -> bool:
+    """Whether a request that met a stale connection can go again (RFC 9112 §9.3.1.1):
+    an idempotent one with no body (a body sent to the dead connection is gone)."""
+    return request.method in IDEMPOTENT and not request.has_body

@@ -357,11 +357,6 @@ def upstream_request_headers(
     return kept
 
 
-def client_response_headers(headers: Sequence[tuple[str, str]]) -> HeaderList:
-    """Upstream response headers as the client should see them (hop-by-hop dropped)."""
-    return strip_hop_by_hop(headers)
-
-
 _HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
 _CONTENT_LENGTH_RAW = frozenset({b"content-length"})
 
@@ -369,7 +364,7 @@ _CONTENT_LENGTH_RAW = frozenset({b"content-length"})
 def client_response_fields(
     headers: Sequence[tuple[bytes, bytes]], *, drop_length: bool = False
 ) -> bytes:
-    """:func:`client_response_headers` on the upstream's raw fields, encoded for
+    """:func:`strip_hop_by_hop` on the upstream's raw response fields, encoded for
     the response head (``Name: value\r\n`` each, case and order kept).
 
     The plain-HTTP path relays bytes as they came: decoding every field to

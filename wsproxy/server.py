@@ -117,7 +117,7 @@ class Proxy:
             self.pools[name] = {}
             for server in upstream.servers:
                 pool = self.pools[name][server] = ServerPool(upstream, server)
-                pool.on_answer = partial(self.observability.upstream_ok, name, str(server))
+                pool.on_answer = partial(self.observability.upstream_ok, name, pool.label)
             self.rotations[name] = tuple(self.pools[name][s] for s in upstream.servers)
 
     async def close(self) -> None:
@@ -235,14 +235,13 @@ class Proxy:
         exchange: Exchange,
         pool: ServerPool,
         head: bytes,
-        relay: Relay,
         failure: UpstreamFailure | Stale | None,
     ) -> None:
         if failure is None or request.abort_status is not None:
             request.done()
             return
         if isinstance(failure, Stale):
-            if retryable(request, relay):
+            if retryable(request):
                 log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
                 request.continue_with(self._forward(request, exchange, pool, head, fresh=True))
                 return
@@ -362,7 +361,8 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        server = self._pick(upstream, exchange).server
+        pool = self._pick(upstream, exchange)
+        server = pool.server
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
             idle_timeout=route.websocket.idle_timeout,
@@ -370,7 +370,7 @@ class Proxy:
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
         )
-        headers = self._upstream_headers(request, client, str(server), exchange, websocket=True)
+        headers = self._upstream_headers(request, client, pool.label, exchange, websocket=True)
         try:
             await handle_websocket(
                 request,

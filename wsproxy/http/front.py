@@ -68,6 +68,7 @@ from wsproxy.http.wire import (
     own_answer,
     response_head,
 )
+from wsproxy.tunnel import reset_transport
 
 log = logging.getLogger("wsproxy.front")
 
@@ -177,7 +178,6 @@ class Request:
         "ended",
         "exchange",
         "framing",
-        "handling",
         "headed",
         "headers",
         "index",
@@ -228,8 +228,6 @@ class Request:
         self.abort_status: int | None = None
         #: The front door answers this request itself: (status, message).
         self.refusal: tuple[int, str] | None = None
-        #: The application's handler started (it logs the request).
-        self.handling = False
         #: The application's record of the request (observe.Exchange).
         self.exchange: Any = None
         #: Answered by callbacks, not a task: calls done() when it ends.
@@ -598,17 +596,13 @@ class ClientConnection(asyncio.Protocol):
         request.headed = True
         method = parser.get_method()
         request.method = method.decode("ascii")
-        major, _, minor = parser.get_http_version().partition(".")
-        request.version = (int(major), int(minor or 0))
+        version = parser.get_http_version()
+        major, _, minor = version.partition(".")
+        request.version = (int(major), int(minor))
         # llhttp accepts several spaces between the parts of the request line;
         # a proxy must not guess which part a space belongs to.  The line as a
         # well-formed request writes it must be among the bytes read.
-        line = b"%s %s HTTP/%s.%s\r\n" % (
-            method,
-            self._url,
-            major.encode(),
-            (minor or "0").encode(),
-        )
+        line = b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode())
         if line not in self._seen:
             raise _Refuse(400, "malformed request: invalid request line")
         request.target = self._url.decode("latin-1")
@@ -673,7 +667,6 @@ class ClientConnection(asyncio.Protocol):
             request.answer(status, message, close=True)
             self._finished(request)
             return
-        request.handling = True
         try:
             work = self.app.handle(request)
         except Exception:  # a bug of ours: a clean answer, the details in the log
@@ -838,16 +831,8 @@ class ClientConnection(asyncio.Protocol):
 
     def reset(self) -> None:
         """Close with RST: the peer must not take what it got for complete."""
-        transport = self.transport
-        if transport is None or self._lost:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-        transport.abort()
+        if self.transport is not None and not self._lost:
+            reset_transport(self.transport)
 
     def _close(self) -> None:
         if self.transport is not None and not self._lost:
@@ -897,7 +882,7 @@ class ClientConnection(asyncio.Protocol):
         request.abort_status = status
         if answer and not request.response_started:
             request.answer(status, message, close=True)
-        elif not request.response_done:
+        else:
             request.cut()
         if self._task is not None:
             self._task.cancel()

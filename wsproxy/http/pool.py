@@ -199,9 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.lost_exc = exc
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self.switched:
             return
         self.broken = True
@@ -270,8 +268,8 @@ class UpstreamConnection(asyncio.Protocol):
             # A coding the proxy would drop while re-framing (nginx: 502 too).
             raise _Protocol("unsupported transfer coding")
         no_body = self.head_request or status in (204, 304)
-        chunked = bool(codings)
-        self._until_close = not no_body and not chunked and (bool(codings) or not has_length)
+        chunked = bool(codings)  # only chunked is left
+        self._until_close = not no_body and not chunked and not has_length
         receiver.on_head(status, self._reason, self._headers, has_length)
         if self.head_request:
             self._message_complete()
@@ -373,10 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
         receiver = self.receiver
         assert receiver is not None
         self.switched = True
-        self._head_done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self.transport is not None and not self.lost:
             self.transport.pause_reading()
         receiver.on_head(101, self._reason, self._headers, False)
@@ -399,14 +394,17 @@ class UpstreamConnection(asyncio.Protocol):
         if receiver is not None:
             receiver.on_complete()
 
-    def _fail(self, failure: UpstreamFailure) -> None:
+    def _fail(self, failure: UpstreamFailure | Stale) -> None:
         self.broken = True
         receiver, self.receiver = self.receiver, None
+        self._stop_timer()
+        if receiver is not None:
+            receiver.on_failed(failure)
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if receiver is not None:
-            receiver.on_failed(failure)
 
     def _end(self, exc: BaseException | None) -> None:
         """The connection is closing or gone."""
@@ -421,14 +419,10 @@ class UpstreamConnection(asyncio.Protocol):
                 failure = UpstreamFailure(
                     "reset", "upstream closed the connection before answering"
                 )
-            if self.reused and not self._response_seen:
-                receiver, self.receiver = self.receiver, None
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                receiver.on_failed(Stale(failure))
-            else:
-                self._fail(failure)
+            # A reused connection closed before any byte of its response: the
+            # server dropped it as we sent (the relay may retry).
+            stale = self.reused and not self._response_seen
+            self._fail(Stale(failure) if stale else failure)
         if self.pool is not None:
             self.pool.forget(self)
 
