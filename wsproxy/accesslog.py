@@ -107,7 +107,7 @@ class AccessLog:
                     "version": exchange.version,
                     "status": status,
                     "duration_ms": duration_ms,
-                    **exchange.extra,
+                    **(exchange.extra or {}),
                     **(
                         {"bytes_to_client": exchange.bytes_to_client}
                         if exchange.bytes_to_client

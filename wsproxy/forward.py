@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from wsproxy.errors import UpstreamFailure
 from wsproxy.headers import client_response_fields
@@ -38,60 +39,65 @@ log = logging.getLogger("wsproxy.upstream")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-#: What a relay reports when it ends: None when the response was relayed (or
-#: cut after its head, already reported through ``on_cut``), else the failure.
-OnEnd = Callable[["UpstreamFailure | Stale | None"], None]
+class RelayEvents(Protocol):
+    """What a relay tells its owner (the proxy), with the relay's ``context``."""
+
+    def answered(self, relay: Relay) -> None:
+        """A valid response head arrived (the server is healthy)."""
+
+    def cut(self, relay: Relay, failure: UpstreamFailure) -> None:
+        """The upstream failed after the response head went out; the client is cut."""
+
+    def ended(self, relay: Relay, failure: UpstreamFailure | Stale | None) -> None:
+        """A relay run with ``start()`` ended: None when the response was relayed
+        (or cut after its head, reported through ``cut``), else the failure."""
 
 
 class Relay:
     """One exchange between a client request and an upstream connection.
 
-    Two ways to run it: ``start()`` and an ``on_end`` callback (no task: the
-    plain-HTTP fast path on a pooled connection), or ``await run()``.
+    Two ways to run it: ``start()``, and ``events.ended`` when it ends (no
+    task: the plain-HTTP fast path on a pooled connection), or ``await run()``.
+    ``context`` is the owner's record of the request (observe.Exchange).
     """
 
     __slots__ = (
         "_chunked",
         "_done",
         "_finished",
-        "_on_end",
         "_settled",
         "_upstream_holds",
         "conn",
+        "context",
+        "events",
+        "head",
         "head_sent",
-        "on_answer",
-        "on_cut",
         "request",
         "switched",
     )
 
     def __init__(
-        self,
-        request: Request,
-        conn: UpstreamConnection,
-        *,
-        on_answer: Callable[[], None],
-        on_cut: Callable[[UpstreamFailure], None],
-        on_end: OnEnd | None = None,
+        self, request: Request, conn: UpstreamConnection, context: Any, events: RelayEvents
     ) -> None:
         self.request = request
         self.conn = conn
-        self.on_answer = on_answer
-        self.on_cut = on_cut
+        self.context = context
+        self.events = events
+        self.head = b""
         self.head_sent = False
         self.switched: tuple[int, bytes, list[tuple[str, str]], bytes] | None = None
         self._chunked = request.chunked
         self._finished = False
         self._settled = False
         self._upstream_holds = False
-        self._on_end = on_end
         self._done: asyncio.Future[None] | None = None
 
     def start(self, head: bytes, read_timeout: float) -> None:
         """Send the request; the answer is relayed from the connection's callbacks."""
         request = self.request
+        self.head = head
         self.conn.start(self, head, read_timeout, head_request=request.method == "HEAD")
-        if request.has_body:
+        if request.chunked or request.content_length:
             request.read_body(self)
         request.producer = self
         if request.connection.write_blocked:
@@ -119,15 +125,14 @@ class Relay:
         if self._upstream_holds:
             request.release_body()
         done = self._done
-        if done is not None:
-            if done.done():
-                return
-            if failure is None:
-                done.set_result(None)
-            else:
-                done.set_exception(failure)
-        elif self._on_end is not None:
-            self._on_end(failure)
+        if done is None:
+            self.events.ended(self, failure)
+        elif done.done():
+            return
+        elif failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
 
     # --- the request body (front.BodySink) ---------------------------------
 
@@ -171,7 +176,7 @@ class Relay:
         request = self.request
         assert request.version is not None
         assert request.method is not None
-        self.on_answer()
+        self.events.answered(self)
         framing = client_framing(
             method=request.method,
             status=status,
@@ -217,7 +222,7 @@ class Relay:
             return
         if self.head_sent:
             actual = failure.failure if isinstance(failure, Stale) else failure
-            self.on_cut(actual)
+            self.events.cut(self, actual)
             log.warning(
                 "upstream %s failed mid-response (%s); client connection cut",
                 self.conn.pool.server if self.conn.pool else "?",
@@ -237,28 +242,48 @@ def upstream_head(request: Request, target: str, headers: Sequence[tuple[str, st
     return request_head(request.method or "GET", target, headers)
 
 
+def upstream_head_fast(
+    method: str,
+    target: str,
+    fields: Sequence[tuple[str, str]],
+    added: str,
+    request_id: str,
+    *,
+    chunked: bool,
+) -> bytes:
+    """The upstream request head of a request whose fields all pass as they are
+    (headers.untouched): ``fields``, then ``added`` (this hop's encoded
+    ``X-Forwarded-*`` lines), ``X-Request-ID``, and the re-framing of a
+    chunked body; the same bytes :func:`upstream_head` would write."""
+    lines = "".join([f"{name}: {value}\r\n" for name, value in fields])
+    framing = "Transfer-Encoding: chunked\r\n" if chunked else ""
+    return (
+        f"{method} {target} HTTP/1.1\r\n{lines}{added}X-Request-ID: {request_id}\r\n{framing}\r\n"
+    ).encode("latin-1")
+
+
 async def forward_http(
     request: Request,
     pool: ServerPool,
     head: bytes,
+    context: Any,
+    events: RelayEvents,
     *,
-    on_answer: Callable[[], None],
-    on_cut: Callable[[UpstreamFailure], None],
     fresh: bool = False,
 ) -> None:
     """Forward one request on a connection from ``pool`` (a new one if ``fresh``).
 
     Raises UpstreamFailure when nothing has been answered yet (the caller
     sends 502/504) and pool.PoolTimeout when no connection slot came free.
-    ``on_answer`` runs when a valid response head arrived; ``on_cut`` when
-    the upstream failed after it.  A stale pooled connection is retried once
-    on a new one for an idempotent request without a body; a new
-    connection's failure is the server's.
+    ``events.answered`` runs when a valid response head arrived;
+    ``events.cut`` when the upstream failed after it.  A stale pooled
+    connection is retried once on a new one for an idempotent request
+    without a body; a new connection's failure is the server's.
     """
     read_timeout = pool.upstream.read_timeout
     conn = await (pool.connect_new() if fresh else pool.acquire())
     while True:
-        relay = Relay(request, conn, on_answer=on_answer, on_cut=on_cut)
+        relay = Relay(request, conn, context, events)
         try:
             await relay.run(head, read_timeout)
             return

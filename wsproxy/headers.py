@@ -357,6 +357,34 @@ def upstream_request_headers(
     return kept
 
 
+#: Request fields that make the upstream request more than the client's
+#: fields plus this hop's own: hop-by-hop, set or dropped by this hop.
+_TOUCHED = HOP_BY_HOP | _REPLACED_BY_PROXY
+
+
+def untouched(index: dict[str, list[str]]) -> bool:
+    """Whether :func:`upstream_request_headers` would keep every field of a
+    request as it is and only append this hop's (``index``: the fields by
+    lower-case name): a ``Host``, no field in :data:`_TOUCHED`, no ``_`` in a
+    name.  Then the upstream head is the client's fields,
+    :func:`forwarded_for_proto`, :func:`forwarded_host_field` and
+    ``X-Request-ID``, in that order, with no list built in between."""
+    return "host" in index and index.keys().isdisjoint(_TOUCHED) and "_" not in "".join(index)
+
+
+def forwarded_for_proto(client: ClientInfo) -> str:
+    """The ``X-Forwarded-For`` and ``-Proto`` lines for a request that sent
+    neither (the same for every such request on a connection)."""
+    return (
+        f"X-Forwarded-For: {client.peer_ip or 'unknown'}\r\nX-Forwarded-Proto: {client.scheme}\r\n"
+    )
+
+
+def forwarded_host_field(hosts: Sequence[str]) -> str:
+    """The ``X-Forwarded-Host`` line for a request that sent none ("" without Host)."""
+    return f"X-Forwarded-Host: {hosts[0].strip()}\r\n" if hosts else ""
+
+
 _HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
 _CONTENT_LENGTH_RAW = frozenset({b"content-length"})
 

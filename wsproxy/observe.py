@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 from wsproxy.accesslog import AccessLog, format_text, timestamp
@@ -56,8 +56,14 @@ class Exchange:
     server: str | None = None
     websocket_session: bool = False  # a 101 was relayed: counted and logged as a session
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
-    extra: dict[str, object] = field(default_factory=dict)  # more access-log fields
+    extra: dict[str, object] | None = None  # more access-log fields (note())
     bytes_to_client: int = 0  # body bytes (or the whole answer, for our own)
+
+    def note(self, name: str, value: object) -> None:
+        """One more access-log field."""
+        if self.extra is None:
+            self.extra = {}
+        self.extra[name] = value
 
 
 def _stats(observer: FrameObserver) -> DirectionStats:

@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Coroutine, Iterator, KeysView
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -27,12 +26,15 @@ from aiohttp import web
 from wsproxy.admin import admin_app
 from wsproxy.config import Address, Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
-from wsproxy.forward import Relay, forward_http, retryable, upstream_head
+from wsproxy.forward import Relay, forward_http, retryable, upstream_head, upstream_head_fast
 from wsproxy.headers import (
     ClientInfo,
     check_request,
     check_websocket_handshake,
     choose_request_id,
+    forwarded_for_proto,
+    forwarded_host_field,
+    untouched,
     upstream_request_headers,
     wants_websocket,
 )
@@ -64,6 +66,32 @@ class _Refusal:
     message: str
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    #: The target as the access log shows it (redacted as configured).
+    logged_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """A request to forward, with what every request alike reuses."""
+
+    target: Target
+    route: Route
+    upstream: Upstream
+    #: The upstream's pools in balancing order.
+    rotation: tuple[ServerPool, ...]
+    balancer: RoundRobin
+    logged_path: str | None
+    #: ``X-Forwarded-Host: <the client's Host>\r\n`` (the fast head; "" without Host).
+    forwarded_host: str
+
+
+@dataclass(slots=True)
+class _Client:
+    """What the proxy keeps per client connection (``ClientConnection.app_data``)."""
+
+    info: ClientInfo
+    #: ``X-Forwarded-For`` and ``-Proto`` lines for a request that sent neither.
+    forwarded: str
 
 
 #: The versions llhttp accepts, as the access log writes them.
@@ -94,7 +122,7 @@ class Proxy:
         #: Each upstream's pools in its balancer's order (picked by index).
         self.rotations: dict[str, tuple[ServerPool, ...]] = {}
         #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
-        self._decisions: dict[tuple[object, ...], _Refusal | tuple[Target, Route]] = {}
+        self._decisions: dict[tuple[object, ...], _Refusal | _Forward] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
         # cheap (uuid4 cost ~5 µs a request); 32 hex digits like before.
         self._id_prefix = secrets.token_hex(8)
@@ -116,8 +144,7 @@ class Proxy:
         for name, upstream in self.config.upstreams.items():
             self.pools[name] = {}
             for server in upstream.servers:
-                pool = self.pools[name][server] = ServerPool(upstream, server)
-                pool.on_answer = partial(self.observability.upstream_ok, name, pool.label)
+                self.pools[name][server] = ServerPool(upstream, server)
             self.rotations[name] = tuple(self.pools[name][s] for s in upstream.servers)
 
     async def close(self) -> None:
@@ -128,8 +155,64 @@ class Proxy:
 
     def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
         """front.App.handle: answer now, start a relay, or return the work for a task."""
-        exchange = request.exchange = self._exchange(request)
-        return self._dispatch(request, exchange)
+        method = request.method
+        version = request.version
+        assert method is not None
+        assert version is not None
+        hosts = request.index.get("host", _NONE)
+        key = (method, version, tuple(hosts), request.target)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(method, version, hosts, request.target)
+            if len(self._decisions) >= _DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        exchange = request.exchange = self._exchange(request, decision.logged_path)
+        if type(decision) is _Refusal:
+            request.answer(
+                decision.status, decision.message, decision.headers, close=decision.close
+            )
+            return None
+        assert isinstance(decision, _Forward)
+        exchange.route = decision.route.name
+        client = request.connection.app_data
+        if client is None:  # once per connection
+            client = request.connection.app_data = self._client(request)
+        index = request.index
+        if "upgrade" in index:
+            if self._is_websocket(request):
+                return self._websocket(request, decision, client.info, exchange)
+            # Upgrade: h2c and the like are forwarded as plain HTTP, their
+            # Upgrade dropped as hop-by-hop (what nginx does by default).
+            exchange.note("upgrade_ignored", index["upgrade"][0][:100])
+        rotation = decision.rotation
+        pool = rotation[decision.balancer.pick_index()] if len(rotation) > 1 else rotation[0]
+        exchange.upstream = decision.upstream.name
+        exchange.server = pool.label
+        if untouched(index):
+            # Nothing to drop or replace (the common case): the client's
+            # fields as they came, then this hop's own.
+            head = upstream_head_fast(
+                method,
+                decision.target.origin_form,
+                request.headers,
+                client.forwarded + decision.forwarded_host,
+                exchange.request_id,
+                chunked=request.chunked,
+            )
+        else:
+            headers = self._upstream_headers(request, client.info, pool.label, exchange)
+            head = upstream_head(request, decision.target.origin_form, headers)
+        conn = pool.take_idle()
+        if conn is None:
+            return self._forward(request, exchange, pool, head)
+        # The fast path: a kept-alive connection is free, so the exchange runs
+        # on the two protocols' callbacks with no task (Relay.start).
+        relay = Relay(request, conn, exchange, self)
+        request.pending = True
+        request.on_abort = relay.abort
+        relay.start(head, pool.upstream.read_timeout)
+        return None
 
     def finished(self, request: Request) -> None:
         """front.App.finished: one count and one access-log line per request.
@@ -140,7 +223,8 @@ class Proxy:
         """
         exchange = request.exchange
         if exchange is None:
-            exchange = request.exchange = self._exchange(request)
+            path = self._logged_path(request.target)
+            exchange = request.exchange = self._exchange(request, path)
         status = request.abort_status
         if status is None or (status == 499 and request.response_started):
             status = request.status or 499
@@ -154,96 +238,66 @@ class Proxy:
         Only what was parsed before the refusal is known; nothing of the
         request's bytes is quoted in the answer or the log.
         """
-        exchange = self._exchange(request)
-        exchange.extra["error"] = message
+        exchange = self._exchange(request, self._logged_path(request.target))
+        exchange.note("error", message)
         log.debug("refused a request from %s: %s", exchange.client, message)
         self.observability.request_done(exchange, status, time.monotonic())
 
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):016x}"
+    def _request_id(self, index: dict[str, list[str]]) -> str:
+        new_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        sent = index.get("x-request-id")
+        return new_id if sent is None else choose_request_id(sent, new_id)
 
-    def _exchange(self, request: Request) -> Exchange:
-        path: str | None = request.target or None
-        if path is not None and self.config.access_log.redact_query:
-            path = redact_target(path)
+    def _exchange(self, request: Request, path: str | None) -> Exchange:
         version = request.version
         return Exchange(
-            request_id=choose_request_id(request.index.get("x-request-id", _NONE), self._new_id()),
-            method=request.method,
-            path=path,
-            client=request.peer,
-            version=_VERSIONS.get(version) if version is not None else None,
-            started=request.started,
+            self._request_id(request.index),
+            request.method,
+            path,
+            request.connection.peer,
+            _VERSIONS.get(version) if version is not None else None,
+            request.started,
         )
 
-    def _dispatch(self, request: Request, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
-        assert request.method is not None
-        assert request.version is not None
-        hosts = request.index.get("host", _NONE)
-        key = (request.method, request.version, tuple(hosts), request.target)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = self._decide(request.method, request.version, hosts, request.target)
-            if len(self._decisions) >= _DECISIONS:
-                self._decisions.clear()
-            self._decisions[key] = decision
-        if isinstance(decision, _Refusal):
-            request.answer(
-                decision.status, decision.message, decision.headers, close=decision.close
-            )
+    def _logged_path(self, target: str) -> str | None:
+        if not target:
             return None
-        target, route = decision
-        exchange.route = route.name
-        client = request.connection.app_data
-        if client is None:  # once per connection
-            client = request.connection.app_data = ClientInfo(
-                peer_ip=request.peer_ip,
-                scheme="http",
-                trusted_proxies=self.config.proxy.trusted_proxies,
-            )
-        upstream = self.config.upstreams[route.upstream]
-        if self._is_websocket(request):
-            return self._websocket(request, target, route, upstream, client, exchange)
-        if request.upgrade:
-            # Upgrade: h2c and the like are forwarded as plain HTTP, their
-            # Upgrade dropped as hop-by-hop (what nginx does by default).
-            upgrade = request.index.get("upgrade", _NONE)
-            exchange.extra["upgrade_ignored"] = (upgrade[0] if upgrade else "")[:100]
-        pool = self._pick(upstream, exchange)
-        headers = self._upstream_headers(request, client, pool.label, exchange)
-        head = upstream_head(request, target.origin_form, headers)
-        conn = pool.take_idle()
-        if conn is None:
-            return self._forward(request, exchange, pool, head)
-        # The fast path: a kept-alive connection is free, so the exchange runs
-        # on the two protocols' callbacks with no task (Relay.start).
-        relay = Relay(
-            request,
-            conn,
-            on_answer=pool.on_answer,
-            on_cut=partial(self._record_failure, exchange),
-            on_end=partial(self._relay_ended, request, exchange, pool, head),
-        )
-        request.pending = True
-        request.on_abort = relay.abort
-        relay.start(head, pool.upstream.read_timeout)
-        return None
+        return redact_target(target) if self.config.access_log.redact_query else target
 
-    def _relay_ended(
-        self,
-        request: Request,
-        exchange: Exchange,
-        pool: ServerPool,
-        head: bytes,
-        failure: UpstreamFailure | Stale | None,
-    ) -> None:
+    def _client(self, request: Request) -> _Client:
+        info = ClientInfo(
+            peer_ip=request.peer_ip,
+            scheme="http",
+            trusted_proxies=self.config.proxy.trusted_proxies,
+        )
+        return _Client(info, forwarded_for_proto(info))
+
+    # --- forward.RelayEvents: a relay's context is the request's Exchange ---
+
+    def answered(self, relay: Relay) -> None:
+        observability = self.observability
+        if observability.down_until:  # some server is marked down: maybe this one
+            exchange: Exchange = relay.context
+            assert exchange.upstream is not None
+            assert exchange.server is not None
+            observability.upstream_ok(exchange.upstream, exchange.server)
+
+    def cut(self, relay: Relay, failure: UpstreamFailure) -> None:
+        self._record_failure(relay.context, failure)
+
+    def ended(self, relay: Relay, failure: UpstreamFailure | Stale | None) -> None:
+        request = relay.request
         if failure is None or request.abort_status is not None:
             request.done()
             return
+        exchange: Exchange = relay.context
         if isinstance(failure, Stale):
-            if retryable(request):
+            pool = relay.conn.pool
+            if retryable(request) and pool is not None:
                 log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
-                request.continue_with(self._forward(request, exchange, pool, head, fresh=True))
+                request.continue_with(
+                    self._forward(request, exchange, pool, relay.head, fresh=True)
+                )
                 return
             failure = failure.failure
         self._upstream_failed(request, exchange, failure)
@@ -260,14 +314,7 @@ class Proxy:
     ) -> None:
         """The slow path: wait for a connection slot or connect first."""
         try:
-            await forward_http(
-                request,
-                pool,
-                head,
-                on_answer=pool.on_answer,
-                on_cut=partial(self._record_failure, exchange),
-                fresh=fresh,
-            )
+            await forward_http(request, pool, head, exchange, self, fresh=fresh)
         except UpstreamFailure as failure:
             self._upstream_failed(request, exchange, failure)
         except PoolTimeout:
@@ -275,22 +322,34 @@ class Proxy:
 
     def _decide(
         self, method: str, version: tuple[int, int], hosts: list[str], raw_target: str
-    ) -> _Refusal | tuple[Target, Route]:
+    ) -> _Refusal | _Forward:
         """The request checks, the normalized target and the route: pure functions
         of the method, version, Host values and target, so the result is kept
         (``_decisions``) and the next request alike skips all three."""
+        logged_path = self._logged_path(raw_target)
         rejection = check_request(method, version, hosts)
         if rejection is not None:
             close = rejection.status in (405, 505)  # another protocol, or a tunnel request
-            return _Refusal(rejection.status, rejection.reason, rejection.headers, close)
+            return _Refusal(
+                rejection.status, rejection.reason, rejection.headers, close, logged_path
+            )
         try:
             target = parse_target(raw_target)
         except BadTarget as exc:
-            return _Refusal(exc.status, f"bad request target: {exc}")
+            return _Refusal(exc.status, f"bad request target: {exc}", logged_path=logged_path)
         route = self.router.match(hosts[0] if hosts else None, target.route_path)
         if route is None:
-            return _Refusal(404, "no route matches this request")
-        return target, route
+            return _Refusal(404, "no route matches this request", logged_path=logged_path)
+        upstream = self.config.upstreams[route.upstream]
+        return _Forward(
+            target,
+            route,
+            upstream,
+            self.rotations[upstream.name],
+            self.balancers[upstream.name],
+            logged_path,
+            forwarded_host_field(hosts),
+        )
 
     def _upstream_headers(
         self,
@@ -322,9 +381,10 @@ class Proxy:
             )
         return headers
 
-    def _pick(self, upstream: Upstream, exchange: Exchange) -> ServerPool:
-        pool = self.rotations[upstream.name][self.balancers[upstream.name].pick_index()]
-        exchange.upstream = upstream.name
+    def _pick(self, decision: _Forward, exchange: Exchange) -> ServerPool:
+        rotation = decision.rotation
+        pool = rotation[decision.balancer.pick_index()] if len(rotation) > 1 else rotation[0]
+        exchange.upstream = decision.upstream.name
         exchange.server = pool.label
         return pool
 
@@ -342,9 +402,7 @@ class Proxy:
     async def _websocket(
         self,
         request: Request,
-        target: Target,
-        route: Route,
-        upstream: Upstream,
+        decision: _Forward,
         client: ClientInfo,
         exchange: Exchange,
     ) -> None:
@@ -361,8 +419,8 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        pool = self._pick(upstream, exchange)
-        server = pool.server
+        pool = self._pick(decision, exchange)
+        route = decision.route
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
             idle_timeout=route.websocket.idle_timeout,
@@ -374,14 +432,14 @@ class Proxy:
         try:
             await handle_websocket(
                 request,
-                target.origin_form,
+                decision.target.origin_form,
                 headers,
-                upstream,
-                server,
+                decision.upstream,
+                pool.server,
                 exchange,
                 settings,
                 self.observability,
-                on_cut=partial(self._record_failure, exchange),
+                self,
             )
         except UpstreamFailure as failure:
             exchange.upgrade_result = "upstream_unavailable"
@@ -404,7 +462,7 @@ class Proxy:
 
     def _pool_timeout(self, request: Request, exchange: Exchange, upstream: Upstream) -> None:
         """Every connection slot stayed busy: the proxy's limit, not the server's failure."""
-        exchange.extra["error"] = "pool: no free upstream connection within connect_timeout"
+        exchange.note("error", "pool: no free upstream connection within connect_timeout")
         log.warning(
             "route %s: upstream %s server %s: all %d connections busy for %gs (request %s)",
             exchange.route,
@@ -424,7 +482,7 @@ class Proxy:
         assert exchange.upstream is not None
         assert exchange.server is not None
         self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
-        exchange.extra["error"] = str(failure)
+        exchange.note("error", str(failure))
 
 
 class ProxyServer:

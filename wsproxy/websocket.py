@@ -20,12 +20,12 @@ Order of events for one session:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure
-from wsproxy.forward import Relay
+from wsproxy.forward import Relay, RelayEvents
 from wsproxy.headers import (
     check_switching_protocols,
     header_values,
@@ -66,6 +66,8 @@ class _HandshakeRelay(Relay):
             decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
             self.switched = (status, reason, decoded, b"")
             return
+        exchange: Exchange = self.context
+        exchange.upgrade_result = "upstream_rejected"
         super().on_head(status, reason, headers, has_length)
 
     def on_switch(self, tail: bytes) -> None:
@@ -85,22 +87,17 @@ async def handle_websocket(
     exchange: Exchange,
     settings: TunnelSettings,
     observability: Observability,
-    *,
-    on_cut: Callable[[UpstreamFailure], None],
+    events: RelayEvents,
 ) -> None:
     """Run one handshake; raises UpstreamFailure before any answer.
 
     ``target`` is the normalized origin-form target (wsproxy.target) and
     ``headers`` the upstream request's (headers.upstream_request_headers,
-    with the upgrade).  ``on_cut`` runs when a refusal's body fails midway.
+    with the upgrade).  A refusal is relayed like any response (``events``
+    hears of it, with ``exchange`` as the relay's context).
     """
     conn = await connect(server, upstream.connect_timeout, UpstreamConnection)
-
-    def answered() -> None:
-        exchange.upgrade_result = "upstream_rejected"
-        observability.upstream_ok(upstream.name, str(server))
-
-    relay = _HandshakeRelay(request, conn, on_answer=answered, on_cut=on_cut)
+    relay = _HandshakeRelay(request, conn, exchange, events)
     try:
         await relay.run(request_head("GET", target, headers), upstream.read_timeout)
     except Stale as stale:  # never reused, so never stale; for the type checker

@@ -151,6 +151,15 @@ class Producer(Protocol):
     def resume(self) -> None: ...
 
 
+#: Method names as llhttp reports them, decoded once.
+_METHOD_NAMES = {
+    name.encode(): name
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
+}
+#: llhttp's version strings: as the request line writes them, and as numbers.
+_VERSIONS = {"1.1": (b"1.1", (1, 1)), "1.0": (b"1.0", (1, 0))}
+
+
 class _Refuse(Exception):
     """Raised in a parser callback to stop parsing and answer ``status``."""
 
@@ -197,6 +206,8 @@ class Request:
     )
 
     def __init__(self, connection: ClientConnection, started: float) -> None:
+        # Every slot is set here; the hot path creates one Request per request,
+        # so the values are plain constants (no calls).
         self.connection = connection
         self.started = started
         self.method: str | None = None
@@ -216,7 +227,7 @@ class Request:
         self.body_reparsed = False
         self.body_bytes = 0
         self._sink: BodySink | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self.producer: Producer | None = None
         self.response_started = False
@@ -257,8 +268,8 @@ class Request:
     def read_body(self, sink: BodySink) -> None:
         """Send the body to ``sink``: what arrived already at once, the rest as it comes."""
         self._sink = sink
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        for data in pending:
+        pending, self._pending, self._pending_size = self._pending, None, 0
+        for data in pending or ():
             sink.body(data)
         self.connection.release(_PAUSE_BODY)
         if self.body_done:
@@ -279,6 +290,8 @@ class Request:
         if self._sink is not None:
             self._sink.body(data)
             return
+        if self._pending is None:
+            self._pending = []
         self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size > MAX_PENDING_BODY:
@@ -568,8 +581,8 @@ class ClientConnection(asyncio.Protocol):
             return  # a trailer (dropped) or the synthetic head of a re-read body
         request = self._parsing
         assert request is not None
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.settings.max_header_size:
+        size = self._head_size = self._head_size + len(name) + len(value) + 4
+        if size > self.settings.max_header_size:
             raise _Refuse(431, "request header fields too large")
         headers = request.headers
         if len(headers) >= MAX_HEADERS:
@@ -577,12 +590,12 @@ class ClientConnection(asyncio.Protocol):
         key = name.decode("latin-1")
         text = value.decode("latin-1")
         headers.append((key, text))
+        index = request.index
         lower = key.lower()
-        values = request.index.get(lower)
-        if values is None:
-            request.index[lower] = [text]
+        if lower in index:
+            index[lower].append(text)
         else:
-            values.append(text)
+            index[lower] = [text]
 
     def on_headers_complete(self) -> None:
         if self._reparse_for is not None:
@@ -595,36 +608,43 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         request.headed = True
         method = parser.get_method()
-        request.method = method.decode("ascii")
+        name = _METHOD_NAMES.get(method)
+        if name is None:
+            name = method.decode("ascii")
+        request.method = name
         version = parser.get_http_version()
-        major, _, minor = version.partition(".")
-        request.version = (int(major), int(minor))
+        known = _VERSIONS.get(version)
+        if known is None:
+            major, _, minor = version.partition(".")
+            known = (version.encode(), (int(major), int(minor)))
+        line_version, request.version = known
+        url = self._url
         # llhttp accepts several spaces between the parts of the request line;
         # a proxy must not guess which part a space belongs to.  The line as a
         # well-formed request writes it must be among the bytes read.
-        line = b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode())
-        if line not in self._seen:
+        if b"%s %s HTTP/%s\r\n" % (method, url, line_version) not in self._seen:
             raise _Refuse(400, "malformed request: invalid request line")
-        request.target = self._url.decode("latin-1")
+        request.target = url.decode("latin-1")
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         index = request.index
-        for value in index.get("transfer-encoding", _NONE):
-            # llhttp checked that chunked is last; a coding before it would
-            # reach the upstream undecoded (RFC 9112 §6.1: 501).
-            if value.strip().lower() != "chunked":
-                raise _Refuse(501, "transfer coding not implemented (only chunked)")
-            request.chunked = True
-        lengths = index.get("content-length")
-        if lengths:
-            request.content_length = int(lengths[0])  # llhttp refused several
-        limit = self.settings.max_body_size
-        if limit and request.content_length is not None and request.content_length > limit:
-            raise _Refuse(413, "request body too large")
-        if request.upgrade and request.has_body and not _keeps_tail(request):
-            request.body_reparsed = True
+        if "transfer-encoding" in index:
+            for value in index["transfer-encoding"]:
+                # llhttp checked that chunked is last; a coding before it would
+                # reach the upstream undecoded (RFC 9112 §6.1: 501).
+                if value.strip().lower() != "chunked":
+                    raise _Refuse(501, "transfer coding not implemented (only chunked)")
+                request.chunked = True
+        if "content-length" in index:
+            length = request.content_length = int(index["content-length"][0])  # one: llhttp
+            limit = self.settings.max_body_size
+            if limit and length > limit:
+                raise _Refuse(413, "request body too large")
+        if request.chunked or request.content_length:
+            self._body_read_at = self.loop.time()
+            if request.upgrade and not _keeps_tail(request):
+                request.body_reparsed = True
         self._last_headed = request
-        self._body_read_at = self.loop.time()
         self._dispatch(request)
 
     def on_body(self, body: bytes) -> None:

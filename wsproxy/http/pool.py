@@ -455,8 +455,6 @@ class ServerPool:
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
-        #: Called when the server answered (its health: observe.upstream_ok).
-        self.on_answer: Callable[[], None] = lambda: None
 
     def take_idle(self) -> UpstreamConnection | None:
         """The newest idle connection still within ``keepalive_timeout``."""
