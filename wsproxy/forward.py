@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from wsproxy.errors import UpstreamFailure
-from wsproxy.headers import client_response_fields
+from wsproxy.headers import NotableField, client_response_fields
 from wsproxy.http.front import Request
 from wsproxy.http.pool import ServerPool, Stale, UpstreamConnection
 from wsproxy.http.wire import LAST_CHUNK, chunk, client_framing, request_head
@@ -169,7 +169,12 @@ class Relay:
         # Others (103 Early Hints) are dropped, as nginx does.
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        notable: list[NotableField],
+        has_length: bool,
     ) -> None:
         if status == 101:
             return  # on_switch follows
@@ -185,7 +190,7 @@ class Relay:
         )
         # RFC 9110 §8.6: no Content-Length in a 204; one that says non-zero
         # would make a client wait for a body.
-        relayed = client_response_fields(headers, drop_length=status == 204)
+        relayed = client_response_fields(headers, notable, drop_length=status == 204)
         request.send_head(status, reason, relayed, framing, flush=False)
         self.head_sent = True
 
@@ -198,8 +203,7 @@ class Relay:
         self.request.send_body(data)
 
     def flush(self) -> None:
-        if self.head_sent:
-            self.request.connection.write(b"")
+        self.request.connection.flush()
 
     def on_complete(self) -> None:
         self._finished = True

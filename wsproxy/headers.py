@@ -388,37 +388,67 @@ def forwarded_host_field(hosts: Sequence[str]) -> str:
 _HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
 _CONTENT_LENGTH_RAW = frozenset({b"content-length"})
 
+_HOP_BY_HOP_AND_LENGTH_RAW = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW
+
+#: Response fields the proxy looks at (framing) or drops (hop-by-hop), lower-case.
+NOTABLE_RESPONSE_FIELDS = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW
+#: Their names' lengths: a name of another length needs no ``lower()``.
+NOTABLE_LENGTHS = frozenset(len(name) for name in NOTABLE_RESPONSE_FIELDS)
+#: One notable field: its position among the fields, its lower-case name, its value.
+NotableField = tuple[int, bytes, bytes]
+
+
+def notable_fields(headers: Sequence[tuple[bytes, bytes]]) -> list[NotableField]:
+    """The framing and hop-by-hop fields of a response (what the upstream
+    connection collects as it parses)."""
+    notable = []
+    for position, (name, value) in enumerate(headers):
+        lower = name.lower()
+        if lower in NOTABLE_RESPONSE_FIELDS:
+            notable.append((position, lower, value))
+    return notable
+
 
 def client_response_fields(
-    headers: Sequence[tuple[bytes, bytes]], *, drop_length: bool = False
+    headers: Sequence[tuple[bytes, bytes]],
+    notable: Sequence[NotableField] | None = None,
+    *,
+    drop_length: bool = False,
 ) -> bytes:
     """:func:`strip_hop_by_hop` on the upstream's raw response fields, encoded for
     the response head (``Name: value\r\n`` each, case and order kept).
 
     The plain-HTTP path relays bytes as they came: decoding every field to
-    text and back cost more than the rest of the rewriting.  ``drop_length``
-    also drops ``Content-Length`` (a ``204`` must not carry one).
+    text and back cost more than the rest of the rewriting.  ``notable`` is
+    :func:`notable_fields` of ``headers`` when the caller has it (then no
+    other field's name is looked at).  ``drop_length`` also drops
+    ``Content-Length`` (a ``204`` must not carry one).
     """
-    drop = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW if drop_length else _HOP_BY_HOP_RAW
-    out: list[bytes] = []
+    if notable is None:
+        notable = notable_fields(headers)
+    lines = [b"%s: %s\r\n" % field for field in headers]
+    if not notable:
+        return b"".join(lines)
+    drop = _HOP_BY_HOP_AND_LENGTH_RAW if drop_length else _HOP_BY_HOP_RAW
+    dropped: list[int] = []
     named: list[bytes] = []
-    for name, value in headers:
-        lower = name.lower()
+    for position, lower, value in notable:
         if lower in drop:
-            if lower == b"connection":
+            dropped.append(position)
+            if lower == b"connection" and value.lower() not in _PLAIN_CONNECTION_TOKENS:
                 named.append(value)
-            continue
-        out += (name, b": ", value, b"\r\n")
-    # Fields the Connection header names are hop-by-hop too (RFC 9110 §7.6.1);
-    # "close" and "keep-alive" (already dropped) name nothing else.
-    tokens = {token.strip().lower() for value in named for token in value.split(b",")}
-    tokens -= _PLAIN_CONNECTION_TOKENS
-    if tokens:
-        drop = drop | tokens
-        return b"".join(
-            [name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in drop]
-        )
-    return b"".join(out)
+    if named:
+        # Fields the Connection header names are hop-by-hop too (RFC 9110
+        # §7.6.1); "close" and "keep-alive" (already dropped) name nothing else.
+        tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+        tokens -= _PLAIN_CONNECTION_TOKENS
+        if tokens:
+            drop = drop | tokens
+            kept = zip(headers, lines, strict=True)
+            return b"".join([line for (name, _), line in kept if name.lower() not in drop])
+    for position in reversed(dropped):
+        del lines[position]
+    return b"".join(lines)
 
 
 _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"close", b"keep-alive"})

@@ -139,9 +139,12 @@ class HttpCollector(Collector):
         self._durations: dict[str, list[float]] = {}
 
     def request(self, route: str, method: str | None, status: int) -> None:
+        """Count an answer without a duration (a WebSocket session's ``101``)."""
         self._requests[(route, method, status)] += 1
 
-    def duration(self, route: str, seconds: float) -> None:
+    def record(self, route: str, method: str | None, status: int, seconds: float) -> None:
+        """Count a plain request's answer and its duration."""
+        self._requests[(route, method, status)] += 1
         counts = self._durations.get(route)
         if counts is None:
             counts = self._durations[route] = [0.0] * (len(HTTP_BUCKETS) + 2)

@@ -105,6 +105,7 @@ class Observability:
         self.live: dict[Tunnel, SessionInfo] = {}
         self.metrics = Metrics(config, self.live)
         self.access_log = AccessLog(config.access_log, stream)
+        self.log_requests = self.access_log.enabled
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
@@ -146,15 +147,12 @@ class Observability:
     def request_done(self, exchange: Exchange, status: int, now: float) -> None:
         if exchange.websocket_session:
             return  # counted when its 101 was relayed; the session logs itself
-        metrics = self.metrics
-        http = metrics.http
-        http.request(exchange.route, exchange.method, status)
-        if exchange.upgrade_result is not None:
-            metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
         duration = now - exchange.started
-        http.duration(exchange.route, duration)
-        if self.access_log.enabled:
-            self.access_log.write_http(exchange, status, round(duration * 1000, 3))
+        self.metrics.http.record(exchange.route, exchange.method, status, duration)
+        if exchange.upgrade_result is not None:
+            self.metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
+        if self.log_requests:
+            self.access_log.write_http(exchange, status, duration)
 
     # --- WebSocket sessions ------------------------------------------------
 

@@ -250,8 +250,13 @@ class Proxy:
 
     def _exchange(self, request: Request, path: str | None) -> Exchange:
         version = request.version
+        sent = request.index.get("x-request-id")
+        if sent is None:  # self._request_id(), inlined: this runs once per request
+            request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        else:
+            request_id = self._request_id(request.index)
         return Exchange(
-            self._request_id(request.index),
+            request_id,
             request.method,
             path,
             request.connection.peer,

@@ -27,6 +27,7 @@ from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import Relay, RelayEvents
 from wsproxy.headers import (
+    NotableField,
     check_switching_protocols,
     header_values,
     switching_protocols_headers,
@@ -60,7 +61,12 @@ class _HandshakeRelay(Relay):
     __slots__ = ()
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        notable: list[NotableField],
+        has_length: bool,
     ) -> None:
         if status == 101:
             decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
@@ -68,7 +74,7 @@ class _HandshakeRelay(Relay):
             return
         exchange: Exchange = self.context
         exchange.upgrade_result = "upstream_rejected"
-        super().on_head(status, reason, headers, has_length)
+        super().on_head(status, reason, headers, notable, has_length)
 
     def on_switch(self, tail: bytes) -> None:
         assert self.switched is not None

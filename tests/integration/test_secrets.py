@@ -110,7 +110,7 @@ async def test_no_secret_reaches_logs_status_metrics_or_bodies(
                     )
                 )
                 _assert_clean("/metrics", (await obs.get("/metrics"))[2])
-                _assert_clean("the access log", obs.log.getvalue())
+                _assert_clean("the access log", obs.log_text())
         for backend in (early, holding):
             async with observed_proxy(_config(backend.port, dead)) as obs:
                 async with raw_client(obs.port) as (reader, writer):
@@ -128,7 +128,7 @@ async def test_no_secret_reaches_logs_status_metrics_or_bodies(
                 await obs.sessions_ended()
                 _assert_clean("/status.json", (await obs.get("/status.json"))[2])
                 _assert_clean("/metrics", (await obs.get("/metrics"))[2])
-                _assert_clean("the access log", obs.log.getvalue())
+                _assert_clean("the access log", obs.log_text())
     # The request line did reach the upstreams: the secrets were there to leak.
     assert any(SECRET in r.head.start_line for r in good.requests)
     assert any(SECRET in s.head.start_line for s in early.seen)

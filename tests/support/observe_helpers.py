@@ -112,8 +112,14 @@ class Observed:
 
         return await eventually(probe, f"{name}{labels}")
 
+    def log_text(self) -> str:
+        """What the access log holds: the lines the process keeps for its next
+        write are written first (accesslog.AccessLog batches them)."""
+        self.server.observability.access_log.flush()
+        return self.log.getvalue()
+
     def log_lines(self) -> list[str]:
-        return self.log.getvalue().splitlines()
+        return self.log_text().splitlines()
 
     def log_records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_lines()]

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
+from wsproxy.forward import upstream_head_fast
 from wsproxy.headers import (
     ALLOWED_METHODS,
+    NOTABLE_RESPONSE_FIELDS,
     ClientInfo,
     check_request,
     check_switching_protocols,
@@ -17,12 +19,17 @@ from wsproxy.headers import (
     choose_request_id,
     client_response_fields,
     connection_options,
+    forwarded_for_proto,
+    forwarded_host_field,
+    notable_fields,
     strip_hop_by_hop,
     switching_protocols_headers,
+    untouched,
     upstream_request_headers,
     wants_websocket,
     websocket_accept,
 )
+from wsproxy.http.wire import request_head
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 HANDSHAKE = [
@@ -426,3 +433,59 @@ def test_client_response_fields_drop_hop_by_hop_and_keep_order_and_case(
 def test_client_response_fields_can_drop_content_length_for_a_204() -> None:
     fields = [(b"Content-Length", b"5"), (b"X-A", b"b")]
     assert client_response_fields(fields, drop_length=True) == b"X-A: b\r\n"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"Server", b"x"), (b"Connection", b"keep-alive"), (b"Content-Length", b"2")],
+        [(b"X-Secret", b"1"), (b"connection", b"close, X-Secret"), (b"Keep-Alive", b"t=5")],
+        [(b"Content-Length", b"0"), (b"Connection", b"Keep-Alive"), (b"X-A", b"b")],
+    ],
+)
+def test_client_response_fields_from_the_notable_fields_the_parser_collected(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """The upstream connection hands its notable fields over: same answer."""
+    notable = notable_fields(fields)
+    assert [lower for _, lower, _ in notable] == [
+        name.lower() for name, _ in fields if name.lower() in NOTABLE_RESPONSE_FIELDS
+    ]
+    for drop_length in (False, True):
+        assert client_response_fields(
+            fields, notable, drop_length=drop_length
+        ) == client_response_fields(fields, drop_length=drop_length)
+
+
+@pytest.mark.parametrize(
+    ("fields", "is_untouched"),
+    [
+        ([("Host", "a.test")], True),
+        ([("Host", "a.test"), ("User-Agent", "wrk"), ("Content-Length", "3")], True),
+        ([("User-Agent", "wrk")], False),  # no Host: one is added
+        ([("Host", "a.test"), ("Connection", "close")], False),
+        ([("Host", "a.test"), ("X-Forwarded-For", "6.6.6.6")], False),
+        ([("Host", "a.test"), ("X-Request-ID", "abc")], False),
+        ([("Host", "a.test"), ("Expect", "100-continue")], False),
+        ([("Host", "a.test"), ("X_Custom", "1")], False),
+        ([("Host", "a.test"), ("TE", "trailers")], False),
+    ],
+)
+def test_untouched_requests_get_the_same_head_from_the_fast_path(
+    fields: list[tuple[str, str]], is_untouched: bool
+) -> None:
+    index: dict[str, list[str]] = {}
+    for name, value in fields:
+        index.setdefault(name.lower(), []).append(value)
+    assert untouched(index) is is_untouched
+    if not is_untouched:
+        return
+    for chunked in (False, True):
+        general = upstream_request_headers(
+            fields, CLIENT, default_host="upstream:1", request_id="rid", index=index
+        )
+        if chunked:
+            general.append(("Transfer-Encoding", "chunked"))
+        added = forwarded_for_proto(CLIENT) + forwarded_host_field(index["host"])
+        fast = upstream_head_fast("GET", "/x?y", fields, added, "rid", chunked=chunked)
+        assert fast == request_head("GET", "/x?y", general)

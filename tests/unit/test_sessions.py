@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wsproxy.accesslog import AccessLog, format_text, timestamp
+from wsproxy.accesslog import MAX_PENDING_LINES, AccessLog, format_text, timestamp
 from wsproxy.config import AccessLogSettings
 from wsproxy.sessions import (
     DirectionStats,
@@ -192,3 +192,20 @@ def test_access_log_formats(log_format: str) -> None:
         assert "ts" in entry
     else:
         assert out.endswith('type=http status=200 path="/x y"\n')
+
+
+async def test_access_log_lines_wait_for_one_write_in_order() -> None:
+    """Lines are kept and written together: at the flush, or at MAX_PENDING_LINES."""
+    stream = io.StringIO()
+    log = AccessLog(AccessLogSettings(format="json"), stream)
+    for number in range(3):
+        log.write({"type": "http", "n": number})
+    assert stream.getvalue() == ""  # within FLUSH_DELAY: kept
+    log.flush()
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [0, 1, 2]
+    for number in range(MAX_PENDING_LINES):
+        log.write({"type": "http", "n": number})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 + MAX_PENDING_LINES  # the bound forced a write
+    assert json.loads(lines[-1])["n"] == MAX_PENDING_LINES - 1
+    log.flush()

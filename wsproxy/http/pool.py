@@ -47,6 +47,7 @@ import httptools
 
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, parser_reason
+from wsproxy.headers import NOTABLE_LENGTHS, NOTABLE_RESPONSE_FIELDS, NotableField
 
 #: Longest upstream response head accepted (status line plus headers).
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -72,9 +73,15 @@ class Receiver(Protocol):
     def on_informational(self, status: int) -> None: ...
 
     def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        notable: list[NotableField],
+        has_length: bool,
     ) -> None:
-        """A final response head; ``headers`` as received (names' case kept)."""
+        """A final response head; ``headers`` as received (names' case kept),
+        ``notable`` the framing and hop-by-hop fields among them."""
 
     def on_switch(self, tail: bytes) -> None:
         """``101`` with ``Upgrade``: ``tail`` is what followed its head."""
@@ -127,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.broken = False
         self.switched = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._notable: list[NotableField] = []
         self._reason = b""
         self._head_size = 0
         self._in_head = False
@@ -218,6 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._response_seen = True
         self._headers = []
+        self._notable = []
         self._reason = b""
         self._head_size = 0
         self._in_head = True
@@ -232,10 +241,15 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._in_head:
             return  # a trailer: dropped
         # Bytes of fields still being read count in data_received (raw).
-        self._head_size += len(name) + len(value)
-        if self._head_size > MAX_RESPONSE_HEAD:
+        size = self._head_size = self._head_size + len(name) + len(value)
+        if size > MAX_RESPONSE_HEAD:
             raise _Protocol("response head too large")
-        self._headers.append((name, value))
+        headers = self._headers
+        if len(name) in NOTABLE_LENGTHS:  # most names are not: no lower() for them
+            lower = name.lower()
+            if lower in NOTABLE_RESPONSE_FIELDS:
+                self._notable.append((len(headers), lower, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -256,8 +270,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_done = True
         has_length = False
         codings: list[bytes] = []
-        for name, value in self._headers:
-            lower = name.lower()
+        for _, lower, value in self._notable:
             if lower == b"content-length":
                 has_length = True
             elif lower == b"transfer-encoding":
@@ -270,7 +283,7 @@ class UpstreamConnection(asyncio.Protocol):
         no_body = self.head_request or status in (204, 304)
         chunked = bool(codings)  # only chunked is left
         self._until_close = not no_body and not chunked and not has_length
-        receiver.on_head(status, self._reason, self._headers, has_length)
+        receiver.on_head(status, self._reason, self._headers, self._notable, has_length)
         if self.head_request:
             self._message_complete()
 
@@ -374,7 +387,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._stop_timer()
         if self.transport is not None and not self.lost:
             self.transport.pause_reading()
-        receiver.on_head(101, self._reason, self._headers, False)
+        receiver.on_head(101, self._reason, self._headers, self._notable, False)
         receiver.on_switch(tail)
 
     def detach(self) -> None:
