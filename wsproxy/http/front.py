@@ -82,6 +82,9 @@ MAX_HEADERS = 256
 MAX_UPGRADE_TAIL = 256 * 1024
 #: Unanswered body bytes held before the upstream takes them.
 MAX_PENDING_BODY = 256 * 1024
+#: Largest body chunk joined to a held-back head for one write; a larger one
+#: goes with the head in one writelines() (writev), not copied behind it.
+_JOIN_LIMIT = 16 * 1024
 #: How long a lingering close reads and drops what the client still sends.
 LINGER_TIMEOUT = 2.0
 
@@ -849,8 +852,14 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             return
-        if self._held_head is not None:
-            data, self._held_head = self._held_head + data, None
+        head = self._held_head
+        if head is not None:
+            self._held_head = None
+            if len(data) > _JOIN_LIMIT:
+                # One writev(2) for both, no copy of a large body.
+                transport.writelines((head, data))
+                return
+            data = head + data
         if data:
             transport.write(data)
 
