@@ -12,9 +12,12 @@ stream's ``write`` per line still a few percent.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import sys
 import time
+import weakref
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, TextIO
 
@@ -70,14 +73,29 @@ FLUSH_DELAY = 0.1
 MAX_PENDING_LINES = 256
 
 
+#: Every access log with lines that may still wait: written at exit, so a line
+#: logged as the event loop ends (a session closed during shutdown) is not lost.
+_OPEN_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for log in list(_OPEN_LOGS):
+        with contextlib.suppress(Exception):  # a closed stream: nothing to save
+            log.flush()
+
+
 class AccessLog:
-    __slots__ = ("_flush_handle", "_format", "_pending", "_stream")
+    __slots__ = ("__weakref__", "_flush_handle", "_flush_loop", "_format", "_pending", "_stream")
 
     def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
         self._format = settings.format
         self._stream = stream
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: The loop the flush timer runs on (it never runs once that loop closed).
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[str] = []
+        _OPEN_LOGS.add(self)
 
     @property
     def enabled(self) -> bool:
@@ -99,13 +117,18 @@ class AccessLog:
         pending.append(line)
         if len(pending) >= MAX_PENDING_LINES:
             self._write_pending()
-        if self._flush_handle is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop: nothing will flush later
-                self.flush()
-                return
-            self._flush_handle = loop.call_later(FLUSH_DELAY, self.flush)
+        if self._flush_handle is not None:
+            loop = self._flush_loop
+            if loop is None or not loop.is_closed():
+                return  # the timer writes this line
+            self._flush_handle = None  # its loop ended before it ran
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: nothing will flush later
+            self.flush()
+            return
+        self._flush_handle = loop.call_later(FLUSH_DELAY, self.flush)
+        self._flush_loop = loop
 
     def _write_pending(self) -> None:
         lines, self._pending = self._pending, []

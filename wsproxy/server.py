@@ -182,9 +182,11 @@ class Proxy:
         if "upgrade" in index:
             if self._is_websocket(request):
                 return self._websocket(request, decision, client.info, exchange)
-            # Upgrade: h2c and the like are forwarded as plain HTTP, their
-            # Upgrade dropped as hop-by-hop (what nginx does by default).
-            exchange.note("upgrade_ignored", index["upgrade"][0][:100])
+            if request.upgrade:
+                # Upgrade: h2c and the like (with Connection: upgrade) are
+                # forwarded as plain HTTP, their Upgrade dropped as hop-by-hop
+                # (what nginx does by default).
+                exchange.note("upgrade_ignored", index["upgrade"][0][:100])
         rotation = decision.rotation
         pool = rotation[decision.balancer.pick_index()] if len(rotation) > 1 else rotation[0]
         exchange.upstream = decision.upstream.name
@@ -555,6 +557,13 @@ class ProxyServer:
         with the production-behaviour work; until then sessions end with FIN
         (``how=drain``), and whatever remains after the grace period is reset.
         """
+        try:
+            await self._stop()
+        finally:
+            # Every line logged so far, however the stop ended.
+            self.observability.access_log.flush()
+
+    async def _stop(self) -> None:
         self.observability.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown.grace_period
@@ -592,7 +601,6 @@ class ProxyServer:
             await self._admin.cleanup()
             self._admin = None
         await self.proxy.close()
-        self.observability.access_log.flush()
 
 
 @contextlib.contextmanager

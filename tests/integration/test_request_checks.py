@@ -16,6 +16,7 @@ static-file server (what a plain file backend would have served).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -270,7 +271,9 @@ async def test_requests_pipelined_behind_h2c_are_all_answered_in_order(first: by
                     assert head.get("Connection") is None
                     assert head.get("Upgrade") is None
         await obs.log_has(2)
-        assert obs.log_records()[0]["upgrade_ignored"] == "h2c"
+        first_record, second_record = obs.log_records()
+        assert first_record["upgrade_ignored"] == "h2c"
+        assert "upgrade_ignored" not in second_record
     method = first.split(b" ", 1)[0].decode()
     assert [r.head.start_line for r in backend.requests] == [
         f"{method} /first HTTP/1.1",
@@ -450,3 +453,17 @@ async def test_dispatch_decisions_are_kept_bounded_and_never_mixed(
         "/api/1",
         "/api/1",
     ]
+
+
+async def test_an_upgrade_header_without_connection_upgrade_is_not_an_upgrade() -> None:
+    """Only Upgrade with ``Connection: upgrade`` asks to switch (RFC 9110 §7.8):
+    a bare ``Upgrade: h2c`` is a plain request, logged as one."""
+    async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
+        async with raw_client(obs.port) as (reader, writer):
+            writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n")
+            async with asyncio.timeout(5):
+                head, body = await read_response(reader)
+        assert (head.status, body) == (200, b"ok")
+        [record] = await obs.log_has(1)
+        assert "upgrade_ignored" not in json.loads(record)
+    assert backend.requests[0].head.get("Upgrade") is None  # hop-by-hop either way

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
 import pytest
 
-from wsproxy.accesslog import MAX_PENDING_LINES, AccessLog, format_text, timestamp
+from wsproxy.accesslog import (
+    MAX_PENDING_LINES,
+    AccessLog,
+    _flush_at_exit,
+    format_text,
+    timestamp,
+)
 from wsproxy.config import AccessLogSettings
 from wsproxy.sessions import (
     DirectionStats,
@@ -209,3 +216,23 @@ async def test_access_log_lines_wait_for_one_write_in_order() -> None:
     assert len(lines) == 3 + MAX_PENDING_LINES  # the bound forced a write
     assert json.loads(lines[-1])["n"] == MAX_PENDING_LINES - 1
     log.flush()
+
+
+def test_access_log_lines_outlive_the_event_loop() -> None:
+    """A line logged as a loop ends (its flush timer never runs) is not lost: the
+    next line without a loop writes both, and whatever still waits at exit is
+    written then."""
+    stream = io.StringIO()
+    log = AccessLog(AccessLogSettings(format="json"), stream)
+
+    async def last_words() -> None:
+        log.write({"type": "http", "n": 1})
+
+    asyncio.run(last_words())
+    assert stream.getvalue() == ""  # its timer died with the loop
+    log.write({"type": "http", "n": 2})
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 2]
+
+    asyncio.run(last_words())
+    _flush_at_exit()
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 2, 1]
