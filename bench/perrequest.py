@@ -174,7 +174,6 @@ def knockouts() -> dict[str, Callable[[Patches], None]]:
     from wsproxy.accesslog import AccessLog
     from wsproxy.headers import client_response_fields
     from wsproxy.metrics import HttpCollector
-    from wsproxy.server import Proxy
 
     fields = client_response_fields([(b"Server", b"nginx/1.22.1"), (b"Content-Length", b"2")])
     head = server_module.upstream_head_fast(
@@ -192,9 +191,6 @@ def knockouts() -> dict[str, Callable[[Patches], None]]:
     def metrics(patch: Patches) -> None:
         patch(HttpCollector, "record", _nothing)
 
-    def request_id(patch: Patches) -> None:
-        patch(Proxy, "_request_id", lambda self, index: "0" * 32)
-
     def rewriting(patch: Patches) -> None:
         patch(server_module, "upstream_head_fast", lambda *a, **k: head)
         patch(forward, "client_response_fields", lambda *a, **k: fields)
@@ -202,7 +198,6 @@ def knockouts() -> dict[str, Callable[[Patches], None]]:
     return {
         "access log line (JSON)": access_log,
         "metrics (counter, histogram)": metrics,
-        "request ID": request_id,
         "header rewriting (both directions)": rewriting,
     }
 
