@@ -75,6 +75,8 @@ class _Forward:
     """A request to forward, with what every request alike reuses."""
 
     target: Target
+    #: ``target.origin_form``: what the upstream request line carries.
+    origin_form: str
     route: Route
     upstream: Upstream
     #: The upstream's pools in balancing order.
@@ -187,16 +189,13 @@ class Proxy:
                 # forwarded as plain HTTP, their Upgrade dropped as hop-by-hop
                 # (what nginx does by default).
                 exchange.note("upgrade_ignored", index["upgrade"][0][:100])
-        rotation = decision.rotation
-        pool = rotation[decision.balancer.pick_index()] if len(rotation) > 1 else rotation[0]
-        exchange.upstream = decision.upstream.name
-        exchange.server = pool.label
+        pool = self._pick(decision, exchange)
         if untouched(index):
             # Nothing to drop or replace (the common case): the client's
             # fields as they came, then this hop's own.
             head = upstream_head_fast(
                 method,
-                decision.target.origin_form,
+                decision.origin_form,
                 request.headers,
                 client.forwarded + decision.forwarded_host,
                 exchange.request_id,
@@ -204,7 +203,7 @@ class Proxy:
             )
         else:
             headers = self._upstream_headers(request, client.info, pool.label, exchange)
-            head = upstream_head(request, decision.target.origin_form, headers)
+            head = upstream_head(request, decision.origin_form, headers)
         conn = pool.take_idle()
         if conn is None:
             return self._forward(request, exchange, pool, head)
@@ -350,6 +349,7 @@ class Proxy:
         upstream = self.config.upstreams[route.upstream]
         return _Forward(
             target,
+            target.origin_form,
             route,
             upstream,
             self.rotations[upstream.name],
@@ -439,7 +439,7 @@ class Proxy:
         try:
             await handle_websocket(
                 request,
-                decision.target.origin_form,
+                decision.origin_form,
                 headers,
                 decision.upstream,
                 pool.server,
