@@ -8,6 +8,11 @@ per request minus the system calls (the sockets are what the bench measures);
 ``--profile`` prints the per-function breakdown behind docs/performance.md.
 
     python bench/perrequest.py [--requests N] [--profile] [--log json|off]
+
+This machine's neighbours move single figures by ±25 % within minutes; to
+compare two revisions, check the other one out (``git worktree add
+/tmp/base REV``) and run ``--against /tmp/base``: both run in turns, each in
+a fresh process importing its own ``wsproxy``, and the medians are compared.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ import asyncio
 import cProfile
 import os
 import pstats
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -221,6 +230,35 @@ def breakdown(requests: int, rounds: int) -> None:
         print(f"{'  ' + name:42} {total - without:6.1f} µs")
 
 
+def _one_process(tree: Path, requests: int, log: str) -> float:
+    """This script's figure for the ``wsproxy`` of ``tree``, in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--requests", str(requests), "--log", log],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.split()[0])
+
+
+def against(other: Path, requests: int, log: str, rounds: int) -> int:
+    """Both revisions in turns; medians, and this one's as a share of the other's."""
+    here = Path(__file__).resolve().parent.parent
+    trees = {"this checkout": here, str(other): other.resolve()}
+    figures: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            figures[name].append(_one_process(tree, requests, log))
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    for name, values in figures.items():
+        spread = f"{min(values):.1f}-{max(values):.1f}"
+        print(f"{name:40} median {medians[name]:6.1f} µs  (range {spread})")
+    mine, theirs = medians.values()
+    print(f"this checkout / other: {mine / theirs:.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
@@ -230,7 +268,15 @@ def main() -> int:
         "--breakdown", action="store_true", help="the cost of each part, by knocking it out"
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        type=Path,
+        help="another checkout: run both in turns (--rounds each) and compare medians",
+    )
     args = parser.parse_args()
+    if args.against is not None:
+        return against(args.against, args.requests, args.log, args.rounds)
     if args.breakdown:
         breakdown(args.requests, args.rounds)
         return 0
