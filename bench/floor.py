@@ -7,17 +7,54 @@ beside wsproxy and nginx in the same interleaved wrk rounds to see how much
 of wsproxy's cost per request is the event loop, the parser and the system
 calls (this floor) and how much is wsproxy's own work.
 
-    python bench/floor.py --port 18084 --upstream 127.0.0.1:18081
+    python bench/floor.py --port 18084 --upstream 127.0.0.1:18081 [--extras]
+
+``--extras`` adds what wsproxy does for every request, with wsproxy's own
+functions: the index of field names, the forwarded headers and request ID
+on the fast upstream head (headers.untouched, forward.upstream_head_fast),
+the notable response fields and the relayed field block
+(headers.client_response_fields), the request counter and duration histogram
+(metrics.HttpCollector) and the JSON access-log line (accesslog.AccessLog,
+to stdout).  The difference between the two modes is the price of those
+features; the difference between ``--extras`` and wsproxy is the price of
+the rest of its machinery.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import secrets
 import socket
+import sys
+import time
 
 import httptools
 import uvloop
+
+from wsproxy.accesslog import AccessLog
+from wsproxy.config import AccessLogSettings
+from wsproxy.forward import upstream_head_fast
+from wsproxy.headers import (
+    NOTABLE_LENGTHS,
+    NOTABLE_RESPONSE_FIELDS,
+    NotableField,
+    client_response_fields,
+    untouched,
+)
+from wsproxy.metrics import HttpCollector
+from wsproxy.observe import Exchange
+
+
+class Extras:
+    """wsproxy's per-request work, shared by every connection (``--extras``)."""
+
+    def __init__(self) -> None:
+        self.log = AccessLog(AccessLogSettings(format="json"), sys.stdout)
+        self.metrics = HttpCollector()
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -68,6 +105,33 @@ class Upstream(asyncio.Protocol):
         self.client = None
 
 
+class UpstreamWithExtras(Upstream):
+    """The same, with wsproxy's response-field handling and the request's end."""
+
+    def on_message_begin(self) -> None:
+        self.pairs: list[tuple[bytes, bytes]] = []
+        self.notable: list[NotableField] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        pairs = self.pairs
+        if len(name) in NOTABLE_LENGTHS:
+            lower = name.lower()
+            if lower in NOTABLE_RESPONSE_FIELDS:
+                self.notable.append((len(pairs), lower, value))
+        pairs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        fields = client_response_fields(self.pairs, self.notable)
+        self.head = b"HTTP/1.1 %d OK\r\n%s\r\n" % (status, fields)
+
+    def on_message_complete(self) -> None:
+        client = self.client
+        super().on_message_complete()
+        if isinstance(client, ClientWithExtras):
+            client.finished(200)
+
+
 class Client(asyncio.Protocol):
     """One client connection with its own upstream connection."""
 
@@ -85,9 +149,13 @@ class Client(asyncio.Protocol):
         _nodelay(transport)
         asyncio.get_running_loop().create_task(self._connect())
 
+    upstream_factory: type[Upstream] = Upstream
+
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        _, self.upstream = await loop.create_connection(Upstream, *self.upstream_address)
+        _, self.upstream = await loop.create_connection(
+            self.upstream_factory, *self.upstream_address
+        )
         waiting, self.waiting = self.waiting or [], None
         for data in waiting:
             self.parser.feed_data(data)
@@ -125,9 +193,84 @@ class Client(asyncio.Protocol):
             self.upstream.transport.close()
 
 
-async def serve(port: int, upstream: tuple[str, int]) -> None:
+class ClientWithExtras(Client):
+    """The same, with wsproxy's request-side work and its count and log line."""
+
+    upstream_factory = UpstreamWithExtras
+
+    def __init__(self, upstream: tuple[str, int], extras: Extras) -> None:
+        super().__init__(upstream)
+        self.extras = extras
+        self.peer = "unknown"
+        self.forwarded = ""
+        self.exchange: Exchange | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        self.forwarded = f"X-Forwarded-For: {host}\r\nX-Forwarded-Proto: http\r\n"
+
+    def on_message_begin(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+        self.index: dict[str, list[str]] = {}
+        self.started = time.monotonic()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        self.pairs.append((key, text))
+        lower = key.lower()
+        if lower in self.index:
+            self.index[lower].append(text)
+        else:
+            self.index[lower] = [text]
+
+    def on_headers_complete(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        assert upstream.transport is not None
+        upstream.client = self
+        extras = self.extras
+        method = self.parser.get_method().decode("ascii")
+        target = self.url.decode("latin-1")
+        request_id = f"{extras.prefix}{next(extras.counter):016x}"
+        self.exchange = Exchange(request_id, method, target, self.peer, "HTTP/1.1", self.started)
+        self.exchange.route = "/"
+        self.exchange.upstream = "web"
+        self.exchange.server = "origin"
+        assert untouched(self.index)
+        host = self.index["host"][0].strip()
+        head = upstream_head_fast(
+            method,
+            target,
+            self.pairs,
+            f"{self.forwarded}X-Forwarded-Host: {host}\r\n",
+            request_id,
+            chunked=False,
+        )
+        upstream.transport.write(head)
+
+    def finished(self, status: int) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        duration = time.monotonic() - exchange.started
+        self.extras.metrics.record(exchange.route, exchange.method, status, duration)
+        self.extras.log.write_http(exchange, status, duration)
+
+
+async def serve(port: int, upstream: tuple[str, int], extras: bool) -> None:
     loop = asyncio.get_running_loop()
-    await loop.create_server(lambda: Client(upstream), "127.0.0.1", port, backlog=1024)
+    shared = Extras() if extras else None
+
+    def factory() -> Client:
+        if shared is None:
+            return Client(upstream)
+        return ClientWithExtras(upstream, shared)
+
+    await loop.create_server(factory, "127.0.0.1", port, backlog=1024)
     await asyncio.Event().wait()
 
 
@@ -135,9 +278,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="HOST:PORT of a keep-alive origin")
+    parser.add_argument("--extras", action="store_true", help="wsproxy's per-request work too")
     args = parser.parse_args()
     host, _, port = args.upstream.rpartition(":")
-    uvloop.run(serve(args.port, (host, int(port))))
+    uvloop.run(serve(args.port, (host, int(port)), args.extras))
     return 0
 
 
