@@ -2,10 +2,14 @@
 
 Two protocols and llhttp on both sides, one upstream connection per client
 connection, no routing, no header rewriting beyond dropping ``Connection``,
-no limits, timers, log or metrics.  Not a proxy to use: a yardstick.  Run it
-beside wsproxy and nginx in the same interleaved wrk rounds to see how much
-of wsproxy's cost per request is the event loop, the parser and the system
-calls (this floor) and how much is wsproxy's own work.
+no limits, timers, log or metrics.  Not a proxy to use: a yardstick for
+what wrk sends to the bench's origin (bodyless GETs, one at a time per
+connection, answered with ``Content-Length``): no pipelining, no request
+bodies, no chunked responses, the reason phrase always ``OK``.  Run it
+beside wsproxy and nginx in the same interleaved wrk rounds (for example
+``wrk -t1 -c50 -d4s`` against each in turn, CPU from ``/proc/PID/stat``) to
+see how much of wsproxy's cost per request is the event loop, the parser
+and the system calls (this floor) and how much is wsproxy's own work.
 
     python bench/floor.py --port 18084 --upstream 127.0.0.1:18081 [--extras]
 
@@ -172,9 +176,10 @@ class Client(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.fields = []
+        self.url = b""
 
     def on_url(self, url: bytes) -> None:
-        self.url = url
+        self.url += url  # llhttp reports a target split across reads in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append(b"%s: %s\r\n" % (name, value))
@@ -215,6 +220,7 @@ class ClientWithExtras(Client):
         self.pairs: list[tuple[str, str]] = []
         self.index: dict[str, list[str]] = {}
         self.started = time.monotonic()
+        self.url = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1")
@@ -239,7 +245,7 @@ class ClientWithExtras(Client):
         self.exchange.route = "/"
         self.exchange.upstream = "web"
         self.exchange.server = "origin"
-        assert untouched(self.index)
+        assert untouched(self.index)  # what wrk sends (no Connection, no "_")
         host = self.index["host"][0].strip()
         head = upstream_head_fast(
             method,

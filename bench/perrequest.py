@@ -9,7 +9,7 @@ per request minus the system calls (the sockets are what the bench measures);
 
     python bench/perrequest.py [--requests N] [--profile] [--log json|off]
 
-This machine's neighbours move single figures by ±25 % within minutes; to
+This machine's neighbours move single figures by up to a quarter within minutes; to
 compare two revisions, check the other one out (``git worktree add
 /tmp/base REV``) and run ``--against /tmp/base``: both run in turns, each in
 a fresh process importing its own ``wsproxy``, and the medians are compared.
