@@ -97,7 +97,7 @@ class Relay:
         request = self.request
         self.head = head
         self.conn.start(self, head, read_timeout, head_request=request.method == "HEAD")
-        if request.chunked or request.content_length:
+        if request.has_body:
             request.read_body(self)
         request.producer = self
         if request.connection.write_blocked:

@@ -388,8 +388,6 @@ def forwarded_host_field(hosts: Sequence[str]) -> str:
 _HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
 _CONTENT_LENGTH_RAW = frozenset({b"content-length"})
 
-_HOP_BY_HOP_AND_LENGTH_RAW = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW
-
 #: Response fields the proxy looks at (framing) or drops (hop-by-hop), lower-case.
 NOTABLE_RESPONSE_FIELDS = _HOP_BY_HOP_RAW | _CONTENT_LENGTH_RAW
 #: Their names' lengths: a name of another length needs no ``lower()``.
@@ -429,7 +427,7 @@ def client_response_fields(
     lines = [b"%s: %s\r\n" % field for field in headers]
     if not notable:
         return b"".join(lines)
-    drop = _HOP_BY_HOP_AND_LENGTH_RAW if drop_length else _HOP_BY_HOP_RAW
+    drop = NOTABLE_RESPONSE_FIELDS if drop_length else _HOP_BY_HOP_RAW
     dropped: list[int] = []
     named: list[bytes] = []
     for position, lower, value in notable:

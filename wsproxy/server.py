@@ -43,7 +43,7 @@ from wsproxy.http.pool import PoolTimeout, ServerPool, Stale
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import RoundRobin, Router, balancers
 from wsproxy.sessions import redact_target
-from wsproxy.target import BadTarget, Target, parse_target
+from wsproxy.target import BadTarget, parse_target
 from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.websocket import TunnelSettings, handle_websocket
 from wsproxy.wsframes import FrameBudget
@@ -74,8 +74,7 @@ class _Refusal:
 class _Forward:
     """A request to forward, with what every request alike reuses."""
 
-    target: Target
-    #: ``target.origin_form``: what the upstream request line carries.
+    #: The normalized target as the upstream request line carries it.
     origin_form: str
     route: Route
     upstream: Upstream
@@ -251,13 +250,8 @@ class Proxy:
 
     def _exchange(self, request: Request, path: str | None) -> Exchange:
         version = request.version
-        sent = request.index.get("x-request-id")
-        if sent is None:  # self._request_id(), inlined: this runs once per request
-            request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-        else:
-            request_id = self._request_id(request.index)
         return Exchange(
-            request_id,
+            self._request_id(request.index),
             request.method,
             path,
             request.connection.peer,
@@ -348,7 +342,6 @@ class Proxy:
             return _Refusal(404, "no route matches this request", logged_path=logged_path)
         upstream = self.config.upstreams[route.upstream]
         return _Forward(
-            target,
             target.origin_form,
             route,
             upstream,
@@ -389,8 +382,7 @@ class Proxy:
         return headers
 
     def _pick(self, decision: _Forward, exchange: Exchange) -> ServerPool:
-        rotation = decision.rotation
-        pool = rotation[decision.balancer.pick_index()] if len(rotation) > 1 else rotation[0]
+        pool = decision.rotation[decision.balancer.pick_index()]
         exchange.upstream = decision.upstream.name
         exchange.server = pool.label
         return pool

@@ -65,8 +65,8 @@ from wsproxy.http.wire import (
     LAST_CHUNK,
     Framing,
     chunk,
-    encode_fields,
     own_answer,
+    response_head,
 )
 from wsproxy.tunnel import reset_transport
 
@@ -332,28 +332,18 @@ class Request:
         self.status = status
         self.framing = framing
         connection = self.connection
-        # connection.will_keep_alive(self), inlined: this runs once per response.
-        keep = (
-            self.keep_alive
-            and not connection.closing
-            and self.body_done
-            and connection._tail is None
-            and framing is not Framing.CLOSE
-        )
+        keep = connection.will_keep_alive(self) and framing is not Framing.CLOSE
         extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
         if not keep:
             connection.closing = True
             extra += b"Connection: close\r\n"
         elif self.version == (1, 0):
             extra += b"Connection: keep-alive\r\n"
-        if not isinstance(headers, bytes):
-            headers = encode_fields(headers)
-        # wire.response_head, inlined.
-        head = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, headers, extra)
+        head = response_head(status, reason, headers, extra)
         if flush:
             connection.write(head)
         else:
-            connection._held_head = head
+            connection.hold_head(head)
 
     def send_body(self, data: bytes) -> None:
         if not data or self.framing is Framing.NONE:
@@ -368,8 +358,8 @@ class Request:
         self.response_done = True
         if self.framing is Framing.CHUNKED:
             self.connection.write(LAST_CHUNK)
-        elif self.connection._held_head is not None:
-            self.connection.write(b"")  # a head held back for a body that never came
+        else:
+            self.connection.flush()  # a head held back for a body that never came
 
     def answer(
         self,
@@ -660,11 +650,7 @@ class ClientConnection(asyncio.Protocol):
             if request.upgrade and not _keeps_tail(request):
                 request.body_reparsed = True
         self._last_headed = request
-        if self._active is None and request.refusal is None:
-            self._active = request
-            self._handle(request)
-        else:
-            self._dispatch(request)
+        self._dispatch(request)
 
     def on_body(self, body: bytes) -> None:
         self._raw_since_body = 0
@@ -706,10 +692,6 @@ class ClientConnection(asyncio.Protocol):
             request.answer(status, message, close=True)
             self._finished(request)
             return
-        self._handle(request)
-
-    def _handle(self, request: Request) -> None:
-        """The application answers ``request`` (the active one)."""
         try:
             work = self.app.handle(request)
         except Exception:  # a bug of ours: a clean answer, the details in the log
@@ -862,6 +844,9 @@ class ClientConnection(asyncio.Protocol):
             data = head + data
         if data:
             transport.write(data)
+
+    def hold_head(self, head: bytes) -> None:
+        self._held_head = head
 
     def flush(self) -> None:
         """Write a head held back for the body (send_head(flush=False))."""
