@@ -287,11 +287,20 @@ async def test_forwarded_headers_are_set_and_untrusted_forgeries_replaced() -> N
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "evil.test"),
     ]
+    # Odd spellings must not slip past the check that picks the fast head.
+    odd = [
+        ("Host", "example.test:8080"),
+        ("x-fOrWaRdEd-FoR", "6.6.6.6"),
+        ("X-FORWARDED-PROTO", "https"),
+        ("x-forwarded-HOST", "evil.test"),
+    ]
     backend = RecordingBackend()
     async with through_proxy(backend) as port:
         await raw_request(port, request_bytes("GET", "/plain", [("Host", "example.test:8080")]))
         await raw_request(port, request_bytes("GET", "/forged", forged))
+        await raw_request(port, request_bytes("GET", "/odd", odd))
 
+    assert len(backend.requests) == 3
     for seen in backend.requests:
         assert seen.head.get_all("X-Forwarded-For") == ["127.0.0.1"], seen.head.headers
         assert seen.head.get_all("X-Forwarded-Proto") == ["http"], seen.head.headers
