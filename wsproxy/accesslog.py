@@ -71,6 +71,8 @@ def format_text(fields: dict[str, object]) -> str:
 FLUSH_DELAY = 0.1
 #: Lines kept before they are written, whatever the delay.
 MAX_PENDING_LINES = 256
+#: Encoded field groups kept (AccessLog._fields); the table starts over when full.
+_FIELDS_KEPT = 4096
 
 
 #: Every access log with lines that may still wait: written at exit, so a line
@@ -86,7 +88,15 @@ def _flush_at_exit() -> None:
 
 
 class AccessLog:
-    __slots__ = ("__weakref__", "_flush_handle", "_flush_loop", "_format", "_pending", "_stream")
+    __slots__ = (
+        "__weakref__",
+        "_fields",
+        "_flush_handle",
+        "_flush_loop",
+        "_format",
+        "_pending",
+        "_stream",
+    )
 
     def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
         self._format = settings.format
@@ -95,6 +105,9 @@ class AccessLog:
         #: The loop the flush timer runs on (it never runs once that loop closed).
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[str] = []
+        #: The JSON of a line's fields from ``route`` to ``version``, by their
+        #: values: on a kept-alive connection most lines repeat them.
+        self._fields: dict[tuple[str | None, ...], str] = {}
         _OPEN_LOGS.add(self)
 
     @property
@@ -162,20 +175,27 @@ class AccessLog:
                 }
             )
             return
-        extra = exchange.extra
-        q = encode_basestring  # C; None only where a request was never parsed or routed
-        route, server, method = exchange.route, exchange.server, exchange.method
-        path, version = exchange.path, exchange.version
+        route, client, server = exchange.route, exchange.client, exchange.server
+        method, path, version = exchange.method, exchange.path, exchange.version
+        key = (route, client, server, method, path, version)
+        fields = self._fields.get(key)
+        if fields is None:
+            if len(self._fields) >= _FIELDS_KEPT:
+                self._fields.clear()
+            q = encode_basestring  # C; None only where a request was never parsed or routed
+            fields = self._fields[key] = (
+                f'"route":{q(route)},"client":{q(client)},'
+                f'"upstream":{"null" if server is None else q(server)},'
+                f'"method":{"null" if method is None else q(method)},'
+                f'"path":{"null" if path is None else q(path)},'
+                f'"version":{"null" if version is None else q(version)}'
+            )
         line = (
             f'{{"ts":"{timestamp(time.time())}","type":"http",'
-            f'"request_id":{q(exchange.request_id)},"route":{q(route)},'
-            f'"client":{q(exchange.client)},'
-            f'"upstream":{"null" if server is None else q(server)},'
-            f'"method":{"null" if method is None else q(method)},'
-            f'"path":{"null" if path is None else q(path)},'
-            f'"version":{"null" if version is None else q(version)},"status":{status},'
-            f'"duration_ms":{duration * 1000:.3f}'
+            f'"request_id":{encode_basestring(exchange.request_id)},{fields},'
+            f'"status":{status},"duration_ms":{duration * 1000:.3f}'
         )
+        extra = exchange.extra
         if extra:
             line += "," + _JSON.encode(extra)[1:-1]
         if exchange.bytes_to_client:

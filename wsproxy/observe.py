@@ -105,6 +105,7 @@ class Observability:
         self.live: dict[Tunnel, SessionInfo] = {}
         self.metrics = Metrics(config, self.live)
         self.access_log = AccessLog(config.access_log, stream)
+        self._log_requests = self.access_log.enabled
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
@@ -150,7 +151,7 @@ class Observability:
         self.metrics.http.record(exchange.route, exchange.method, status, duration)
         if exchange.upgrade_result is not None:
             self.metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
-        if self.access_log.enabled:
+        if self._log_requests:
             self.access_log.write_http(exchange, status, duration)
 
     # --- WebSocket sessions ------------------------------------------------

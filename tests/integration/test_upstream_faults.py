@@ -223,3 +223,65 @@ async def test_plain_requests_keep_working_after_an_unsolicited_101() -> None:
         second, body = await raw_request(obs.port, request)
     assert (first.status, second.status, body) == (502, 200, b"ok")
     assert backend.connections == 2
+
+
+def _many_fields(count: int, size: int) -> bytes:
+    return b"".join(b"X-F%d: %s\r\n" % (number, b"v" * size) for number in range(count))
+
+
+@pytest.mark.parametrize(
+    ("answer", "pieces"),
+    [
+        # One write: a 100 KiB field ends the head in the read that brought it.
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * 100_000 + b"\r\nContent-Length: 2\r\n\r\nok", 1),
+        # Small fields, more of them than a response may have (512).
+        (b"HTTP/1.1 200 OK\r\n" + _many_fields(600, 4) + b"Content-Length: 2\r\n\r\nok", 1),
+        # A head over 64 KiB in many small writes (never one big read).
+        (b"HTTP/1.1 200 OK\r\n" + _many_fields(200, 400) + b"Content-Length: 2\r\n\r\nok", 100),
+        # The final head behind a 100 Continue in the same write.
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+            + _many_fields(100, 800)
+            + b"Content-Length: 2\r\n\r\nok",
+            1,
+        ),
+    ],
+    ids=["one-big-field", "too-many-fields", "spread-over-writes", "behind-100-continue"],
+)
+async def test_a_response_head_over_the_limits_is_502_kind_protocol(
+    answer: bytes, pieces: int
+) -> None:
+    """An upstream head over 64 KiB or 512 fields is refused however it arrives."""
+    size = -(-len(answer) // pieces)
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
+        for start in range(0, len(answer), size):
+            writer.write(answer[start : start + size])
+            await writer.drain()
+        await reader.read()
+        return False
+
+    async with RawBackend(handler) as backend, observed_proxy(config_text(backend.port)) as obs:
+        reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
+        writer.write(request_bytes("GET", "/", [("Host", "h"), ("Connection", "close")]))
+        received = bytearray()
+        await _read_to_end(reader, received)
+        writer.close()
+        # A 100 Continue is relayed as it came; the answer follows it.
+        answer_head = received.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert answer_head.startswith(b"HTTP/1.1 502 "), bytes(received[:200])
+        assert b"vvvv" not in received
+        assert await _errors(obs, "protocol") == 1
+
+
+async def test_a_response_head_just_under_the_limits_passes() -> None:
+    """The limits leave room: 500 fields in a head of about 60 KiB pass whole."""
+    fields = _many_fields(500, 100)
+    answer = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"
+    backend, _ = _answering(answer)
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
+        head, body = await raw_request(obs.port, request_bytes("GET", "/", [("Host", "h")]))
+    assert (head.status, body) == (200, b"ok")
+    assert len(head.headers) >= 500

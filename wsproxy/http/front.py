@@ -754,7 +754,8 @@ class ClientConnection(asyncio.Protocol):
         if not request.response_done:
             request.cut()  # the handler left the response unfinished
             return
-        self.write(b"")  # a head held back for a body that never came
+        if self._held_head is not None:
+            self.write(b"")  # a head held back for a body that never came
         if self.closing or self._tail is not None or not request.body_done:
             self._close_after_answer(request)
         elif self._queue:

@@ -181,12 +181,13 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 reason = parser_reason(str(exc.args[0]) if exc.args else "")
                 self._fail(UpstreamFailure("protocol", f"invalid response ({reason})"))
-        if self.receiver is not None and self._raw_since_progress > MAX_RESPONSE_HEAD:
-            self._fail(UpstreamFailure("protocol", "response head or trailer too large"))
-            self.abort()
-            return
-        if self.receiver is not None:
-            self.receiver.flush()
+        receiver = self.receiver
+        if receiver is not None:
+            if self._raw_since_progress > MAX_RESPONSE_HEAD:
+                self._fail(UpstreamFailure("protocol", "response head or trailer too large"))
+                self.abort()
+                return
+            receiver.flush()
         elif self.broken:
             self.close()  # bytes after its response: never reused
         if self.head_request and self._complete:
@@ -240,10 +241,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer: dropped
-        # Bytes of fields still being read count in data_received (raw).
-        size = self._head_size = self._head_size + len(name) + len(value)
-        if size > MAX_RESPONSE_HEAD:
-            raise _Protocol("response head too large")
+        # Checked when the head is complete: one read brings at most the
+        # transport's read size, and bytes of a head spread over several
+        # reads are counted raw in data_received.
+        self._head_size += len(name) + len(value)
         headers = self._headers
         if len(name) in NOTABLE_LENGTHS:  # most names are not: no lower() for them
             lower = name.lower()
@@ -254,6 +255,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._raw_since_progress = 0
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise _Protocol("response head too large")
         if len(self._headers) > MAX_RESPONSE_HEADERS:
             raise _Protocol("too many header fields")
         status = self.parser.get_status_code()
@@ -548,7 +551,8 @@ class ServerPool:
             return
         # The last read may have paused it for a slow client; that client's
         # backpressure ends with its response.
-        conn.resume_reading()
+        if conn._reading_paused:
+            conn.resume_reading()
         conn.reused = True
         while self._waiters:
             waiter = self._waiters.popleft()
