@@ -243,15 +243,14 @@ class Proxy:
         log.debug("refused a request from %s: %s", exchange.client, message)
         self.observability.request_done(exchange, status, time.monotonic())
 
-    def _request_id(self, index: dict[str, list[str]]) -> str:
-        new_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-        sent = index.get("x-request-id")
-        return new_id if sent is None else choose_request_id(sent, new_id)
-
     def _exchange(self, request: Request, path: str | None) -> Exchange:
         version = request.version
+        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        sent = request.index.get("x-request-id")
+        if sent is not None:
+            request_id = choose_request_id(sent, request_id)
         return Exchange(
-            self._request_id(request.index),
+            request_id,
             request.method,
             path,
             request.connection.peer,
@@ -288,7 +287,7 @@ class Proxy:
     def ended(self, relay: Relay, failure: UpstreamFailure | Stale | None) -> None:
         request = relay.request
         if failure is None or request.abort_status is not None:
-            request.done()
+            request.done(outside=relay.completed)
             return
         exchange: Exchange = relay.context
         if isinstance(failure, Stale):

@@ -190,6 +190,7 @@ class Request:
         "ended",
         "exchange",
         "framing",
+        "has_body",
         "headed",
         "headers",
         "index",
@@ -225,6 +226,8 @@ class Request:
         self.upgrade = False
         self.chunked = False
         self.content_length: int | None = None
+        #: A body follows the head (chunked, or a Content-Length above 0).
+        self.has_body = False
         self.body_done = False
         #: The body is read by a fresh parser behind a non-WebSocket upgrade.
         self.body_reparsed = False
@@ -255,10 +258,6 @@ class Request:
     def header(self, name: str) -> list[str]:
         """Every value of the header ``name`` (lower-case), in order."""
         return self.index.get(name, _NONE)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     @property
     def peer(self) -> str:
@@ -333,17 +332,20 @@ class Request:
         self.framing = framing
         connection = self.connection
         keep = connection.will_keep_alive(self) and framing is not Framing.CLOSE
-        extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
-        if not keep:
-            connection.closing = True
-            extra += b"Connection: close\r\n"
-        elif self.version == (1, 0):
-            extra += b"Connection: keep-alive\r\n"
+        if keep and framing is Framing.LENGTH and self.version == (1, 1):
+            extra = b""  # the common case: nothing of the proxy's to add
+        else:
+            extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
+            if not keep:
+                connection.closing = True
+                extra += b"Connection: close\r\n"
+            elif self.version == (1, 0):
+                extra += b"Connection: keep-alive\r\n"
         head = response_head(status, reason, headers, extra)
         if flush:
             connection.write(head)
         else:
-            connection.hold_head(head)
+            connection._held_head = head  # leaves with the first body write
 
     def send_body(self, data: bytes) -> None:
         if not data or self.framing is Framing.NONE:
@@ -358,8 +360,8 @@ class Request:
         self.response_done = True
         if self.framing is Framing.CHUNKED:
             self.connection.write(LAST_CHUNK)
-        else:
-            self.connection.flush()  # a head held back for a body that never came
+        elif self.connection._held_head is not None:
+            self.connection.write(b"")  # a head held back for a body that never came
 
     def answer(
         self,
@@ -386,11 +388,22 @@ class Request:
         self.response_done = True
         self.connection.reset()
 
-    def done(self) -> None:
-        """A pending request ended (its answer is complete or cut)."""
+    def done(self, *, outside: bool = False) -> None:
+        """A pending request ended (its answer is complete or cut).
+
+        It ends on the next turn, after the callback that ended it (a parse,
+        a timer) is through with the request; or now, with ``outside``, when
+        the caller runs in another connection's callbacks (the upstream's
+        response ended), the whole request was read and nothing waits
+        behind it.
+        """
         self.pending = False
         self.on_abort = None
-        self.connection.loop.call_soon(self.connection.request_done, self)
+        connection = self.connection
+        if outside and self.body_done and not connection._queue:
+            connection.request_done(self)
+        else:
+            connection.loop.call_soon(connection.request_done, self)
 
     def continue_with(self, work: Coroutine[Any, Any, None]) -> None:
         """A pending request goes on in a task (a retry that must connect first)."""
@@ -446,6 +459,8 @@ class ClientConnection(asyncio.Protocol):
         self._head_started: float | None = None
         self._body_read_at = 0.0
         self._send_blocked_since: float | None = None
+        #: The client's write buffer is above its high-water mark.
+        self.write_blocked = False
         self._timer: asyncio.TimerHandle | None = None
         self._lingering = False
 
@@ -542,18 +557,15 @@ class ClientConnection(asyncio.Protocol):
         if self._active is None and not self._lingering:
             self._close()
 
-    @property
-    def write_blocked(self) -> bool:
-        """The client's write buffer is above its high-water mark."""
-        return self._send_blocked_since is not None
-
     def pause_writing(self) -> None:
+        self.write_blocked = True
         self._send_blocked_since = self.loop.time()
         active = self._active
         if active is not None and active.producer is not None:
             active.producer.pause()
 
     def resume_writing(self) -> None:
+        self.write_blocked = False
         self._send_blocked_since = None
         active = self._active
         if active is not None and active.producer is not None:
@@ -646,11 +658,15 @@ class ClientConnection(asyncio.Protocol):
             if limit and length > limit:
                 raise _Refuse(413, "request body too large")
         if request.chunked or request.content_length:
+            request.has_body = True
             self._body_read_at = self.loop.time()
             if request.upgrade and not _keeps_tail(request):
                 request.body_reparsed = True
         self._last_headed = request
-        self._dispatch(request)
+        if self._active is None:
+            self._start(request)  # nothing in flight (_dispatch's common case)
+        else:
+            self._dispatch(request)
 
     def on_body(self, body: bytes) -> None:
         self._raw_since_body = 0
@@ -845,9 +861,6 @@ class ClientConnection(asyncio.Protocol):
             data = head + data
         if data:
             transport.write(data)
-
-    def hold_head(self, head: bytes) -> None:
-        self._held_head = head
 
     def flush(self) -> None:
         """Write a head held back for the body (send_head(flush=False))."""
