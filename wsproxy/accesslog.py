@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import contextlib
 import json
+import logging
 import sys
 import time
 import weakref
@@ -25,6 +26,8 @@ from wsproxy.config import AccessLogSettings
 
 if TYPE_CHECKING:
     from wsproxy.observe import Exchange
+
+log = logging.getLogger("wsproxy")
 
 _last_second: list[object] = [-1, ""]
 _last_milli: list[object] = [-1, ""]
@@ -73,6 +76,8 @@ FLUSH_DELAY = 0.1
 MAX_PENDING_LINES = 256
 #: Encoded field groups kept (AccessLog._fields); the table starts over when full.
 _FIELDS_KEPT = 4096
+#: Longest path whose group is kept: the table stays a few MB whatever clients send.
+_FIELDS_KEPT_PATH = 512
 
 
 #: Every access log with lines that may still wait: written at exit, so a line
@@ -82,9 +87,9 @@ _OPEN_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for log in list(_OPEN_LOGS):
+    for access_log in list(_OPEN_LOGS):
         with contextlib.suppress(Exception):  # a closed stream: nothing to save
-            log.flush()
+            access_log.flush()
 
 
 class AccessLog:
@@ -96,6 +101,8 @@ class AccessLog:
         "_format",
         "_pending",
         "_stream",
+        "_warned",
+        "lines_lost",
     )
 
     def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
@@ -105,6 +112,9 @@ class AccessLog:
         #: The loop the flush timer runs on (it never runs once that loop closed).
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[str] = []
+        #: Lines dropped because the stream could not take them (_lost).
+        self.lines_lost = 0
+        self._warned = False
         #: The JSON of a line's fields from ``route`` to ``version``, by their
         #: values: on a kept-alive connection most lines repeat them.
         self._fields: dict[tuple[str | None, ...], str] = {}
@@ -147,7 +157,19 @@ class AccessLog:
         lines, self._pending = self._pending, []
         if lines:
             lines.append("")
-            (self._stream or sys.stdout).write("\n".join(lines))
+            try:
+                (self._stream or sys.stdout).write("\n".join(lines))
+            except (OSError, ValueError) as exc:  # a closed or broken stdout
+                self._lost(len(lines) - 1, exc)
+
+    def _lost(self, count: int, exc: Exception) -> None:
+        """Lines that could not be written: traffic goes on, one warning says so."""
+        self.lines_lost += count
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "access log lines cannot be written (%s); they are dropped from now on", exc
+            )
 
     def write_http(self, exchange: Exchange, status: int, duration: float) -> None:
         """One plain-HTTP request's line (``duration`` in seconds): JSON from a
@@ -180,16 +202,18 @@ class AccessLog:
         key = (route, client, server, method, path, version)
         fields = self._fields.get(key)
         if fields is None:
-            if len(self._fields) >= _FIELDS_KEPT:
-                self._fields.clear()
             q = encode_basestring  # C; None only where a request was never parsed or routed
-            fields = self._fields[key] = (
+            fields = (
                 f'"route":{q(route)},"client":{q(client)},'
                 f'"upstream":{"null" if server is None else q(server)},'
                 f'"method":{"null" if method is None else q(method)},'
                 f'"path":{"null" if path is None else q(path)},'
                 f'"version":{"null" if version is None else q(version)}'
             )
+            if path is None or len(path) <= _FIELDS_KEPT_PATH:  # long ones: not kept
+                if len(self._fields) >= _FIELDS_KEPT:
+                    self._fields.clear()
+                self._fields[key] = fields
         now = time.time()
         ts = _last_milli[1] if _last_milli[0] == int(now * 1000) else timestamp(now)
         line = (
@@ -219,4 +243,7 @@ class AccessLog:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._write_pending()
-        (self._stream or sys.stdout).flush()
+        try:
+            (self._stream or sys.stdout).flush()
+        except (OSError, ValueError) as exc:
+            self._lost(0, exc)

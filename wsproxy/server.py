@@ -56,6 +56,9 @@ _NONE: list[str] = []  # the values of an absent header (never modified)
 #: Dispatch decisions kept (method, version, Host values, target -> route);
 #: the table starts over when full, so hostile variety costs only misses.
 _DECISIONS = 4096
+#: Longest target and Host values whose decision is kept: a decision holds
+#: them a few times over, so the table stays a few MB whatever clients send.
+_DECIDED_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +168,11 @@ class Proxy:
         decision = self._decisions.get(key)
         if decision is None:
             decision = self._decide(method, version, hosts, request.target)
-            if len(self._decisions) >= _DECISIONS:
-                self._decisions.clear()
-            self._decisions[key] = decision
+            size = len(request.target) + sum(map(len, hosts))
+            if size <= _DECIDED_SIZE:  # long ones are decided each time
+                if len(self._decisions) >= _DECISIONS:
+                    self._decisions.clear()
+                self._decisions[key] = decision
         exchange = request.exchange = self._exchange(request, decision.logged_path)
         if type(decision) is _Refusal:
             request.answer(

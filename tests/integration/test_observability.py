@@ -9,6 +9,7 @@ on the wire; waits poll observable state under a timeout.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -51,6 +52,9 @@ from tests.support.ws_helpers import (
     wait_until,
     ws_headers,
 )
+from wsproxy.accesslog import MAX_PENDING_LINES
+from wsproxy.config import parse_config
+from wsproxy.server import ProxyServer
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 OPCODE_LABEL = {
@@ -834,3 +838,43 @@ async def test_observer_off_counts_bytes_only_and_close_frames_go_unseen() -> No
             assert closes == {("upstream", "1006"): 1.0}
             [entry] = obs.log_records()
             assert (entry["code"], entry["close_frame"]) == ("1006", False)
+
+
+class _BrokenStream(io.StringIO):
+    """stdout after the reader went away: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_an_access_log_that_cannot_be_written_does_not_stop_traffic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Guards against a broken stdout (a log collector gone) hanging or failing requests:
+    more requests than a batch of lines on one connection are all answered, and
+    one warning says the lines are dropped."""
+    backend = RecordingBackend()
+    requests = MAX_PENDING_LINES + 44
+    async with backend:
+        server = ProxyServer(parse_config(config_text(backend.port), "t.yaml"), _BrokenStream())
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, server.addresses[0][1])
+            statuses = []
+            async with asyncio.timeout(10):  # a hang is the failure this guards against
+                for _ in range(requests):
+                    writer.write(http_request("GET", "/", [("Host", "h")]))
+                    head, _body = await read_http_response(reader, "GET")
+                    statuses.append(head.status)
+            writer.close()
+            access_log = server.observability.access_log
+            access_log.flush()
+            assert statuses == [200] * requests
+            assert access_log.lines_lost == requests
+        finally:
+            await server.stop()
+    warnings = [r for r in caplog.records if "access log lines cannot be written" in r.message]
+    assert len(warnings) == 1

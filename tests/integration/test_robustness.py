@@ -23,6 +23,7 @@ import wsproxy.observe
 import wsproxy.tunnel
 from tests.support.backends import RawBackend, Seen, recording
 from tests.support.http_backends import RecordingBackend, chunked, raw_request, read_chunked
+from tests.support.http_backends import read_response as read_http_response
 from tests.support.http_backends import request_bytes as http_request
 from tests.support.observe_helpers import Observed, Scrape, eventually, observed_proxy
 from tests.support.proxy import config_text
@@ -532,3 +533,28 @@ async def test_streamed_response_head_is_not_held_back_for_the_first_byte(framin
                 assert await read_chunked(reader) == event
             else:
                 assert await reader.read() == event
+
+
+async def test_long_targets_and_hosts_do_not_fill_the_per_request_tables() -> None:
+    """Guards against a client pinning memory through the dispatch decisions and
+    the access log's field groups (kept per distinct request): requests with
+    long targets and Host values are answered and logged but not kept."""
+    backend = RecordingBackend()
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
+        reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
+        for number in range(20):
+            target = f"/{number}/" + "a" * 2000
+            host = f"h{number}" + "b" * (600 if number % 2 else 0)
+            writer.write(http_request("GET", target, [("Host", host)]))
+            head, _ = await read_http_response(reader, "GET")
+            assert head.status == 200
+        writer.write(http_request("GET", "/short", [("Host", "h")]))
+        assert (await read_http_response(reader, "GET"))[0].status == 200
+        writer.close()
+        records = obs.log_records()
+        assert len(records) == 21
+        assert records[3]["path"] == "/3/" + "a" * 2000
+        kept_targets = [key[3] for key in obs.server.proxy._decisions]
+        assert kept_targets == ["/short"]
+        kept_paths = [key[4] for key in obs.server.observability.access_log._fields]
+        assert kept_paths == ["/short"]

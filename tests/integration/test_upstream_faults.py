@@ -260,6 +260,8 @@ async def test_a_response_head_over_the_limits_is_502_kind_protocol(
         for start in range(0, len(answer), size):
             writer.write(answer[start : start + size])
             await writer.drain()
+            if pieces > 1:
+                await asyncio.sleep(0)  # pacing: the proxy reads the pieces one by one
         await reader.read()
         return False
 

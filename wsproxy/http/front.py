@@ -651,14 +651,15 @@ class ClientConnection(asyncio.Protocol):
                 # reach the upstream undecoded (RFC 9112 §6.1: 501).
                 if value.strip().lower() != "chunked":
                     raise _Refuse(501, "transfer coding not implemented (only chunked)")
-                request.chunked = True
+                request.chunked = request.has_body = True
         if "content-length" in index:
             length = request.content_length = int(index["content-length"][0])  # one: llhttp
+            if length:
+                request.has_body = True
             limit = self.settings.max_body_size
             if limit and length > limit:
                 raise _Refuse(413, "request body too large")
-        if request.chunked or request.content_length:
-            request.has_body = True
+        if request.has_body:
             self._body_read_at = self.loop.time()
             if request.upgrade and not _keeps_tail(request):
                 request.body_reparsed = True
@@ -760,8 +761,15 @@ class ClientConnection(asyncio.Protocol):
         if request.ended or request.pending:
             return
         request.ended = True
-        self.app.finished(request)
-        self._finished(request)
+        try:
+            self.app.finished(request)
+        except Exception:  # a bug of ours: the connection goes on, the details in the log
+            log.exception("client %s: counting or logging a request failed", self.peer)
+        try:
+            self._finished(request)
+        except Exception:  # a bug of ours: never a connection left waiting
+            log.exception("client %s: ending a request failed", self.peer)
+            self.reset()
 
     def _finished(self, request: Request) -> None:
         self._active = None

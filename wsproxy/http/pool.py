@@ -254,7 +254,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._raw_since_progress = 0
         if self._head_size > MAX_RESPONSE_HEAD:
             raise _Protocol("response head too large")
         if len(self._headers) > MAX_RESPONSE_HEADERS:
@@ -270,6 +269,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if status == 101:
             return  # llhttp stops here (on_switch), or refuses it without Upgrade
+        # Progress: a final head (1xx heads bring no body; what follows one
+        # in the same read stays counted).
+        self._raw_since_progress = 0
         self._head_done = True
         has_length = False
         codings: list[bytes] = []
