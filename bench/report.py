@@ -37,6 +37,21 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def each_round(result: dict[str, Any], workload: str, name: str, metric: str) -> str:
+    """The target's ratio to nginx in each round, paired (the same round's nginx).
+
+    Medians over rounds hide how far this VM drifts within a run; a ratio
+    per round shows it (and cancels a drift that slows every target alike).
+    """
+    runs = result.get("raw", {}).get(workload, {})
+    ratios = [
+        mine[metric] / nginx[metric]
+        for mine, nginx in zip(runs.get(name, []), runs.get("nginx", []), strict=False)
+        if mine.get(metric) and nginx.get(metric)
+    ]
+    return " / ".join(f"{ratio:.2f}" for ratio in ratios) or "–"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"Run of {result['when']}, {result['rounds']} interleaved rounds, medians; "
@@ -57,9 +72,10 @@ def table(result: dict[str, Any]) -> str:
         extra = " | p50 µs | p99 µs" if workload == "pingpong_1" else ""
         cpu = "CPU s / 100k msgs" if metric != "mb_per_s" else "CPU s / GB"
         lines.append(
-            f"| target | {UNITS[metric]} | × nginx | × best of three | × direct | {cpu}{extra} |"
+            f"| target | {UNITS[metric]} | × nginx | × nginx, each round | × best of three "
+            f"| × direct | {cpu}{extra} |"
         )
-        lines.append("|---" * (6 + (2 if extra else 0)) + "|")
+        lines.append("|---" * (7 + (2 if extra else 0)) + "|")
         for name in TARGETS:
             row = summary["targets"][name]
             cost = row.get("cpu_s_per_gb" if metric == "mb_per_s" else "cpu_s_per_100k_msgs")
@@ -67,6 +83,7 @@ def table(result: dict[str, Any]) -> str:
                 f"**{name}**" if name == "wsproxy" else name,
                 fmt(row[metric]),
                 fmt(row["ratio_to_nginx"], 2),
+                each_round(result, workload, name, metric),
                 fmt(row["ratio_to_best_of_three"], 2),
                 fmt(row["ratio_to_direct"], 2),
                 fmt(cost, 2),

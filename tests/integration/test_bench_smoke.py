@@ -99,3 +99,12 @@ def test_side_by_side_bench_quick_run_reports_every_target(tmp_path: Path) -> No
         metric = workload["metric"]
         assert all(row[metric] > 0 for row in workload["targets"].values())
     assert set(data["idle"]) == targets - {"direct"}
+    # The report's table pairs each round with nginx's same round.
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import report  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    text = report.table(data)
+    row = next(line for line in text.splitlines() if line.startswith("| nginx |"))
+    assert " / ".join(["1.00"] * data["rounds"]) in row
