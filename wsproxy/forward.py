@@ -49,8 +49,10 @@ class RelayEvents(Protocol):
         """The upstream failed after the response head went out; the client is cut."""
 
     def ended(self, relay: Relay, failure: UpstreamFailure | Stale | None) -> None:
-        """A relay run with ``start()`` ended: None when the response was relayed
-        (or cut after its head, reported through ``cut``), else the failure."""
+        """A relay run with ``start()`` ended other than by relaying the whole
+        response (then the relay ends the request itself): the failure, or
+        None when it was cut after its head (reported through ``cut``) or
+        abandoned by the front door."""
 
 
 class Relay:
@@ -65,9 +67,9 @@ class Relay:
         "_chunked",
         "_done",
         "_finished",
+        "_plain",
         "_settled",
         "_upstream_holds",
-        "completed",
         "conn",
         "context",
         "events",
@@ -91,9 +93,10 @@ class Relay:
         self.head = b""
         self.head_sent = False
         self.switched: tuple[int, bytes, list[tuple[str, str]], bytes] | None = None
-        #: The whole response was relayed (it ended in the upstream's callbacks).
-        self.completed = False
         self._chunked = request.chunked
+        #: The plain case: an HTTP/1.1 request without a body, kept alive,
+        #: not HEAD.  Its length-framed answer takes on_head's short way.
+        self._plain = False
         self._finished = False
         self._settled = False
         self._upstream_holds = False
@@ -103,7 +106,14 @@ class Relay:
         """Send the request; the answer is relayed from the connection's callbacks."""
         request = self.request
         self.head = head
-        self.conn.start(self, head, read_timeout, head_request=request.method == "HEAD")
+        head_request = request.method == "HEAD"
+        self._plain = (
+            request.version == (1, 1)
+            and request.keep_alive
+            and not request.has_body
+            and not head_request
+        )
+        self.conn.start(self, head, read_timeout, head_request=head_request)
         if request.has_body:
             request.read_body(self)
         request.producer = self
@@ -186,9 +196,17 @@ class Relay:
         if status == 101:
             return  # on_switch follows
         request = self.request
+        self.events.answered(self)
+        if self._plain and has_length and status != 204 and status != 304:
+            # What client_framing and send_head decide for the plain case
+            # (Framing.LENGTH, nothing of the proxy's own), without them;
+            # False when the client connection is closing after all.
+            fields = client_response_fields(headers, notable)
+            if request.hold_plain_head(status, reason, fields):
+                self.head_sent = True
+                return
         assert request.version is not None
         assert request.method is not None
-        self.events.answered(self)
         framing = client_framing(
             method=request.method,
             status=status,
@@ -211,7 +229,6 @@ class Relay:
 
     def on_complete(self) -> None:
         self._finished = True
-        self.completed = True
         self.request.end()
         pool = self.conn.pool
         if not self.request.body_done:
@@ -220,6 +237,16 @@ class Relay:
             pool.release(self.conn)
         else:
             self.conn.close()  # a one-off connection (a refused WebSocket handshake)
+        if self._done is None and not self._settled:
+            # Relayed whole, run with start(): the request ends now, in the
+            # upstream's callback (the owner has nothing to add to a success).
+            self._settled = True
+            request = self.request
+            request.producer = None
+            if self._upstream_holds:
+                request.release_body()
+            request.done(outside=True)
+            return
         self._settle(None)
 
     def on_failed(self, failure: UpstreamFailure | Stale) -> None:

@@ -292,7 +292,7 @@ class Proxy:
     def ended(self, relay: Relay, failure: UpstreamFailure | Stale | None) -> None:
         request = relay.request
         if failure is None or request.abort_status is not None:
-            request.done(outside=relay.completed)
+            request.done()
             return
         exchange: Exchange = relay.context
         if isinstance(failure, Stale):

@@ -347,6 +347,21 @@ class Request:
         else:
             connection._held_head = head  # leaves with the first body write
 
+    def hold_plain_head(self, status: int, reason: bytes, fields: bytes) -> bool:
+        """The head of a length-framed answer to an HTTP/1.1 request without a
+        body: what ``send_head`` writes for it (``Framing.LENGTH``, nothing
+        of the proxy's own), held for the first body write.  False, with
+        nothing done, when the connection is not staying open (then
+        ``send_head`` adds ``Connection: close``)."""
+        connection = self.connection
+        if not connection.will_keep_alive(self):
+            return False
+        self.response_started = True
+        self.status = status
+        self.framing = Framing.LENGTH
+        connection._held_head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, fields)
+        return True
+
     def send_body(self, data: bytes) -> None:
         if not data or self.framing is Framing.NONE:
             return
