@@ -58,8 +58,9 @@ class RelayEvents(Protocol):
 class Relay:
     """One exchange between a client request and an upstream connection.
 
-    Two ways to run it: ``start()``, and ``events.ended`` when it ends (no
-    task: the plain-HTTP fast path on a pooled connection), or ``await run()``.
+    Two ways to run it: ``start()`` (no task: the plain-HTTP fast path on a
+    pooled connection), which ends the request itself when the response was
+    relayed whole and calls ``events.ended`` otherwise; or ``await run()``.
     ``context`` is the owner's record of the request (observe.Exchange).
     """
 
@@ -133,7 +134,10 @@ class Relay:
         self.conn.abort()
         self._settle(None)
 
-    def _settle(self, failure: UpstreamFailure | Stale | None) -> None:
+    def _settle(self, failure: UpstreamFailure | Stale | None, *, whole: bool = False) -> None:
+        """The exchange is over: ``failure``, or None; ``whole``: the response
+        was relayed whole (a relay run with ``start()`` then ends the request
+        itself, in the upstream's callback: the owner has nothing to add)."""
         if self._settled:
             return
         self._settled = True
@@ -143,7 +147,10 @@ class Relay:
             request.release_body()
         done = self._done
         if done is None:
-            self.events.ended(self, failure)
+            if whole:
+                request.done(outside=True)
+            else:
+                self.events.ended(self, failure)
         elif done.done():
             return
         elif failure is None:
@@ -237,17 +244,7 @@ class Relay:
             pool.release(self.conn)
         else:
             self.conn.close()  # a one-off connection (a refused WebSocket handshake)
-        if self._done is None and not self._settled:
-            # Relayed whole, run with start(): the request ends now, in the
-            # upstream's callback (the owner has nothing to add to a success).
-            self._settled = True
-            request = self.request
-            request.producer = None
-            if self._upstream_holds:
-                request.release_body()
-            request.done(outside=True)
-            return
-        self._settle(None)
+        self._settle(None, whole=True)
 
     def on_failed(self, failure: UpstreamFailure | Stale) -> None:
         self._fail(failure)

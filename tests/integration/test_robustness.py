@@ -558,3 +558,39 @@ async def test_long_targets_and_hosts_do_not_fill_the_per_request_tables() -> No
         assert kept_targets == ["/short"]
         kept_paths = [key[4] for key in obs.server.observability.access_log._fields]
         assert kept_paths == ["/short"]
+
+
+async def test_a_plain_answer_during_shutdown_says_connection_close() -> None:
+    """Guards against the plain case's short way (Request.hold_plain_head) keeping a
+    connection's answer without ``Connection: close`` when the server stops while
+    a GET is in flight: the client must learn the connection ends with it."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def respond(received: object) -> bytes:
+        arrived.set()
+        await release.wait()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async with RecordingBackend(respond) as backend:
+        server = ProxyServer(parse_config(config_text(backend.port), "t.yaml"))
+        await server.start()
+        stopping: asyncio.Task[None] | None = None
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, server.addresses[0][1])
+            writer.write(http_request("GET", "/", [("Host", "h")]))
+            await asyncio.wait_for(arrived.wait(), 5)
+            stopping = asyncio.create_task(server.stop(), name="proxy-stop")
+            await wait_until(lambda: server.observability.draining, 2, "the drain to start")
+            release.set()
+            async with asyncio.timeout(5):
+                head, body = await read_http_response(reader, "GET")
+                assert (head.status, body) == (200, b"ok")
+                assert head.get("Connection") == "close"
+                assert await reader.read() == b""
+            writer.close()
+        finally:
+            release.set()
+            if stopping is None:
+                await server.stop()
+            else:
+                await asyncio.wait_for(stopping, 15)
