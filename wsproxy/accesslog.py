@@ -214,10 +214,8 @@ class AccessLog:
                 if len(self._fields) >= _FIELDS_KEPT:
                     self._fields.clear()
                 self._fields[key] = fields
-        now = time.time()
-        ts = _last_milli[1] if _last_milli[0] == int(now * 1000) else timestamp(now)
         line = (
-            f'{{"ts":"{ts}","type":"http",'
+            f'{{"ts":"{timestamp(time.time())}","type":"http",'
             f'"request_id":{encode_basestring(exchange.request_id)},{fields},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f}'
         )
@@ -226,17 +224,7 @@ class AccessLog:
             line += "," + _JSON.encode(extra)[1:-1]
         if exchange.bytes_to_client:
             line += f',"bytes_to_client":{exchange.bytes_to_client}'
-        pending = self._pending
-        loop = self._flush_loop
-        if (
-            self._flush_handle is not None
-            and len(pending) < MAX_PENDING_LINES - 1
-            and loop is not None
-            and not loop.is_closed()
-        ):
-            pending.append(line + "}")  # _emit's common case: the timer writes it
-        else:
-            self._emit(line + "}")
+        self._emit(line + "}")
 
     def flush(self) -> None:
         if self._flush_handle is not None:

@@ -332,15 +332,12 @@ class Request:
         self.framing = framing
         connection = self.connection
         keep = connection.will_keep_alive(self) and framing is not Framing.CLOSE
-        if keep and framing is Framing.LENGTH and self.version == (1, 1):
-            extra = b""  # the common case: nothing of the proxy's to add
-        else:
-            extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
-            if not keep:
-                connection.closing = True
-                extra += b"Connection: close\r\n"
-            elif self.version == (1, 0):
-                extra += b"Connection: keep-alive\r\n"
+        extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
+        if not keep:
+            connection.closing = True
+            extra += b"Connection: close\r\n"
+        elif self.version == (1, 0):
+            extra += b"Connection: keep-alive\r\n"
         head = response_head(status, reason, headers, extra)
         if flush:
             connection.write(head)
@@ -359,7 +356,7 @@ class Request:
         self.response_started = True
         self.status = status
         self.framing = Framing.LENGTH
-        connection._held_head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, fields)
+        connection._held_head = response_head(status, reason, fields)
         return True
 
     def send_body(self, data: bytes) -> None:
@@ -375,8 +372,8 @@ class Request:
         self.response_done = True
         if self.framing is Framing.CHUNKED:
             self.connection.write(LAST_CHUNK)
-        elif self.connection._held_head is not None:
-            self.connection.write(b"")  # a head held back for a body that never came
+        else:
+            self.connection.flush()  # a head held back for a body that never came
 
     def answer(
         self,
@@ -793,8 +790,7 @@ class ClientConnection(asyncio.Protocol):
         if not request.response_done:
             request.cut()  # the handler left the response unfinished
             return
-        if self._held_head is not None:
-            self.write(b"")  # a head held back for a body that never came
+        self.flush()  # a head held back for a body that never came
         if self.closing or self._tail is not None or not request.body_done:
             self._close_after_answer(request)
         elif self._queue:
