@@ -29,24 +29,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsproxy")
 
-_last_second: list[object] = [-1, ""]
-_last_milli: list[object] = [-1, ""]
+
+class _Stamp:
+    """The last timestamp formatted, and the millisecond it is right for."""
+
+    __slots__ = ("second", "second_text", "since", "text", "until")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.second_text = ""
+        self.since = self.until = 0.0
+        self.text = ""
+
+
+_STAMP = _Stamp()
 
 
 def timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds (formatted once a millisecond: under load
-    many lines share one)."""
+    many lines share one; a caller on the hot path reads ``_STAMP`` itself
+    while ``since <= now < until``)."""
+    stamp = _STAMP
+    if stamp.since <= now < stamp.until:
+        return stamp.text
     milli = int(now * 1000)
-    if _last_milli[0] == milli:
-        return _last_milli[1]  # type: ignore[return-value]
     second = milli // 1000
-    if _last_second[0] != second:
-        _last_second[0] = second
-        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    text = f"{_last_second[1]}.{milli % 1000:03d}Z"
-    _last_milli[0] = milli
-    _last_milli[1] = text
-    return text
+    if stamp.second != second:
+        stamp.second = second
+        stamp.second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    stamp.text = f"{stamp.second_text}.{milli % 1000:03d}Z"
+    stamp.since = milli / 1000
+    stamp.until = (milli + 1) / 1000
+    return stamp.text
 
 
 #: One encoder for every line: ``json.dumps`` with non-default arguments builds a
@@ -214,9 +228,13 @@ class AccessLog:
                 if len(self._fields) >= _FIELDS_KEPT:
                     self._fields.clear()
                 self._fields[key] = fields
+        now = time.time()
+        stamp = _STAMP
+        ts = stamp.text if stamp.since <= now < stamp.until else timestamp(now)
+        # A request ID is ours (hex) or a client's that matched
+        # headers.REQUEST_ID, whose characters JSON takes as they are.
         line = (
-            f'{{"ts":"{timestamp(time.time())}","type":"http",'
-            f'"request_id":{encode_basestring(exchange.request_id)},{fields},'
+            f'{{"ts":"{ts}","type":"http","request_id":"{exchange.request_id}",{fields},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f}'
         )
         extra = exchange.extra

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from wsproxy.errors import UpstreamFailure
@@ -42,8 +42,13 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 class RelayEvents(Protocol):
     """What a relay tells its owner (the proxy), with the relay's ``context``."""
 
+    @property
+    def servers_down(self) -> Mapping[tuple[str, str], float]:
+        """Non-empty while some server is marked down (an attribute will do)."""
+
     def answered(self, relay: Relay) -> None:
-        """A valid response head arrived (the server is healthy)."""
+        """A valid response head arrived from a server, while ``servers_down``
+        is not empty: it may be one of them, healthy again."""
 
     def cut(self, relay: Relay, failure: UpstreamFailure) -> None:
         """The upstream failed after the response head went out; the client is cut."""
@@ -74,6 +79,7 @@ class Relay:
         "conn",
         "context",
         "events",
+        "flush",
         "head",
         "head_sent",
         "on_body",
@@ -89,6 +95,9 @@ class Relay:
         #: pool.Receiver.on_body: the body goes to the client as it comes
         #: (bound here, one call less per chunk).
         self.on_body: Callable[[bytes], None] = request.send_body
+        #: pool.Receiver.flush, after each read: a head held back for a body
+        #: that did not come in the same read goes out (bound the same way).
+        self.flush: Callable[[], None] = request.connection.flush
         self.context = context
         self.events = events
         self.head = b""
@@ -203,7 +212,9 @@ class Relay:
         if status == 101:
             return  # on_switch follows
         request = self.request
-        self.events.answered(self)
+        events = self.events
+        if events.servers_down:  # only then can a head be news (the common case is not)
+            events.answered(self)
         if self._plain and has_length and status != 204 and status != 304:
             # What client_framing and send_head decide for the plain case
             # (Framing.LENGTH, nothing of the proxy's own), without them;
@@ -230,9 +241,6 @@ class Relay:
         """An upstream ``101`` to a request that did not ask for one: a protocol error."""
         self.conn.abort()
         self._fail(UpstreamFailure("protocol", "101 Switching Protocols to a plain request"))
-
-    def flush(self) -> None:
-        self.request.connection.flush()
 
     def on_complete(self) -> None:
         self._finished = True

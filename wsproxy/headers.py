@@ -72,8 +72,9 @@ _SPOOFABLE = frozenset(
 
 #: A client's X-Request-ID is kept only if it looks like an ID: printable,
 #: no spaces or quotes, at most 128 characters (what Heroku and nginx's
-#: $request_id users send); anything else could inject into logs.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
+#: $request_id users send); anything else could inject into logs.  Its
+#: characters need no escaping in JSON: the access log writes an ID as it is.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 
 
 def split_tokens(values: Iterable[str]) -> list[str]:
@@ -240,7 +241,7 @@ def _is_websocket_key(value: str) -> bool:
 def choose_request_id(sent: Sequence[str], new_id: str) -> str:
     """The client's ``X-Request-ID`` (``sent``: every value it sent) if it sent
     exactly one well-formed one."""
-    if len(sent) == 1 and _REQUEST_ID.fullmatch(sent[0].strip()):
+    if len(sent) == 1 and REQUEST_ID.fullmatch(sent[0].strip()):
         return sent[0].strip()
     return new_id
 

@@ -114,7 +114,8 @@ class Observability:
             for upstream in config.upstreams.values()
             for server in upstream.servers
         )
-        #: Servers whose last attempt failed, with when that stops counting.
+        #: Servers whose last attempt failed, with when that stops counting
+        #: (shared by reference: Proxy.servers_down; mutated, never replaced).
         self.down_until: dict[tuple[str, str], float] = {}
         self.draining = False
 

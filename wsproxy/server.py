@@ -120,6 +120,8 @@ class Proxy:
     def __init__(self, config: Config, observability: Observability) -> None:
         self.config = config
         self.observability = observability
+        #: forward.RelayEvents.servers_down: the hub's own table, never replaced.
+        self.servers_down = observability.down_until
         self.router = Router(config.routes)
         self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
         self.pools: dict[str, dict[Address, ServerPool]] = {}
@@ -279,12 +281,10 @@ class Proxy:
     # --- forward.RelayEvents: a relay's context is the request's Exchange ---
 
     def answered(self, relay: Relay) -> None:
-        observability = self.observability
-        if observability.down_until:  # some server is marked down: maybe this one
-            exchange: Exchange = relay.context
-            assert exchange.upstream is not None
-            assert exchange.server is not None
-            observability.upstream_ok(exchange.upstream, exchange.server)
+        exchange: Exchange = relay.context
+        assert exchange.upstream is not None
+        assert exchange.server is not None
+        self.observability.upstream_ok(exchange.upstream, exchange.server)
 
     def cut(self, relay: Relay, failure: UpstreamFailure) -> None:
         self._record_failure(relay.context, failure)

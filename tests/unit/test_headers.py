@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from wsproxy.forward import upstream_head_fast
 from wsproxy.headers import (
     ALLOWED_METHODS,
     NOTABLE_RESPONSE_FIELDS,
+    REQUEST_ID,
     ClientInfo,
     check_request,
     check_switching_protocols,
@@ -315,6 +317,13 @@ def test_client_request_id_is_kept_only_when_well_formed(
     sent: list[tuple[str, str]], expected: str
 ) -> None:
     assert choose_request_id([value for _name, value in sent], "fresh") == expected
+
+
+def test_a_kept_request_id_needs_no_json_escaping() -> None:
+    # The access log writes request IDs into its JSON lines unescaped.
+    accepted = [chr(c) for c in range(0x110000) if REQUEST_ID.fullmatch(chr(c))]
+    assert accepted  # letters, digits and a few marks
+    assert all(json.dumps(c, ensure_ascii=False) == f'"{c}"' for c in accepted)
 
 
 def test_upstream_gets_exactly_one_request_id() -> None:

@@ -241,10 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer: dropped
-        # Checked when the head is complete: one read brings at most the
-        # transport's read size, and bytes of a head spread over several
-        # reads are counted raw in data_received.
-        self._head_size += len(name) + len(value)
+        # The head's size is checked when it is complete (on_headers_complete).
         headers = self._headers
         if len(name) in NOTABLE_LENGTHS:  # most names are not: no lower() for them
             lower = name.lower()
@@ -254,8 +251,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._head_size > MAX_RESPONSE_HEAD:
-            raise _Protocol("response head too large")
+        # Every byte of this head was counted raw (data_received) since the
+        # exchange began or the last progress: only a head that may be over
+        # the limit is measured.  One read brings at most the transport's
+        # read size, so the fields are not counted one by one as they come.
+        if self._raw_since_progress > MAX_RESPONSE_HEAD:
+            size = self._head_size + sum(len(n) + len(v) for n, v in self._headers)
+            if size > MAX_RESPONSE_HEAD:
+                raise _Protocol("response head too large")
         if len(self._headers) > MAX_RESPONSE_HEADERS:
             raise _Protocol("too many header fields")
         status = self.parser.get_status_code()
