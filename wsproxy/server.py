@@ -130,9 +130,11 @@ class Proxy:
         #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
         self._decisions: dict[tuple[object, ...], _Refusal | _Forward] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
-        # cheap (uuid4 cost ~5 µs a request); 32 hex digits like before.
+        # cheap (uuid4 cost ~5 µs a request); 32 hex digits like before.  The
+        # counter starts at 2**64 so that hex() writes 16 digits after its
+        # "0x1" with no format spec (a third of the cost of ":016x").
         self._id_prefix = secrets.token_hex(8)
-        self._id_counter = itertools.count()
+        self._id_counter = itertools.count(1 << 64)
         #: Frames all WebSocket observers may parse per loop turn (set in open()).
         self.frame_budget: FrameBudget | None = None
 
@@ -252,7 +254,7 @@ class Proxy:
 
     def _exchange(self, request: Request, path: str | None) -> Exchange:
         version = request.version
-        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        request_id = self._id_prefix + hex(next(self._id_counter))[3:]
         sent = request.index.get("x-request-id")
         if sent is not None:
             request_id = choose_request_id(sent, request_id)

@@ -61,8 +61,12 @@ from typing import Any, Protocol, cast
 import httptools
 
 from wsproxy.http.wire import (
+    BY_LENGTH,
+    CHUNKED,
     CONTINUE,
     LAST_CHUNK,
+    NO_BODY,
+    UNTIL_CLOSE,
     Framing,
     chunk,
     own_answer,
@@ -159,8 +163,8 @@ _METHOD_NAMES = {
     name.encode(): name
     for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
 }
-#: llhttp's version strings: as the request line writes them, and as numbers.
-_VERSIONS = {"1.1": (b"1.1", (1, 1)), "1.0": (b"1.0", (1, 0))}
+#: llhttp's version strings: as the request line ends with them, and as numbers.
+_VERSIONS = {"1.1": (b" HTTP/1.1\r\n", (1, 1)), "1.0": (b" HTTP/1.0\r\n", (1, 0))}
 
 
 class _Refuse(Exception):
@@ -238,7 +242,7 @@ class Request:
         self.producer: Producer | None = None
         self.response_started = False
         self.response_done = False
-        self.framing = Framing.NONE
+        self.framing = NO_BODY
         self.status = 0
         self.bytes_sent = 0
         #: Set when the front door ended the request (timeout, client gone).
@@ -331,8 +335,8 @@ class Request:
         self.status = status
         self.framing = framing
         connection = self.connection
-        keep = connection.will_keep_alive(self) and framing is not Framing.CLOSE
-        extra = b"Transfer-Encoding: chunked\r\n" if framing is Framing.CHUNKED else b""
+        keep = connection.will_keep_alive(self) and framing is not UNTIL_CLOSE
+        extra = b"Transfer-Encoding: chunked\r\n" if framing is CHUNKED else b""
         if not keep:
             connection.closing = True
             extra += b"Connection: close\r\n"
@@ -355,22 +359,22 @@ class Request:
             return False
         self.response_started = True
         self.status = status
-        self.framing = Framing.LENGTH
+        self.framing = BY_LENGTH
         connection._held_head = response_head(status, reason, fields)
         return True
 
     def send_body(self, data: bytes) -> None:
-        if not data or self.framing is Framing.NONE:
+        if not data or self.framing is NO_BODY:
             return
         self.bytes_sent += len(data)
-        self.connection.write(chunk(data) if self.framing is Framing.CHUNKED else data)
+        self.connection.write(chunk(data) if self.framing is CHUNKED else data)
 
     def end(self) -> None:
         """The response is complete."""
         if self.response_done:
             return
         self.response_done = True
-        if self.framing is Framing.CHUNKED:
+        if self.framing is CHUNKED:
             self.connection.write(LAST_CHUNK)
         else:
             self.connection.flush()  # a head held back for a body that never came
@@ -458,7 +462,13 @@ class ClientConnection(asyncio.Protocol):
         self._head_raw = 0
         self._raw_since_body = 0
         self._seen = b""
-        self._in_header_fields = False
+        #: The head in progress may be over the budget (more than it was read
+        #: in this read and the ones before it): its fields are counted as they come.
+        self._sizing = False
+        #: Where the head's fields go: the request's list and index; None for
+        #: trailers (dropped) and the synthetic head of a re-read body.
+        self._fields_to: list[tuple[str, str]] | None = None
+        self._index_to: dict[str, list[str]] = {}
         self._reparse_for: Request | None = None
         self._last_headed: Request | None = None
         self._tail: list[bytes] | None = None
@@ -505,7 +515,13 @@ class ClientConnection(asyncio.Protocol):
         # What the request lines parsed in this read are checked against
         # (on_headers_complete): this read, and before it the reads of a head
         # still incomplete (bounded by the head budget).
-        self._seen = self._seen + data if head_before else data
+        seen = self._seen = self._seen + data if head_before else data
+        if len(seen) > self.settings.max_header_size:
+            if not self._sizing and head_before and self._parsing is not None:
+                self._recount_head(self._parsing)
+            self._sizing = True
+        elif not head_before:
+            self._sizing = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -595,7 +611,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._head_size = 0
         self._head_raw = 0
-        self._in_header_fields = True
+        self._fields_to = self._parsing.headers
+        self._index_to = self._parsing.index
 
     def on_url(self, url: bytes) -> None:
         if self._reparse_for is not None:
@@ -606,32 +623,41 @@ class ClientConnection(asyncio.Protocol):
             raise _Refuse(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_header_fields:
+        headers = self._fields_to
+        if headers is None:
             return  # a trailer (dropped) or the synthetic head of a re-read body
-        request = self._parsing
-        assert request is not None
-        size = self._head_size = self._head_size + len(name) + len(value) + 4
-        if size > self.settings.max_header_size:
-            raise _Refuse(431, "request header fields too large")
-        headers = request.headers
-        if len(headers) >= MAX_HEADERS:
-            raise _Refuse(431, "too many request header fields")
+        if self._sizing:  # else the head is within the budget (data_received)
+            self._count_field(len(name) + len(value) + 4, len(headers))
         key = name.decode("latin-1")
         text = value.decode("latin-1")
         headers.append((key, text))
-        index = request.index
+        index = self._index_to
         lower = key.lower()
         if lower in index:
             index[lower].append(text)
         else:
             index[lower] = [text]
 
+    def _count_field(self, size: int, before: int) -> None:
+        """One more field of a head that may be over the budget."""
+        size = self._head_size = self._head_size + size
+        if size > self.settings.max_header_size:
+            raise _Refuse(431, "request header fields too large")
+        if before >= MAX_HEADERS:
+            raise _Refuse(431, "too many request header fields")
+
+    def _recount_head(self, request: Request) -> None:
+        """The head in progress was not counted field by field: count what is parsed."""
+        self._head_size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+
     def on_headers_complete(self) -> None:
         if self._reparse_for is not None:
             return
         request = self._parsing
         assert request is not None
-        self._in_header_fields = False
+        self._fields_to = None
+        if len(request.headers) > MAX_HEADERS:  # counted here when the head was small
+            raise _Refuse(431, "too many request header fields")
         self._head_started = None
         self._raw_since_body = 0
         parser = self.parser
@@ -645,13 +671,15 @@ class ClientConnection(asyncio.Protocol):
         known = _VERSIONS.get(version)
         if known is None:
             major, _, minor = version.partition(".")
-            known = (version.encode(), (int(major), int(minor)))
-        line_version, request.version = known
+            known = (b" HTTP/%s\r\n" % version.encode(), (int(major), int(minor)))
+        line_end, request.version = known
         url = self._url
         # llhttp accepts several spaces between the parts of the request line;
         # a proxy must not guess which part a space belongs to.  The line as a
-        # well-formed request writes it must be among the bytes read.
-        if b"%s %s HTTP/%s\r\n" % (method, url, line_version) not in self._seen:
+        # well-formed request writes it must be among the bytes read.  (find(),
+        # not ``in``: bytes.__contains__ tries the operand as an integer first,
+        # and the TypeError it swallows cost three times the search.)
+        if self._seen.find(b"".join((method, b" ", url, line_end))) < 0:
             raise _Refuse(400, "malformed request: invalid request line")
         request.target = url.decode("latin-1")
         request.keep_alive = parser.should_keep_alive()
