@@ -376,7 +376,7 @@ class Request:
         self.response_done = True
         if self.framing is CHUNKED:
             self.connection.write(LAST_CHUNK)
-        else:
+        elif self.connection._held_head is not None:
             self.connection.flush()  # a head held back for a body that never came
 
     def answer(
@@ -818,7 +818,8 @@ class ClientConnection(asyncio.Protocol):
         if not request.response_done:
             request.cut()  # the handler left the response unfinished
             return
-        self.flush()  # a head held back for a body that never came
+        if self._held_head is not None:
+            self.flush()  # a head held back for a body that never came
         if self.closing or self._tail is not None or not request.body_done:
             self._close_after_answer(request)
         elif self._queue:
