@@ -283,6 +283,25 @@ async def test_requests_pipelined_behind_h2c_are_all_answered_in_order(first: by
     assert backend.requests[0].body == (b"hello" if method == "POST" else b"")
 
 
+async def test_a_request_refused_behind_h2c_gets_its_own_answer() -> None:
+    """The request parsed behind an h2c upgrade is checked like any other: a
+    transfer coding the proxy cannot forward is 501 (it once became a 500 and a
+    traceback, its refusal lost while the upgrade was being handled)."""
+    first = b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+    second = b"POST /second HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    async with RecordingBackend() as backend, observed_proxy(config_text(backend.port)) as obs:
+        async with raw_client(obs.port) as (reader, writer):
+            writer.write(first + second)
+            async with asyncio.timeout(5):
+                head, body = await read_response(reader)
+                assert (head.status, body) == (200, b"ok")
+                head, _body = await read_response(reader)
+                assert head.status == 501
+        await obs.log_has(2)
+        assert [record["status"] for record in obs.log_records()] == [200, 501]
+    assert [r.head.start_line for r in backend.requests] == ["GET /first HTTP/1.1"]
+
+
 async def test_a_refused_websocket_handshake_closes_the_connection_after_its_answer() -> None:
     """What follows a WebSocket handshake is kept for the tunnel, not parsed as
     HTTP; when there is no tunnel the refusal says ``Connection: close`` and the

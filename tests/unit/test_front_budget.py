@@ -1,9 +1,10 @@
 """The request-head budget, read by read.
 
 The front door counts a head's fields one by one only once the bytes read
-for it exceed ``max_header_size`` (before that the head cannot be over it);
-a head that passes the budget in a later read is counted from what was
-parsed before.  Socket writes may be merged into one read, so these tests
+for it are many enough that it could be over ``max_header_size`` or
+``MAX_HEADERS`` (a field counts four bytes besides its name and value, and
+may take three on the wire); a head that passes that mark in a later read is
+counted from what was parsed before.  Socket writes may be merged into one read, so these tests
 call ``data_received`` themselves, one read at a time, with a transport
 that only records.
 """
@@ -105,3 +106,16 @@ async def test_as_many_fields_as_allowed_are_served() -> None:
     app, _ = _reads(32 * 1024, START + fields + b"\r\n")
     assert app.refusals == []
     assert len(app.handled[0].headers) == MAX_HEADERS
+
+
+async def test_fields_without_a_space_are_counted_as_the_budget_says() -> None:
+    # "aN:b\r\n" takes a byte less on the wire than the budget counts
+    # (name, value and four); 200 of them make a head of exactly the budget's
+    # bytes that counts over it.  Sent alone, in one read, it is still 431.
+    fields = b"".join(b"a%d:b\r\n" % i for i in range(200))
+    head = b"GET / HTTP/1.1\r\nHost:h\r\n" + fields
+    pad = 32 * 1024 - len(head) - len(b"x:\r\n\r\n")
+    head += b"x:" + b"p" * pad + b"\r\n\r\n"
+    assert len(head) == 32 * 1024
+    app, _ = _reads(32 * 1024, head)
+    assert app.refusals == [(431, "request header fields too large")]

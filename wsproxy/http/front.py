@@ -462,9 +462,14 @@ class ClientConnection(asyncio.Protocol):
         self._head_raw = 0
         self._raw_since_body = 0
         self._seen = b""
-        #: The head in progress may be over the budget (more than it was read
-        #: in this read and the ones before it): its fields are counted as they come.
+        #: The fields of the head in progress are counted as they come: more
+        #: than ``_count_from`` bytes were read for it (this read and the ones
+        #: before it).  Below that a head can be over neither the budget nor
+        #: MAX_HEADERS: a field counts ``name + value + 4`` and takes at least
+        #: ``name + value + 3`` bytes (no space after the colon), at least 4,
+        #: and the request line and the final CRLF take 17 or more uncounted.
         self._sizing = False
+        self._count_from = min(settings.max_header_size - MAX_HEADERS, 4 * MAX_HEADERS)
         #: Where the head's fields go: the request's list and index; None for
         #: trailers (dropped) and the synthetic head of a re-read body.
         self._fields_to: list[tuple[str, str]] | None = None
@@ -516,16 +521,21 @@ class ClientConnection(asyncio.Protocol):
         # (on_headers_complete): this read, and before it the reads of a head
         # still incomplete (bounded by the head budget).
         seen = self._seen = self._seen + data if head_before else data
-        if len(seen) > self.settings.max_header_size:
+        if len(seen) > self._count_from:
             if not self._sizing and head_before and self._parsing is not None:
                 self._recount_head(self._parsing)
             self._sizing = True
         elif not head_before:
             self._sizing = False
+        tail: bytes | None = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgraded(data[int(exc.args[0]) :])
+            # Handled after this block: a refusal in what follows the upgrade
+            # must not be raised while this exception is being handled (its
+            # parser error's __context__, which carries the refusal, would
+            # be replaced by this one).
+            tail = data[int(exc.args[0]) :]
         except httptools.HttpParserCallbackError as exc:
             refusal = exc.__context__
             if isinstance(refusal, _Refuse):
@@ -549,6 +559,8 @@ class ClientConnection(asyncio.Protocol):
             elif parsing.headed and self._raw_since_body > self.settings.max_header_size:
                 # Trailers and chunk extensions bring no body: the same budget.
                 self._refuse_unparsed(431, "request trailer or chunk extension too large")
+        if tail is not None:
+            self._upgraded(tail)
 
     def eof_received(self) -> bool | None:
         if self._lingering:
@@ -626,7 +638,7 @@ class ClientConnection(asyncio.Protocol):
         headers = self._fields_to
         if headers is None:
             return  # a trailer (dropped) or the synthetic head of a re-read body
-        if self._sizing:  # else the head is within the budget (data_received)
+        if self._sizing:  # else it cannot be over the limits (see _sizing)
             self._count_field(len(name) + len(value) + 4, len(headers))
         key = name.decode("latin-1")
         text = value.decode("latin-1")
@@ -647,7 +659,9 @@ class ClientConnection(asyncio.Protocol):
             raise _Refuse(431, "too many request header fields")
 
     def _recount_head(self, request: Request) -> None:
-        """The head in progress was not counted field by field: count what is parsed."""
+        """The head in progress was not counted field by field: count what is
+        parsed (under the budget: it came in reads of at most ``_count_from``
+        bytes, see ``_sizing``); the fields to come are counted as they come."""
         self._head_size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in request.headers)
 
     def on_headers_complete(self) -> None:
@@ -656,8 +670,6 @@ class ClientConnection(asyncio.Protocol):
         request = self._parsing
         assert request is not None
         self._fields_to = None
-        if len(request.headers) > MAX_HEADERS:  # counted here when the head was small
-            raise _Refuse(431, "too many request header fields")
         self._head_started = None
         self._raw_since_body = 0
         parser = self.parser
@@ -678,7 +690,7 @@ class ClientConnection(asyncio.Protocol):
         # a proxy must not guess which part a space belongs to.  The line as a
         # well-formed request writes it must be among the bytes read.  (find(),
         # not ``in``: bytes.__contains__ tries the operand as an integer first,
-        # and the TypeError it swallows cost three times the search.)
+        # and the TypeError it swallows costs more than the search itself.)
         if self._seen.find(b"".join((method, b" ", url, line_end))) < 0:
             raise _Refuse(400, "malformed request: invalid request line")
         request.target = url.decode("latin-1")

@@ -252,9 +252,11 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         # Every byte of this head was counted raw (data_received) since the
-        # exchange began or the last progress: only a head that may be over
-        # the limit is measured.  One read brings at most the transport's
-        # read size, so the fields are not counted one by one as they come.
+        # exchange began or the last progress, and the raw bytes are at least
+        # the measured size (reason, names and values): only a head whose raw
+        # count is over the limit can be, so only such a head is measured.
+        # (A read brings at most the transport's read size, so the fields
+        # held meanwhile are bounded too.)
         if self._raw_since_progress > MAX_RESPONSE_HEAD:
             size = self._head_size + sum(len(n) + len(v) for n, v in self._headers)
             if size > MAX_RESPONSE_HEAD:
