@@ -468,6 +468,8 @@ class ClientConnection(asyncio.Protocol):
         #: MAX_HEADERS: a field counts ``name + value + 4`` and takes at least
         #: ``name + value + 3`` bytes (no space after the colon), at least 4,
         #: and the request line and the final CRLF take 17 or more uncounted.
+        #: That rests on llhttp's strict defaults: every line ends in CRLF (a
+        #: lenient mode taking bare LF would let 257 fields fit in 788 bytes).
         self._sizing = False
         self._count_from = min(settings.max_header_size - MAX_HEADERS, 4 * MAX_HEADERS)
         #: Where the head's fields go: the request's list and index; None for
