@@ -47,8 +47,7 @@ _STAMP = _Stamp()
 
 def timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds (formatted once a millisecond: under load
-    many lines share one; a caller on the hot path reads ``_STAMP`` itself
-    while ``since <= now < until``)."""
+    many lines share one)."""
     stamp = _STAMP
     if stamp.since <= now < stamp.until:
         return stamp.text
@@ -228,9 +227,7 @@ class AccessLog:
                 if len(self._fields) >= _FIELDS_KEPT:
                     self._fields.clear()
                 self._fields[key] = fields
-        now = time.time()
-        stamp = _STAMP
-        ts = stamp.text if stamp.since <= now < stamp.until else timestamp(now)
+        ts = timestamp(time.time())
         # A request ID is ours (hex) or a client's that matched
         # headers.REQUEST_ID, whose characters JSON takes as they are.
         line = (
