@@ -113,7 +113,7 @@ access_log:
     client = ClientConnection(proxy, front_settings(config))
     client_transport = MemoryTransport(("127.0.0.1", 40000))
     client.connection_made(client_transport)
-    (pool,) = proxy.pools["web"].values()
+    pool = proxy.upstreams.groups["web"].servers[0].pool
     upstream = UpstreamConnection(pool)
     upstream.connection_made(MemoryTransport(("127.0.0.1", 9)))
     pool.open += 1

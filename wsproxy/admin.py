@@ -2,7 +2,7 @@
 
 ``/healthz`` answers 200 while the process runs (liveness: restart me if
 not).  ``/readyz`` answers 503 while draining or when every server of every
-upstream failed its last attempt within the last few seconds (observe.DOWN_FOR),
+upstream failed its last attempt within the last few seconds (upstreams.health.DOWN_FOR),
 so a load balancer stops sending traffic that could only get 502s
 (readiness), and comes back by itself once that time has passed.
 ``/metrics`` is the Prometheus text format; ``/status.json`` is what the
@@ -17,15 +17,16 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from wsproxy.observe import Observability
+from wsproxy.upstreams.servers import Upstreams
 
 #: Pinned, not CONTENT_TYPE_LATEST: newer prometheus-client releases announce
 #: 1.0.0, which older scrapers reject; the body is the 0.0.4 text format.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def admin_app(observability: Observability) -> web.Application:
+def admin_app(observability: Observability, upstreams: Upstreams) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        observability.refresh_health(time.monotonic())
+        upstreams.health.refresh(time.monotonic())
         body = generate_latest(observability.metrics.registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
@@ -37,13 +38,13 @@ def admin_app(observability: Observability) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         if observability.draining:
             return web.Response(status=503, text="draining\n")
-        if observability.all_servers_down(time.monotonic()):
+        if upstreams.all_down(time.monotonic()):
             return web.Response(status=503, text="every upstream server is down\n")
         return web.Response(text="ready\n")
 
     async def status(request: web.Request) -> web.Response:
         now = time.monotonic()
-        return web.json_response(observability.status(now))
+        return web.json_response(observability.status(now, upstreams.states(now)))
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

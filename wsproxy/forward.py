@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, Protocol
 
 from wsproxy.errors import UpstreamFailure
@@ -43,7 +43,7 @@ class RelayEvents(Protocol):
     """What a relay tells its owner (the proxy), with the relay's ``context``."""
 
     @property
-    def servers_down(self) -> Mapping[tuple[str, str], float]:
+    def servers_down(self) -> Sized:
         """Non-empty while some server is marked down (an attribute will do)."""
 
     def answered(self, relay: Relay) -> None:

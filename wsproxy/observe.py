@@ -26,16 +26,11 @@ from wsproxy.sessions import (
     needs_attention,
 )
 from wsproxy.tunnel import Tunnel
+from wsproxy.upstreams.servers import Server
 from wsproxy.wsframes import FrameObserver
 
 log = logging.getLogger("wsproxy.early_close")
 upstream_log = logging.getLogger("wsproxy.upstream")
-
-#: Passive health: a server whose last attempt failed counts as down for this
-#: long, then as up again, so one failure (a backend restarting) cannot keep
-#: /readyz at 503 forever when no traffic comes to prove otherwise.  Active
-#: health checks come with load balancing.
-DOWN_FOR = 5.0
 
 #: Early closes the status endpoint remembers (those logged at WARNING).
 RECENT_EARLY_CLOSES = 50
@@ -54,6 +49,8 @@ class Exchange:
     route: str = "none"
     upstream: str | None = None
     server: str | None = None
+    #: The server picked for this request (upstreams.Server), when one was.
+    target: Server | None = None
     websocket_session: bool = False  # a 101 was relayed: counted and logged as a session
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
     extra: dict[str, object] | None = None  # more access-log fields (note())
@@ -109,39 +106,17 @@ class Observability:
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
-        self.servers = tuple(
-            (upstream.name, str(server))
-            for upstream in config.upstreams.values()
-            for server in upstream.servers
-        )
-        #: Servers whose last attempt failed, with when that stops counting
-        #: (shared by reference: Proxy.servers_down; mutated, never replaced).
-        self.down_until: dict[tuple[str, str], float] = {}
         self.draining = False
 
-    # --- upstream health, passively: the last attempt decides, for a while --
+    # --- upstream health (upstreams.HealthEvents): told, not kept here ----
 
-    def upstream_ok(self, upstream: str, server: str) -> None:
-        if self.down_until.pop((upstream, server), None) is None:
-            return  # the common case, on every request: nothing changes
-        upstream_log.info("upstream %s server %s answers again", upstream, server)
-        self.metrics.upstream_up.labels(upstream, server).set(1)
+    def server_state(self, server: Server, up: bool, why: str) -> None:
+        self.metrics.upstream_up.labels(server.group, server.label).set(1 if up else 0)
+        if why == "answered":
+            upstream_log.info("upstream %s server %s answers again", server.group, server.label)
 
-    def upstream_failed(self, upstream: str, server: str, failure: UpstreamFailure) -> None:
-        self.down_until[(upstream, server)] = time.monotonic() + DOWN_FOR
-        self.metrics.upstream_up.labels(upstream, server).set(0)
-        self.metrics.upstream_errors.labels(upstream, server, failure.kind).inc()
-
-    def refresh_health(self, now: float) -> None:
-        """Forget failures older than DOWN_FOR (before a scrape or a probe)."""
-        for key, until in list(self.down_until.items()):
-            if now >= until:
-                del self.down_until[key]
-                self.metrics.upstream_up.labels(*key).set(1)
-
-    def all_servers_down(self, now: float) -> bool:
-        self.refresh_health(now)
-        return bool(self.servers) and all(key in self.down_until for key in self.servers)
+    def server_failed(self, server: Server, failure: UpstreamFailure) -> None:
+        self.metrics.upstream_errors.labels(server.group, server.label, failure.kind).inc()
 
     # --- requests ----------------------------------------------------------
 
@@ -181,7 +156,7 @@ class Observability:
 
     # --- the status endpoint ----------------------------------------------
 
-    def status(self, now: float) -> dict[str, object]:
+    def status(self, now: float, upstreams: dict[str, dict[str, str]]) -> dict[str, object]:
         sessions = [
             {
                 "request_id": info.request_id,
@@ -201,11 +176,6 @@ class Observability:
             {"at": timestamp(at), **report.fields()}
             for at, report in reversed(self.recent_early_closes)
         ]
-        self.refresh_health(now)
-        upstreams: dict[str, dict[str, str]] = {}
-        for upstream, server in self.servers:
-            down = (upstream, server) in self.down_until
-            upstreams.setdefault(upstream, {})[server] = "down" if down else "up"
         return {
             "draining": self.draining,
             "active_sessions": sessions,

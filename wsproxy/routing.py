@@ -1,4 +1,4 @@
-"""Route matching and server choice: pure, no I/O.
+"""Route matching: pure, no I/O.
 
 Matching rules (documented in the README):
 
@@ -20,10 +20,9 @@ Matching rules (documented in the README):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from wsproxy.config import Address, Route, Upstream
+from wsproxy.config import Route
 
 
 def request_host(host_header: str | None) -> str | None:
@@ -93,29 +92,3 @@ class Router:
             if key > best_key:
                 best, best_key = route, key
         return best
-
-
-@dataclass(slots=True)
-class RoundRobin:
-    """Per-upstream server rotation, kept as plain data.
-
-    Health checks and weights come later; they will narrow the candidate list
-    this picks from, not change how the caller asks.
-    """
-
-    servers: tuple[Address, ...]
-    _next: int = field(default=0)
-
-    def pick(self) -> Address:
-        return self.servers[self.pick_index()]
-
-    def pick_index(self) -> int:
-        """The position of the next server in ``servers``."""
-        index = self._next
-        self._next = (index + 1) % len(self.servers)
-        return index
-
-
-def balancers(upstreams: Mapping[str, Upstream]) -> dict[str, RoundRobin]:
-    """One rotation per upstream name."""
-    return {name: RoundRobin(upstream.servers) for name, upstream in upstreams.items()}

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from wsproxy.admin import admin_app
-from wsproxy.config import Address, Config, Route, Upstream
+from wsproxy.config import Config, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import Relay, forward_http, retryable, upstream_head, upstream_head_fast
 from wsproxy.headers import (
@@ -41,10 +41,11 @@ from wsproxy.headers import (
 from wsproxy.http.front import ClientConnection, FrontSettings, Request
 from wsproxy.http.pool import PoolTimeout, ServerPool, Stale
 from wsproxy.observe import Exchange, Observability
-from wsproxy.routing import RoundRobin, Router, balancers
+from wsproxy.routing import Router
 from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, parse_target
 from wsproxy.tunnel import Tunnel, turn_budget
+from wsproxy.upstreams.servers import Group, Server, Upstreams
 from wsproxy.websocket import TunnelSettings, handle_websocket
 from wsproxy.wsframes import FrameBudget
 
@@ -81,9 +82,7 @@ class _Forward:
     origin_form: str
     route: Route
     upstream: Upstream
-    #: The upstream's pools in balancing order.
-    rotation: tuple[ServerPool, ...]
-    balancer: RoundRobin
+    group: Group
     logged_path: str | None
     #: ``X-Forwarded-Host: <the client's Host>\r\n`` (the fast head; "" without Host).
     forwarded_host: str
@@ -120,13 +119,10 @@ class Proxy:
     def __init__(self, config: Config, observability: Observability) -> None:
         self.config = config
         self.observability = observability
-        #: forward.RelayEvents.servers_down: the hub's own table, never replaced.
-        self.servers_down = observability.down_until
+        self.upstreams = Upstreams(config.upstreams, observability)
+        #: forward.RelayEvents.servers_down: the health table, never replaced.
+        self.servers_down = self.upstreams.health.down
         self.router = Router(config.routes)
-        self.balancers: dict[str, RoundRobin] = balancers(config.upstreams)
-        self.pools: dict[str, dict[Address, ServerPool]] = {}
-        #: Each upstream's pools in its balancer's order (picked by index).
-        self.rotations: dict[str, tuple[ServerPool, ...]] = {}
         #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
         self._decisions: dict[tuple[object, ...], _Refusal | _Forward] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
@@ -149,17 +145,9 @@ class Proxy:
 
     async def open(self) -> None:
         self.frame_budget = turn_budget(asyncio.get_running_loop())
-        for name, upstream in self.config.upstreams.items():
-            self.pools[name] = {}
-            for server in upstream.servers:
-                self.pools[name][server] = ServerPool(upstream, server)
-            self.rotations[name] = tuple(self.pools[name][s] for s in upstream.servers)
 
     async def close(self) -> None:
-        for pools in self.pools.values():
-            for pool in pools.values():
-                pool.close()
-        self.pools.clear()
+        self.upstreams.close()
 
     def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
         """front.App.handle: answer now, start a relay, or return the work for a task."""
@@ -197,7 +185,8 @@ class Proxy:
                 # forwarded as plain HTTP, their Upgrade dropped as hop-by-hop
                 # (what nginx does by default).
                 exchange.note("upgrade_ignored", index["upgrade"][0][:100])
-        pool = self._pick(decision, exchange)
+        server = self._pick(decision, exchange)
+        pool = server.pool
         if untouched(index):
             # Nothing to drop or replace (the common case): the client's
             # fields as they came, then this hop's own.
@@ -210,7 +199,7 @@ class Proxy:
                 chunked=request.chunked,
             )
         else:
-            headers = self._upstream_headers(request, client.info, pool.label, exchange)
+            headers = self._upstream_headers(request, client.info, server.label, exchange)
             head = upstream_head(request, decision.origin_form, headers)
         conn = pool.take_idle()
         if conn is None:
@@ -284,9 +273,8 @@ class Proxy:
 
     def answered(self, relay: Relay) -> None:
         exchange: Exchange = relay.context
-        assert exchange.upstream is not None
-        assert exchange.server is not None
-        self.observability.upstream_ok(exchange.upstream, exchange.server)
+        assert exchange.target is not None
+        self.upstreams.ok(exchange.target)
 
     def cut(self, relay: Relay, failure: UpstreamFailure) -> None:
         self._record_failure(relay.context, failure)
@@ -351,8 +339,7 @@ class Proxy:
             target.origin_form,
             route,
             upstream,
-            self.rotations[upstream.name],
-            self.balancers[upstream.name],
+            self.upstreams.groups[upstream.name],
             logged_path,
             forwarded_host_field(hosts),
         )
@@ -387,11 +374,12 @@ class Proxy:
             )
         return headers
 
-    def _pick(self, decision: _Forward, exchange: Exchange) -> ServerPool:
-        pool = decision.rotation[decision.balancer.pick_index()]
+    def _pick(self, decision: _Forward, exchange: Exchange) -> Server:
+        server = decision.group.pick()
         exchange.upstream = decision.upstream.name
-        exchange.server = pool.label
-        return pool
+        exchange.server = server.label
+        exchange.target = server
+        return server
 
     def _is_websocket(self, request: Request) -> bool:
         upgrade = request.index.get("upgrade", _NONE)
@@ -424,7 +412,7 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        pool = self._pick(decision, exchange)
+        server = self._pick(decision, exchange)
         route = decision.route
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
@@ -433,17 +421,18 @@ class Proxy:
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
         )
-        headers = self._upstream_headers(request, client, pool.label, exchange, websocket=True)
+        headers = self._upstream_headers(request, client, server.label, exchange, websocket=True)
         try:
             await handle_websocket(
                 request,
                 decision.origin_form,
                 headers,
                 decision.upstream,
-                pool.server,
+                server,
                 exchange,
                 settings,
                 self.observability,
+                self.upstreams,
                 self,
             )
         except UpstreamFailure as failure:
@@ -484,9 +473,8 @@ class Proxy:
 
         Also the ``on_cut`` of a response that failed after its head went out.
         """
-        assert exchange.upstream is not None
-        assert exchange.server is not None
-        self.observability.upstream_failed(exchange.upstream, exchange.server, failure)
+        assert exchange.target is not None
+        self.upstreams.failed(exchange.target, failure, time.monotonic())
         exchange.note("error", str(failure))
 
 
@@ -527,7 +515,7 @@ class ProxyServer:
             return ClientConnection(proxy, settings, connections)
 
         self._admin = web.AppRunner(
-            admin_app(self.observability),
+            admin_app(self.observability, self.proxy.upstreams),
             access_log=None,
             handle_signals=False,
         )

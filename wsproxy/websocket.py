@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from wsproxy.config import Address, Upstream
+from wsproxy.config import Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import Relay, RelayEvents
 from wsproxy.headers import (
@@ -38,6 +38,7 @@ from wsproxy.http.wire import request_head, response_head
 from wsproxy.observe import Exchange, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
+from wsproxy.upstreams.servers import Server, Upstreams
 from wsproxy.wsframes import FrameBudget, allowed_rsv_bits
 
 log = logging.getLogger("wsproxy.websocket")
@@ -89,10 +90,11 @@ async def handle_websocket(
     target: str,
     headers: Sequence[tuple[str, str]],
     upstream: Upstream,
-    server: Address,
+    server: Server,
     exchange: Exchange,
     settings: TunnelSettings,
     observability: Observability,
+    upstreams: Upstreams,
     events: RelayEvents,
 ) -> None:
     """Run one handshake; raises UpstreamFailure before any answer.
@@ -102,7 +104,7 @@ async def handle_websocket(
     with the upgrade).  A refusal is relayed like any response (``events``
     hears of it, with ``exchange`` as the relay's context).
     """
-    conn = await connect(server, upstream.connect_timeout, UpstreamConnection)
+    conn = await connect(server.address, upstream.connect_timeout, UpstreamConnection)
     relay = _HandshakeRelay(request, conn, exchange, events)
     try:
         await relay.run(request_head("GET", target, headers), upstream.read_timeout)
@@ -123,11 +125,11 @@ async def handle_websocket(
     except BaseException:
         conn.abort()
         raise
-    observability.upstream_ok(upstream.name, str(server))
+    upstreams.ok(server)
     info = SessionInfo(
         route=exchange.route,
         client=exchange.client,
-        server=str(server),
+        server=server.label,
         request_id=exchange.request_id,
         path=exchange.path or "",
         upstream_version="HTTP/1.1",  # what the request line said (wire.request_head)

@@ -19,8 +19,8 @@ from typing import cast
 
 import pytest
 
-import wsproxy.observe
 import wsproxy.tunnel
+import wsproxy.upstreams.health
 from tests.support.backends import RawBackend, Seen, recording
 from tests.support.http_backends import RecordingBackend, chunked, raw_request, read_chunked
 from tests.support.http_backends import read_response as read_http_response
@@ -390,7 +390,7 @@ async def test_passive_health_recovers_after_down_for_without_any_traffic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Guards against one failed attempt keeping /readyz at 503 until traffic proves otherwise."""
-    monkeypatch.setattr(wsproxy.observe, "DOWN_FOR", 0.5)
+    monkeypatch.setattr(wsproxy.upstreams.health, "DOWN_FOR", 0.5)
     dead = _dead_port()
     server = f"127.0.0.1:{dead}"
     async with observed_proxy(_config(dead)) as obs:

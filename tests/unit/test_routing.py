@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wsproxy.config import Address, Route, WebSocketSettings
-from wsproxy.routing import RoundRobin, Router, path_matches, request_host
+from wsproxy.config import Route, WebSocketSettings
+from wsproxy.routing import Router, path_matches, request_host
 from wsproxy.target import parse_target
 
 
@@ -108,9 +108,3 @@ def test_host_route_falls_through_to_hostless_routes_for_other_paths() -> None:
 
 def test_no_match_is_none() -> None:
     assert Router([route("api", "/api")]).match("h", "/") is None
-
-
-def test_round_robin_rotates_through_servers() -> None:
-    servers = (Address("a", 1), Address("b", 2), Address("c", 3))
-    rotation = RoundRobin(servers)
-    assert [rotation.pick() for _ in range(6)] == [*servers, *servers]
