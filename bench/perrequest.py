@@ -190,7 +190,7 @@ def _nothing(*args: object, **kwargs: object) -> None:
 
 def knockouts() -> dict[str, Callable[[Patches], None]]:
     """Each part of the per-request work, replaced by a constant answer."""
-    import wsproxy.server as server_module
+    import wsproxy.dispatch as server_module
     from wsproxy import forward
     from wsproxy.accesslog import AccessLog
     from wsproxy.headers import client_response_fields

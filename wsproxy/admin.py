@@ -12,6 +12,7 @@ status page will show.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -24,9 +25,25 @@ from wsproxy.upstreams.servers import Upstreams
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def admin_app(observability: Observability, upstreams: Upstreams) -> web.Application:
+class AdminView(Protocol):
+    """What the admin endpoints read: the server state (wsproxy.server)."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def observability(self) -> Observability: ...
+
+    @property
+    def upstreams(self) -> Upstreams:
+        """The current configuration's upstreams."""
+
+
+def admin_app(view: AdminView) -> web.Application:
+    observability = view.observability
+
     async def metrics(request: web.Request) -> web.Response:
-        upstreams.health.refresh(time.monotonic())
+        view.upstreams.health.refresh(time.monotonic())
         body = generate_latest(observability.metrics.registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
@@ -36,15 +53,16 @@ def admin_app(observability: Observability, upstreams: Upstreams) -> web.Applica
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        if observability.draining:
+        if view.draining:
             return web.Response(status=503, text="draining\n")
-        if upstreams.all_down(time.monotonic()):
+        if view.upstreams.all_down(time.monotonic()):
             return web.Response(status=503, text="every upstream server is down\n")
         return web.Response(text="ready\n")
 
     async def status(request: web.Request) -> web.Response:
         now = time.monotonic()
-        return web.json_response(observability.status(now, upstreams.states(now)))
+        status = observability.status(now, view.upstreams.states(now), draining=view.draining)
+        return web.json_response(status)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -98,15 +99,17 @@ def early_close_message(report: SessionReport) -> str:
 
 
 class Observability:
-    def __init__(self, config: Config, stream: TextIO | None = None) -> None:
-        self.live: dict[Tunnel, SessionInfo] = {}
-        self.metrics = Metrics(config, self.live)
+    def __init__(
+        self, config: Config, live: Mapping[Tunnel, SessionInfo], stream: TextIO | None = None
+    ) -> None:
+        #: The open sessions, owned by the server state (read for metrics).
+        self.live = live
+        self.metrics = Metrics(config, live)
         self.access_log = AccessLog(config.access_log, stream)
         self._log_requests = self.access_log.enabled
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
-        self.draining = False
 
     # --- upstream health (upstreams.HealthEvents): told, not kept here ----
 
@@ -132,16 +135,12 @@ class Observability:
 
     # --- WebSocket sessions ------------------------------------------------
 
-    def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
+    def session_started(self, info: SessionInfo, method: str) -> None:
         """A 101 was relayed: count the handshake now, not when the session ends."""
-        self.live[tunnel] = info
         self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
 
-    def session_ended(self, tunnel: Tunnel) -> None:
-        info = self.live.pop(tunnel, None)
-        if info is None:
-            return
+    def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
         if report.early:
@@ -156,7 +155,9 @@ class Observability:
 
     # --- the status endpoint ----------------------------------------------
 
-    def status(self, now: float, upstreams: dict[str, dict[str, str]]) -> dict[str, object]:
+    def status(
+        self, now: float, upstreams: dict[str, dict[str, str]], *, draining: bool
+    ) -> dict[str, object]:
         sessions = [
             {
                 "request_id": info.request_id,
@@ -177,7 +178,7 @@ class Observability:
             for at, report in reversed(self.recent_early_closes)
         ]
         return {
-            "draining": self.draining,
+            "draining": draining,
             "active_sessions": sessions,
             "recent_early_closes": early,
             "upstreams": upstreams,

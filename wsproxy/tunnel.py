@@ -354,6 +354,10 @@ class Tunnel:
     def activity(self) -> int:
         return self.c2u.bytes + self.u2c.bytes
 
+    def shutdown(self) -> None:
+        """End the session because the proxy stops (the drain, a reload's end)."""
+        self.close("drain")
+
     def close(self, how: How, *, reset: bool = False) -> None:
         """End the session for the proxy's own reasons."""
         self._record_end("proxy", how)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from wsproxy.config import Upstream
 from wsproxy.errors import UpstreamFailure
@@ -35,7 +36,7 @@ from wsproxy.headers import (
 from wsproxy.http.front import Request
 from wsproxy.http.pool import Stale, UpstreamConnection, connect
 from wsproxy.http.wire import request_head, response_head
-from wsproxy.observe import Exchange, Observability
+from wsproxy.observe import Exchange
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstreams.servers import Server, Upstreams
@@ -54,6 +55,18 @@ class TunnelSettings:
     observe_frames: bool
     #: Shared by every session of the server (tunnel.turn_budget).
     frame_budget: FrameBudget | None = None
+
+
+class SessionOwner(Protocol):
+    """Who holds the open sessions (the server state, wsproxy.server)."""
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: a session that starts now ends at once."""
+
+    def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None: ...
+
+    def session_ended(self, tunnel: Tunnel) -> None: ...
 
 
 class _HandshakeRelay(Relay):
@@ -93,7 +106,7 @@ async def handle_websocket(
     server: Server,
     exchange: Exchange,
     settings: TunnelSettings,
-    observability: Observability,
+    sessions: SessionOwner,
     upstreams: Upstreams,
     events: RelayEvents,
 ) -> None:
@@ -136,7 +149,7 @@ async def handle_websocket(
         upstream_connection=", ".join(header_values(headers, "connection")),
         early_close_window=settings.early_close_window,
     )
-    _tunnel(request, conn, reason, response_headers, tail, settings, info, exchange, observability)
+    _tunnel(request, conn, reason, response_headers, tail, settings, info, exchange, sessions)
 
 
 def _tunnel(
@@ -148,7 +161,7 @@ def _tunnel(
     settings: TunnelSettings,
     info: SessionInfo,
     exchange: Exchange,
-    observability: Observability,
+    sessions: SessionOwner,
 ) -> None:
     assert conn.transport is not None
     extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
@@ -170,12 +183,12 @@ def _tunnel(
     except BaseException:
         tunnel.close("error", reset=True)
         raise
-    # From here the session lives on its own: the observability hub holds it
+    # From here the session lives on its own: the server state holds it
     # until it ends, and the request's handler returns.
     exchange.upgrade_result = "accepted"
     exchange.websocket_session = True
-    observability.session_started(tunnel, info, request.method or "GET")
-    tunnel.on_finished = observability.session_ended
+    sessions.session_started(tunnel, info, request.method or "GET")
+    tunnel.on_finished = sessions.session_ended
     try:
         tunnel.start(
             client_transport,
@@ -189,7 +202,7 @@ def _tunnel(
         # Nothing may leave a session in the live set with nobody to end it.
         log.exception("session %s failed to start", info.request_id)
         tunnel.close("error", reset=True)
-        observability.session_ended(tunnel)
+        sessions.session_ended(tunnel)
         return
-    if observability.draining:
-        tunnel.close("drain")  # the 101 arrived during shutdown
+    if sessions.draining:
+        tunnel.shutdown()  # the 101 arrived during shutdown

@@ -215,7 +215,7 @@ async def test_the_flooded_direction_pauses_while_its_backlog_is_parsed() -> Non
             writer.write(CLIENT_FLOOD)
 
             def paused() -> bool:
-                tunnels = list(obs.server.proxy.tunnels)
+                tunnels = list(obs.server.sessions)
                 return bool(tunnels) and any(
                     t.client_transport is not None
                     and not t.client_transport.is_reading()

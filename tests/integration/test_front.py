@@ -83,7 +83,7 @@ async def echo_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 
 def only_tunnel(server: ProxyServer) -> Tunnel:
-    [tunnel] = server.proxy.tunnels
+    [tunnel] = server.sessions
     return tunnel
 
 
@@ -211,7 +211,7 @@ async def test_slow_client_pauses_reading_the_upstream_then_everything_arrives()
             raise
         reader, writer = await open_tunnel(port, sock=sock, limit=limit)
         try:
-            await wait_for(lambda: len(server.proxy.tunnels) == 1, "the tunnel")
+            await wait_for(lambda: len(server.sessions) == 1, "the tunnel")
             tunnel = only_tunnel(server)
             await wait_for(
                 lambda: not tunnel.upstream_transport.is_reading(), "reading the upstream paused"
@@ -263,7 +263,7 @@ async def test_the_front_door_forgets_the_connection_at_the_takeover(
             await echo_roundtrip(reader, writer)
             tunnel = only_tunnel(server)
             await end(reader, writer)
-            await wait_for(lambda: not server.proxy.tunnels, "the session to end")
+            await wait_for(lambda: not server.sessions, "the session to end")
             assert tunnel.finished.done()
         finally:
             await close_writer(writer)

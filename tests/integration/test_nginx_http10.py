@@ -290,7 +290,7 @@ async def test_behind_wsproxy_an_http10_hop_is_diagnosed_as_such(
         finally:
             await close_writer(writer)
         async with asyncio.timeout(5):
-            while server.proxy.tunnels:  # noqa: ASYNC110 - state of another object
+            while server.sessions:  # noqa: ASYNC110 - state of another object
                 await asyncio.sleep(0.01)
     [seen] = backend.seen
     assert seen.head.version == "HTTP/1.0"  # what nginx made of wsproxy's HTTP/1.1

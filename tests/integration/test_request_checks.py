@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-import wsproxy.server
+import wsproxy.dispatch
 from tests.support.http_backends import (
     RecordingBackend,
     aiohttp_backend,
@@ -452,7 +452,7 @@ async def test_dispatch_decisions_are_kept_bounded_and_never_mixed(
 ) -> None:
     """The checks, target and route of a request are kept for the next one alike;
     the table stays bounded, and a kept decision never answers another request."""
-    monkeypatch.setattr(wsproxy.server, "_DECISIONS", 4)
+    monkeypatch.setattr(wsproxy.dispatch, "_DECISIONS", 4)
     async with (
         RecordingBackend() as backend,
         running_proxy(config_text(backend.port, path_prefix="/api")) as (server, port),

@@ -172,7 +172,7 @@ async def _session_ends_though_a_peer_never_reads(
 ) -> None:
     """Back up the proxy's buffer towards ``stalled``; the idle timeout must still end it all."""
     await obs.sessions_open(1)
-    [tunnel] = obs.server.proxy.tunnels
+    [tunnel] = obs.server.sessions
     sides = {"client": tunnel.client_transport, "upstream": tunnel.upstream_transport}
     transport = sides.pop(stalled)
     [other] = sides.values()
@@ -183,7 +183,7 @@ async def _session_ends_though_a_peer_never_reads(
     assert transport.get_write_buffer_size() > 0
     # The idle timeout closes both sides gently; the stalled side's buffer can
     # never drain, so only CLOSE_TIMEOUT can finish the session.
-    await wait_until(lambda: not obs.server.proxy.tunnels, 3, "the session to end")
+    await wait_until(lambda: not obs.server.sessions, 3, "the session to end")
     scrape = await obs.scrape()
     closes = scrape.series("wsproxy_websocket_closes_total", route="/")
     assert {dict(labels)["closed_by"]: value for labels, value in closes.items()} == {"proxy": 1}
@@ -280,8 +280,8 @@ async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_noth
                 _stalled_client(port, "/flood") as stalled,
             ):
                 await _handshake(reader, writer, port)
-                await wait_until(lambda: len(server.proxy.tunnels) == 2, 2, "two sessions")
-                [flooded] = [t for t, i in server.observability.live.items() if i.path == "/flood"]
+                await wait_until(lambda: len(server.sessions) == 2, 2, "two sessions")
+                [flooded] = [t for t, i in server.sessions.items() if i.path == "/flood"]
                 await wait_until(lambda: _backed_up(flooded), 5, "the stalled client to back up")
                 # A keep-alive connection that is open before the shutdown starts.
                 keep_writer.write(http_request("GET", "/plain", [("Host", f"{LOOPBACK}:{port}")]))
@@ -289,7 +289,7 @@ async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_noth
                 assert (head.status, body) == (200, b"ok")
 
                 stopping = asyncio.create_task(server.stop(), name="proxy-stop")
-                await wait_until(lambda: server.observability.draining, 2, "the drain to start")
+                await wait_until(lambda: server.draining, 2, "the drain to start")
                 with pytest.raises(ConnectionRefusedError):
                     await asyncio.open_connection(LOOPBACK, port)
                 # The session whose client reads ends at once, with FIN.
@@ -301,11 +301,11 @@ async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_noth
                 assert head.get("Retry-After") == "1"
                 # All of that happened while stop() still waited for the stalled session.
                 assert not stopping.done()
-                assert len(server.proxy.tunnels) == 1
+                assert len(server.sessions) == 1
 
                 async with asyncio.timeout(5):
                     await stopping
-                assert not server.proxy.tunnels
+                assert not server.sessions
                 # The session left after the grace period is reset, not left open.
                 with pytest.raises(ConnectionResetError):
                     await _read_until_reset(stalled)
@@ -334,7 +334,7 @@ async def test_early_close_is_timed_to_the_closing_event_not_to_the_teardown() -
             async with raw_client(obs.port) as (reader, writer):
                 await _handshake(reader, writer, obs.port)
                 assert await read_until_closed(reader, timeout=2) == b""
-                assert len(obs.server.proxy.tunnels) == 1  # the client's half is still open
+                assert len(obs.server.sessions) == 1  # the client's half is still open
                 # Elapsed time is the behaviour: the client holds its half open
                 # past the 1s window before it closes.
                 await asyncio.sleep(1.5)
@@ -380,7 +380,7 @@ async def test_client_leaving_during_the_upstream_handshake_abandons_it_as_499()
             frozenset({("route", "/"), ("method", "GET"), ("code", "499")}): 1.0
         }
         assert scrape.value("wsproxy_websocket_upgrades_total", route="/", result="accepted") == 0
-        assert not obs.server.proxy.tunnels
+        assert not obs.server.sessions
 
 
 # --- 5. passive health -------------------------------------------------------
@@ -580,7 +580,7 @@ async def test_a_plain_answer_during_shutdown_says_connection_close() -> None:
             writer.write(http_request("GET", "/", [("Host", "h")]))
             await asyncio.wait_for(arrived.wait(), 5)
             stopping = asyncio.create_task(server.stop(), name="proxy-stop")
-            await wait_until(lambda: server.observability.draining, 2, "the drain to start")
+            await wait_until(lambda: server.draining, 2, "the drain to start")
             release.set()
             async with asyncio.timeout(5):
                 head, body = await read_http_response(reader, "GET")

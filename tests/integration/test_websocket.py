@@ -115,7 +115,7 @@ async def test_http10_handshake_through_proxy_reaches_swoole_as_http11_and_stays
         await _echo_once(reader, writer, b"hello from an HTTP/1.0 client")
         await _echo_once(reader, writer, b"and again")
         assert seen.closed_at is None
-        assert len(server.proxy.tunnels) == 1
+        assert len(server.sessions) == 1
 
 
 async def test_firefox_keep_alive_upgrade_handshake_through_proxy_works() -> None:
@@ -132,7 +132,7 @@ async def test_firefox_keep_alive_upgrade_handshake_through_proxy_works() -> Non
         assert seen.head.get_all("Upgrade") == ["websocket"]
         await _echo_once(reader, writer, b"firefox says hi")
         assert seen.closed_at is None
-        assert len(server.proxy.tunnels) == 1
+        assert len(server.sessions) == 1
 
 
 # --- 2. transparency both ways ----------------------------------------------
@@ -318,8 +318,8 @@ async def test_slow_client_pauses_backend_and_proxy_buffers_stay_bounded() -> No
                     data += chunk
             head, _, early = data.partition(b"\r\n\r\n")
             assert parse_head(head).status == 101
-            await wait_until(lambda: bool(server.proxy.tunnels and sessions), 2, "the tunnel")
-            tunnel = next(iter(server.proxy.tunnels))
+            await wait_until(lambda: bool(server.sessions and sessions), 2, "the tunnel")
+            tunnel = next(iter(server.sessions))
             session = sessions[0]
 
             # Not reading: sample the proxy's buffers until the backend is held back.
@@ -347,7 +347,7 @@ async def test_slow_client_pauses_backend_and_proxy_buffers_stay_bounded() -> No
                     assert n, f"EOF after {received} of {total} bytes"
                     digest.update(memoryview(buf)[:n])
                     received += n
-                    if server.proxy.tunnels:
+                    if server.sessions:
                         peak = max(peak, _buffered(tunnel))
                 assert await loop.sock_recv(sock, 1) == b""  # then the backend's FIN
             assert received == total
@@ -377,12 +377,12 @@ async def test_upstream_fin_half_closes_client_which_can_still_send() -> None:
         late = encode_frame(TEXT, b"sent after the upstream's FIN")
         writer.write(late)
         await wait_until(lambda: bytes(sessions[0].received) == late, 2, "the late bytes")
-        assert len(server.proxy.tunnels) == 1
+        assert len(server.sessions) == 1
         writer.write_eof()
         async with asyncio.timeout(2):
             await sessions[0].ended.wait()
         assert sessions[0].error is None
-        await wait_until(lambda: not server.proxy.tunnels, 2, "the tunnel to end")
+        await wait_until(lambda: not server.sessions, 2, "the tunnel to end")
 
 
 async def test_client_fin_reaches_backend_which_can_still_send() -> None:
@@ -407,7 +407,7 @@ async def test_client_fin_reaches_backend_which_can_still_send() -> None:
         reply = await read_until_closed(reader, timeout=2)
         assert reply == b"reply after your FIN: " + frame
         assert sessions[0].saw_eof.is_set()
-        await wait_until(lambda: not server.proxy.tunnels, 2, "the tunnel to end")
+        await wait_until(lambda: not server.sessions, 2, "the tunnel to end")
 
 
 async def test_client_reset_ends_backend_connection_and_tunnel() -> None:
@@ -432,7 +432,7 @@ async def test_client_reset_ends_backend_connection_and_tunnel() -> None:
         assert sessions[0].ended_at - reset_at < 1
         ended_cleanly = sessions[0].saw_eof.is_set()
         assert ended_cleanly or isinstance(sessions[0].error, ConnectionResetError)
-        await wait_until(lambda: not server.proxy.tunnels, 1, "the tunnel to end")
+        await wait_until(lambda: not server.sessions, 1, "the tunnel to end")
 
 
 async def test_upstream_reset_ends_client_connection_and_tunnel() -> None:
@@ -454,7 +454,7 @@ async def test_upstream_reset_ends_client_connection_and_tunnel() -> None:
         writer.write(frame)
         with contextlib.suppress(ConnectionResetError):  # a reset, or at least an EOF
             assert await read_until_closed(reader, timeout=1) == b""
-        await wait_until(lambda: not server.proxy.tunnels, 1, "the tunnel to end")
+        await wait_until(lambda: not server.sessions, 1, "the tunnel to end")
 
 
 # --- 6. handshake validation ------------------------------------------------
@@ -571,7 +571,7 @@ async def _refused_by_backend(answer: bytes) -> tuple[int, str, list[tuple[str, 
         assert len(sessions) == 1, "the backend must have been asked first"
         async with asyncio.timeout(2):
             await sessions[0].ended.wait()  # the proxy does not keep the refused connection
-        assert not server.proxy.tunnels
+        assert not server.sessions
         return head.status, head.start_line, head.headers, body
 
 
@@ -609,7 +609,7 @@ async def test_dead_upstream_gets_502_quickly() -> None:
         writer.write(handshake_request(LOOPBACK, port))
         head, _body = await read_response(reader, timeout=1)
         assert head.status == 502
-        assert not server.proxy.tunnels
+        assert not server.sessions
 
 
 def _silent_upstream_config(upstream_port: int) -> str:
@@ -659,7 +659,7 @@ async def test_strict_mode_forwards_http10_handshake_as_plain_request() -> None:
         seen = backend.seen[0]
         assert seen.head.get("Upgrade") is None
         assert "upgrade" not in connection_tokens(seen.head)
-        assert not server.proxy.tunnels
+        assert not server.sessions
 
 
 # --- 9. idle timeout --------------------------------------------------------
@@ -679,7 +679,7 @@ async def test_quiet_tunnel_is_closed_after_idle_timeout() -> None:
         assert await read_until_closed(reader, timeout=1) == b""
         assert time.monotonic() - switched_at >= 0.19
         await wait_until(lambda: backend.seen[0].closed_at is not None, 1, "the backend to end")
-        await wait_until(lambda: not server.proxy.tunnels, 1, "the tunnel to end")
+        await wait_until(lambda: not server.sessions, 1, "the tunnel to end")
 
 
 async def test_busy_tunnel_outlives_idle_timeout() -> None:
@@ -698,4 +698,4 @@ async def test_busy_tunnel_outlives_idle_timeout() -> None:
             await asyncio.sleep(0.05)  # the traffic pattern under test, not synchronization
         await _echo_once(reader, writer, b"still here")
         assert backend.seen[0].closed_at is None
-        assert len(server.proxy.tunnels) == 1
+        assert len(server.sessions) == 1

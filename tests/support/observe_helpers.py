@@ -137,7 +137,7 @@ class Observed:
         """Wait until the proxy holds no open WebSocket session."""
 
         async def probe() -> bool | None:
-            return True if not self.server.proxy.tunnels else None
+            return True if not self.server.sessions else None
 
         await eventually(probe, "every WebSocket session to end")
 
@@ -145,7 +145,7 @@ class Observed:
         """Wait until the proxy holds ``count`` open WebSocket sessions."""
 
         async def probe() -> bool | None:
-            return True if len(self.server.proxy.tunnels) == count else None
+            return True if len(self.server.sessions) == count else None
 
         await eventually(probe, f"{count} open WebSocket session(s)")
 
