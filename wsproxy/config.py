@@ -218,6 +218,8 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class ShutdownSettings:
     grace_period: float = 30.0
+    #: ``1001`` close frames are spread evenly over this long (0: all at once).
+    close_spread: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1027,11 +1029,21 @@ def _routes(known: frozenset[str] | None) -> _Parser[tuple[Route, ...]]:
 
 def _shutdown(ctx: _Ctx, node: Node, path: str) -> ShutdownSettings | None:
     m = _Map(ctx, node, path)
-    grace = m.get("grace_period", _duration(positive=False), _SHUTDOWN_DEFAULTS.grace_period)
+    d = _SHUTDOWN_DEFAULTS
+    grace = m.get("grace_period", _duration(positive=False), d.grace_period)
+    spread = m.get("close_spread", _duration(positive=False), d.close_spread)
     m.finish()
-    if grace is None or not m.ok:
+    if grace is None or spread is None or not m.ok:
         return None
-    return ShutdownSettings(grace)
+    if spread > grace:
+        ctx.add(
+            m.node("close_spread") or node,
+            _key_path(path, "close_spread"),
+            f"close_spread ({spread:g}s) must not be longer than grace_period ({grace:g}s): "
+            "sessions closed after the grace period would be reset instead",
+        )
+        return None
+    return ShutdownSettings(grace, spread)
 
 
 _HTTP10_UPGRADE: _Parser[Http10Upgrade] = _choice({"accept": "accept", "ignore": "ignore"})

@@ -56,6 +56,7 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self._listeners: list[asyncio.Server] = []
         self._admin: web.AppRunner | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -120,12 +121,26 @@ class ProxyServer:
             raise
 
     async def stop(self) -> None:
-        """Stop accepting, end open sessions, let requests finish, then close.
+        """The drain: stop accepting, finish what is in flight, then close.
 
-        Graceful drain with ``1001`` close frames at a frame boundary comes
-        with the production-behaviour work; until then sessions end with FIN
-        (``how=drain``), and whatever remains after the grace period is reset.
+        * The listeners close first: new connections are refused (a load
+          balancer's health check already sees ``/readyz`` 503).
+        * Keep-alive connections close when idle, busy ones after their
+          answer (``Connection: close``); a handshake on one gets ``503``.
+        * Every WebSocket session gets ``1001 Going Away`` both ways at a
+          frame boundary (Tunnel.shutdown), spread evenly over
+          ``shutdown.close_spread`` so its clients do not all reconnect in
+          the same millisecond.
+        * At ``shutdown.grace_period`` whatever is still open is reset; the
+          resets are reported within half a second more.
         """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_once())
+        # Shielded: a second caller (a signal during the drain) waits for the
+        # same drain; cancelling one caller does not cut it short for others.
+        await asyncio.shield(self._stopping)
+
+    async def _stop_once(self) -> None:
         try:
             await self._stop()
         finally:
@@ -135,34 +150,31 @@ class ProxyServer:
     async def _stop(self) -> None:
         self.draining = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.shutdown.grace_period
+        shutdown = self.config.shutdown
+        deadline = loop.time() + shutdown.grace_period
         for listener in self._listeners:
             listener.close()  # no new connections from here on
-        # Sessions are no connection's any more (taken over at the 101): end
-        # them and wait, so each is counted and logged; a handshake whose 101
-        # arrives meanwhile is closed at once (websocket.py), so this converges.
-        while self.sessions and (remaining := deadline - loop.time()) > 0:
-            tunnels = list(self.sessions)
-            for tunnel in tunnels:
-                tunnel.shutdown()
-            await asyncio.wait([tunnel.finished for tunnel in tunnels], timeout=remaining)
-        leftovers = list(self.sessions)
-        for tunnel in leftovers:
-            tunnel.close("drain", reset=True)
-        if leftovers:  # a reset is reported on the next loop turns
-            await asyncio.wait([tunnel.finished for tunnel in leftovers], timeout=1.0)
-        # Keep-alive connections close now when idle, busy ones after their
-        # answer (a handshake on one meanwhile got 503).
         for connection in list(self.connections):
             connection.shutdown()
-        busy = [connection.closed for connection in self.connections]
-        remaining = deadline - loop.time()
-        if busy and remaining > 0:
-            await asyncio.wait(busy, timeout=remaining)
+        spread = self._spread_shutdowns(shutdown.close_spread)
+        try:
+            # Sessions are no connection's any more (taken over at the 101); a
+            # handshake whose 101 arrives meanwhile is shut down at once
+            # (websocket.py), so the sets only shrink once the spread is done.
+            while (self.sessions or self.connections) and (remaining := deadline - loop.time()) > 0:
+                waits = [t.finished for t in self.sessions] + [c.closed for c in self.connections]
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for handle in spread:
+                handle.cancel()
+        leftovers = [tunnel.finished for tunnel in self.sessions]
+        for tunnel in list(self.sessions):
+            tunnel.close("drain", reset=True)
         for connection in list(self.connections):
             connection.reset()
-        if self.connections:
-            await asyncio.wait([c.closed for c in self.connections], timeout=1.0)
+        leftovers += [connection.closed for connection in self.connections]
+        if leftovers:  # a reset is reported on the next loop turns
+            await asyncio.wait(leftovers, timeout=0.5)
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
@@ -170,6 +182,21 @@ class ProxyServer:
             await self._admin.cleanup()
             self._admin = None
         await self.proxy.close()
+
+    def _spread_shutdowns(self, spread: float) -> list[asyncio.TimerHandle]:
+        """Shut every open session down, evenly over ``spread`` seconds."""
+        tunnels = list(self.sessions)
+        if not spread or len(tunnels) < 2:
+            for tunnel in tunnels:
+                tunnel.shutdown()
+            return []
+        loop = asyncio.get_running_loop()
+        step = spread / len(tunnels)
+        tunnels[0].shutdown()
+        return [
+            loop.call_later(index * step, tunnel.shutdown)
+            for index, tunnel in enumerate(tunnels[1:], start=1)
+        ]
 
 
 @contextlib.contextmanager

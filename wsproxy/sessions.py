@@ -114,7 +114,9 @@ class SessionReport:
 
     @property
     def early(self) -> bool:
-        return self.duration < self.info.early_close_window
+        """Ended within the route's window, and not by the proxy's own drain
+        (a deploy is no sign of a backend that drops sessions)."""
+        return self.duration < self.info.early_close_window and self.how != "drain"
 
     @property
     def code(self) -> str:

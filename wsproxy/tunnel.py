@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -57,7 +58,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
-from wsproxy.wsframes import ByteCounter, FrameBudget, FrameObserver
+from wsproxy.wsframes import GOING_AWAY, ByteCounter, FrameBudget, FrameObserver, encode_close
 
 Side = Literal["client", "upstream", "proxy"]
 #: How a session ended: the first close frame, FIN or reset of a side, or the
@@ -114,10 +115,12 @@ class Tunnel:
     """One WebSocket session's splice; see the module docstring."""
 
     __slots__ = (
+        "_allowed_rsv",
         "_buffer_limit",
         "_catching_up",
         "_client_holds",
         "_client_lost",
+        "_closing",
         "_deferred_end",
         "_deferred_waits",
         "_finish_pending",
@@ -200,6 +203,9 @@ class Tunnel:
         # if that event, a FIN or reset, turns out to be the first).
         self._late_close: FrameObserver | None = None
         self._finish_pending = False
+        #: The proxy's close handshake, once shutdown() began.
+        self._closing: _Closing | None = None
+        self._allowed_rsv = allowed_rsv
         upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
         self._buffer_limit = buffer_limit
 
@@ -273,9 +279,14 @@ class Tunnel:
         return self.client_transport if observer is self.c2u else self.upstream_transport
 
     def _catch_up(self, observer: FrameObserver) -> None:
+        if observer not in self._catching_up:
+            return  # caught up at once by shutdown()
         if not observer.resume():
             self._loop.call_soon(self._catch_up, observer)
             return
+        self._caught_up(observer)
+
+    def _caught_up(self, observer: FrameObserver) -> None:
         self._catching_up.discard(observer)
         if observer in self._deferred_waits:
             self._deferred_waits -= {observer}
@@ -354,9 +365,50 @@ class Tunnel:
     def activity(self) -> int:
         return self.c2u.bytes + self.u2c.bytes
 
-    def shutdown(self) -> None:
-        """End the session because the proxy stops (the drain, a reload's end)."""
-        self.close("drain")
+    def shutdown(self, how: How = "drain") -> None:
+        """End the session for the proxy's own reason with ``1001 Going Away``.
+
+        Each direction goes on until the frame in progress ends (a 1 MiB
+        frame half through is finished first), then carries one close frame
+        of the proxy's: unmasked to the client, masked to the upstream (RFC
+        6455 §5.1).  From there that direction's bytes are no longer relayed
+        but watched for the peer's own close frame; a side that has both
+        received the proxy's close and sent its own is closed (the close
+        handshake, §7.1.2).  The caller resets what is left after its grace
+        period.
+
+        Where no frame boundary can be known (the observer off, or it met a
+        protocol violation) the session ends with FIN instead; where a close
+        handshake is already under way it is left to finish.
+        """
+        if self.finished.done() or self._closing is not None:
+            return
+        for observer in list(self._catching_up):
+            # The bytes relayed before now must be parsed to know where
+            # their frames end (at most one chunk each).
+            while not observer.resume():
+                pass
+            self._caught_up(observer)
+        if self.closed_by is not None or self.c2u.saw_close or self.u2c.saw_close:
+            if not (self.c2u.saw_close or self.u2c.saw_close):
+                self.close(how)  # a half-closed session: no handshake to wait for
+            return
+        client = self.client_transport
+        if (
+            client is None
+            or type(self.c2u) is ByteCounter
+            or self.c2u.error is not None
+            or self.u2c.error is not None
+        ):
+            self.close(how)
+            return
+        self._record_end("proxy", how)
+        self.close_code, self.close_reason = GOING_AWAY, ""
+        self._closing = _Closing(self._allowed_rsv)
+        client.set_protocol(ClosingSide(self, "client"))
+        self.upstream_transport.set_protocol(ClosingSide(self, "upstream"))
+        for source in ("client", "upstream"):
+            self._closing_data(source, b"")  # at a boundary already: the close goes now
 
     def close(self, how: How, *, reset: bool = False) -> None:
         """End the session for the proxy's own reasons."""
@@ -368,6 +420,80 @@ class Tunnel:
         if self.client_transport is None:
             # Not started yet: nothing will report the client side lost.
             self._client_lost = True
+
+    # --- the proxy's close handshake (shutdown) ----------------------------
+
+    def _closing_data(self, source: Literal["client", "upstream"], data: bytes) -> None:
+        """``data`` from ``source`` once shutdown() began (ClosingSide)."""
+        closing = self._closing
+        assert closing is not None
+        dest: asyncio.Transport | None
+        dest_side: Literal["client", "upstream"]
+        if source == "client":
+            observer, dest, dest_side = self.c2u, self.upstream_transport, "upstream"
+        else:
+            observer, dest, dest_side = self.u2c, self.client_transport, "client"
+        assert dest is not None
+        if dest_side not in closing.sent:
+            # Relay up to the end of the frame in progress, then the close.
+            taken = observer.feed_to_boundary(data)
+            if taken and not dest.is_closing():
+                dest.write(data[:taken] if taken < len(data) else data)
+            if observer.error is not None:
+                self.close(self.how or "drain")  # no boundary to be found any more
+                return
+            if observer.in_frame:
+                return
+            data = data[taken:]
+            if observer.saw_close:
+                # The source's own close frame went through just now: the
+                # destination has its close, and the source is done.
+                closing.heard.add(source)
+            elif not dest.is_closing():
+                mask = os.urandom(4) if dest_side == "upstream" else None
+                dest.write(encode_close(GOING_AWAY, mask))
+            closing.sent.add(dest_side)
+            self._closing_done(dest_side)
+        if data and source not in closing.heard:
+            watcher = closing.watcher(source)
+            watcher.feed(data)
+            if watcher.saw_close or watcher.error is not None:
+                closing.heard.add(source)
+        self._closing_done(source)
+
+    def _closing_eof(self, side: Literal["client", "upstream"]) -> None:
+        """A FIN from ``side`` once shutdown() began: it will send nothing more."""
+        closing = self._closing
+        assert closing is not None
+        closing.heard.add(side)
+        self.on_eof(side)
+        self._closing_done(side)
+
+    def _closing_done(self, side: Literal["client", "upstream"]) -> None:
+        """Close ``side`` once it got the proxy's close and sent its own.
+
+        The other side, if it got the proxy's close but has not answered,
+        gets a FIN behind it (half-close): nothing will be relayed to it any
+        more, and a peer that ignores close frames still sees the end.
+        """
+        closing = self._closing
+        assert closing is not None
+        if side not in closing.sent or side not in closing.heard:
+            return
+        transport = self.client_transport if side == "client" else self.upstream_transport
+        if transport is None:
+            return
+        self._close_gently(transport)
+        other = "upstream" if side == "client" else "client"
+        peer = self.upstream_transport if side == "client" else self.client_transport
+        if (
+            peer is not None
+            and other in closing.sent
+            and other not in closing.heard
+            and peer.can_write_eof()
+            and not peer.is_closing()
+        ):
+            peer.write_eof()
 
     # --- internals --------------------------------------------------------
 
@@ -506,3 +632,58 @@ class UpstreamSide(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._tunnel.release(self._tunnel.client_transport, _HELD_BY_PEER)
+
+
+class _Closing:
+    """Where the proxy's close handshake stands, per side (Tunnel.shutdown)."""
+
+    __slots__ = ("_allowed_rsv", "_watchers", "heard", "sent")
+
+    def __init__(self, allowed_rsv: int) -> None:
+        self._allowed_rsv = allowed_rsv
+        #: Sides the proxy's close frame was written to.
+        self.sent: set[str] = set()
+        #: Sides whose own close frame arrived (or that broke framing after it).
+        self.heard: set[str] = set()
+        self._watchers: dict[str, FrameObserver] = {}
+
+    def watcher(self, side: Literal["client", "upstream"]) -> FrameObserver:
+        """An observer of the bytes ``side`` sends once they are no longer
+        relayed: only its close frame matters (the session's counts stop)."""
+        watcher = self._watchers.get(side)
+        if watcher is None:
+            watcher = self._watchers[side] = FrameObserver(
+                client_side=side == "client", allowed_rsv=self._allowed_rsv
+            )
+        return watcher
+
+
+class ClosingSide(asyncio.Protocol):
+    """Installed on both transports by Tunnel.shutdown(): bytes go through
+    ``_closing_data``; the rest is as ClientSide and UpstreamSide do."""
+
+    __slots__ = ("_side", "_tunnel")
+
+    def __init__(self, tunnel: Tunnel, side: Literal["client", "upstream"]) -> None:
+        self._tunnel = tunnel
+        self._side: Literal["client", "upstream"] = side
+
+    def _peer(self) -> asyncio.Transport | None:
+        tunnel = self._tunnel
+        return tunnel.upstream_transport if self._side == "client" else tunnel.client_transport
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel._closing_data(self._side, data)
+
+    def eof_received(self) -> bool:
+        self._tunnel._closing_eof(self._side)
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._tunnel.on_lost(self._side, exc)
+
+    def pause_writing(self) -> None:
+        self._tunnel.hold(self._peer(), _HELD_BY_PEER)
+
+    def resume_writing(self) -> None:
+        self._tunnel.release(self._peer(), _HELD_BY_PEER)

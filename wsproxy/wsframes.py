@@ -124,6 +124,23 @@ class FrameBudget:
         self._fresh = True
 
 
+#: RFC 6455 §7.4.1: 1001 "going away", a server going down (the drain).
+GOING_AWAY: Final = 1001
+
+
+def encode_close(code: int, mask: bytes | None = None) -> bytes:
+    """A close frame with ``code`` and no reason (RFC 6455 §5.5.1).
+
+    ``mask``: the 4-byte masking key a client must use (§5.3), for a frame
+    the proxy sends upstream; None for one it sends to the client.
+    """
+    payload = code.to_bytes(2, "big")
+    if mask is None:
+        return bytes((0x80 | Opcode.CLOSE, len(payload))) + payload
+    masked = bytes(byte ^ mask[i & 3] for i, byte in enumerate(payload))
+    return bytes((0x80 | Opcode.CLOSE, 0x80 | len(payload))) + mask + masked
+
+
 def close_code_is_valid(code: int) -> bool:
     """Whether ``code`` may appear in a close frame (RFC 6455 §7.4)."""
     if 1000 <= code <= 1014:
@@ -257,6 +274,29 @@ class FrameObserver:
             self._head = b""
             pos = 0
         return self._parse(data, pos)
+
+    def feed_to_boundary(self, data: bytes) -> int:
+        """Observe ``data`` only up to the end of the frame in progress.
+
+        Returns how many bytes were taken: ``len(data)`` when the frame goes
+        on past the chunk, else the offset of the first frame boundary (0 at
+        one already).  Bytes still ``pending`` must be parsed first
+        (:meth:`resume`).  Every call parses at most one frame header, so the
+        budget's floor always covers it.
+        """
+        assert self._pending is None
+        size = len(data)
+        pos = 0
+        while pos < size and self.in_frame and self.error is None:
+            if self._head:
+                step = 1  # a header split across reads: complete it byte by byte
+            elif self._close_remaining:
+                step = min(self._close_remaining, size - pos)
+            else:
+                step = min(self._skip, size - pos)
+            self.feed(data[pos : pos + step])
+            pos += step
+        return pos if not self.in_frame else size
 
     def resume(self) -> bool:
         """Parse more of the pending bytes; True once none are left."""

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,8 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
+from tests.support.process import TIMEOUT, Process, free_port, spawn
 
 SCRIPT = Path(sysconfig.get_path("scripts")) / "wsproxy"
 
@@ -45,12 +42,6 @@ def wsproxy_cmd(request: pytest.FixtureRequest) -> list[str]:
     if not SCRIPT.exists():
         pytest.skip(f"console script {SCRIPT} is not installed")
     return [str(SCRIPT)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config(port: int, upstream_port: int, *, upstream_ref: str = "app") -> str:
@@ -217,71 +208,6 @@ async def echo_backend() -> AsyncIterator[int]:
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
-
-
-class Process:
-    """A wsproxy subprocess with stderr in a file, for failure messages."""
-
-    def __init__(self, process: asyncio.subprocess.Process, stderr: Path) -> None:
-        self.process = process
-        self.stderr_path = stderr
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def wait_listening(self, port: int) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                pass
-            else:
-                writer.close()
-                await writer.wait_closed()
-                return
-            if self.process.returncode is not None:
-                raise AssertionError(
-                    f"wsproxy exited with {self.process.returncode} before listening on {port}:\n"
-                    f"{self.stderr()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"wsproxy not listening on {port}:\n{self.stderr()}")
-            await asyncio.sleep(0.02)  # polling a condition under a deadline
-
-    async def stop(self, signum: int) -> int:
-        """Send ``signum``; the exit status, which must come within STOP_TIMEOUT."""
-        self.process.send_signal(signum)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT):
-                await self.process.communicate()
-        except TimeoutError:
-            raise AssertionError(
-                f"wsproxy still running {STOP_TIMEOUT}s after signal {signum}:\n{self.stderr()}"
-            ) from None
-        assert self.process.returncode is not None
-        return self.process.returncode
-
-
-@contextlib.asynccontextmanager
-async def spawn(cmd: list[str], *args: str, stderr: Path) -> AsyncIterator[Process]:
-    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *cmd,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=fd,
-        )
-    finally:
-        os.close(fd)
-    try:
-        yield Process(process, stderr)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
 
 
 async def websocket_echo(url: str, text: str, process: Process) -> None:

@@ -30,6 +30,7 @@ from tests.support.proxy import config_text
 from tests.support.wire import (
     Head,
     accept_for,
+    encode_frame,
     handshake_request,
     new_key,
     read_head,
@@ -39,6 +40,7 @@ from tests.support.ws_helpers import (
     LOOPBACK,
     Session,
     raw_client,
+    read_frame,
     read_response,
     reset_on_close,
     scripted,
@@ -266,7 +268,7 @@ def _shutdown_backend() -> tuple[RawBackend, list[Session]]:
 
 async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_nothing() -> None:
     """Guards against stop() accepting while it drains, or returning with sessions still open."""
-    backend, _sessions = _shutdown_backend()
+    backend, sessions = _shutdown_backend()
     async with backend:
         text = _config(backend.port, extra=SMALL_BUFFER)
         server = ProxyServer(parse_config(text, "t.yaml"))
@@ -292,13 +294,25 @@ async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_noth
                 await wait_until(lambda: server.draining, 2, "the drain to start")
                 with pytest.raises(ConnectionRefusedError):
                     await asyncio.open_connection(LOOPBACK, port)
-                # The session whose client reads ends at once, with FIN.
+                # The session whose client reads gets 1001 Going Away at once;
+                # its close answered, the connection ends with FIN.
+                async with asyncio.timeout(2):
+                    frame = await read_frame(reader)
+                going_away = (1001).to_bytes(2, "big")
+                assert (frame.opcode, frame.masked, frame.payload) == (0x8, False, going_away)
+                writer.write(encode_frame(0x8, going_away))
                 assert await read_until_closed(reader, timeout=2) == b""
-                # A handshake on a connection accepted before the drain is refused.
-                keep_writer.write(handshake_request(LOOPBACK, port))
-                head, _body = await read_response(keep_reader)
-                assert head.status == 503, head.start_line
-                assert head.get("Retry-After") == "1"
+                # Its upstream got one close frame, masked (RFC 6455 §5.1), then FIN.
+                [plain] = [s for s in sessions if s.head.start_line.startswith("GET /ws ")]
+                await wait_until(plain.saw_eof.is_set, 2, "the backend to see FIN")
+                received = bytes(plain.received)
+                assert len(received) == 8, received
+                assert received[:2] == b"\x88\x82", received
+                key = received[2:6]
+                assert bytes(b ^ key[i] for i, b in enumerate(received[6:])) == going_away
+                # An idle keep-alive connection is closed at once (nginx does
+                # the same): a client's next request goes to another instance.
+                assert await read_until_closed(keep_reader, timeout=2) == b""
                 # All of that happened while stop() still waited for the stalled session.
                 assert not stopping.done()
                 assert len(server.sessions) == 1

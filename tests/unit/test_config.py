@@ -570,7 +570,7 @@ def test_unknown_key_with_suggestion() -> None:
 
 def test_unknown_key_without_suggestion_lists_known_keys() -> None:
     assert errors(BARE + "shutdown:\n  xyzzy: 1\n") == [
-        "proxy.yaml:7:3: shutdown.xyzzy: unknown key (expected one of: grace_period)"
+        "proxy.yaml:7:3: shutdown.xyzzy: unknown key (expected one of: grace_period, close_spread)"
     ]
     assert errors(BARE + "rotues: []\n") == [
         "proxy.yaml:6:1: rotues: unknown key; did you mean 'routes'?"
@@ -1302,3 +1302,14 @@ def test_route_name_none_is_reserved_for_unmatched_requests() -> None:
     found = errors(MINIMAL.replace("  - path_prefix: /\n", "  - path_prefix: /\n    name: none\n"))
     assert len(found) == 1
     assert "routes[0].name: invalid name 'none' (reserved" in found[0]
+
+
+def test_close_spread_defaults_to_zero_and_may_not_outlast_the_grace_period() -> None:
+    config = parse_config(BARE, "proxy.yaml")
+    assert config.shutdown.close_spread == 0.0
+    spread = parse_config(BARE + "shutdown:\n  close_spread: 2s\n", "proxy.yaml")
+    assert spread.shutdown.close_spread == 2.0
+    assert errors(BARE + "shutdown:\n  grace_period: 5s\n  close_spread: 10s\n") == [
+        "proxy.yaml:8:17: shutdown.close_spread: close_spread (10s) must not be longer than "
+        "grace_period (5s): sessions closed after the grace period would be reset instead"
+    ]

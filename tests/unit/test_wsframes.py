@@ -23,6 +23,7 @@ from wsproxy.wsframes import (
     FrameObserver,
     allowed_rsv_bits,
     close_code_is_valid,
+    encode_close,
 )
 
 
@@ -337,3 +338,55 @@ def test_a_malformed_frame_is_counted_under_its_opcode() -> None:
     assert observer.frames[0x3] == 1
     assert OPCODE_NAMES[0x3] == "reserved"
     assert observer.frames[0x1] == 0  # observation stopped at the error
+
+
+# --- the drain: where the proxy may insert its own close frame ---------------
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_feed_to_boundary_stops_exactly_at_the_end_of_the_frame_in_progress(
+    client: bool,
+) -> None:
+    """Whatever the cut the stream is in when the drain starts, and however the
+    rest arrives, the bytes taken end exactly where the frame in progress ends."""
+    frames = [
+        encode_frame(0x1, b"x" * 300, mask=client, fin=False),
+        encode_frame(0x9, b"ping", mask=client),  # control frames may sit inside a message
+        encode_frame(0x0, b"z" * 50, mask=client),
+        encode_frame(0x2, b"y" * 70_000, mask=client),
+        encode_frame(0x8, (1000).to_bytes(2, "big") + b"bye", mask=client),
+    ]
+    stream = b"".join(frames)
+    ends = list(itertools.accumulate(len(f) for f in frames))
+    # Every offset through the small frames and the big frame's header, a few inside it.
+    cuts = [*range(0, ends[2] + 20), ends[3] - 70_000 // 2, ends[3] - 1, ends[3] + 3]
+    for cut in cuts:
+        for step in (1, 4096, len(stream)) if cut < ends[2] else (4096, len(stream)):
+            observer = FrameObserver(client_side=client)
+            observer.feed(stream[:cut])
+            boundary = next(end for end in [0, *ends] if end >= cut)
+            pos = cut
+            taken_to = None
+            while pos < len(stream):
+                chunk = stream[pos : pos + step]
+                taken = observer.feed_to_boundary(chunk)
+                if not observer.in_frame:
+                    taken_to = pos + taken
+                    break
+                assert taken == len(chunk)
+                pos += len(chunk)
+            assert taken_to == boundary, (cut, step)
+            assert observer.error is None
+
+
+def test_encode_close_is_a_valid_frame_both_ways() -> None:
+    for mask, client in ((None, False), (b"\x01\x02\x03\x04", True)):
+        frame = encode_close(1001, mask)
+        protocol = FrameProtocol(client=not client, extensions=[])
+        protocol.receive_bytes(frame)
+        [parsed] = list(protocol.received_frames())
+        assert parsed.opcode.name == "CLOSE"
+        assert parsed.payload == (1001, "")
+        observer = FrameObserver(client_side=client)
+        observer.feed(frame)
+        assert (observer.close_code, observer.error) == (1001, None)
