@@ -2,9 +2,9 @@
 
 ``/healthz`` answers 200 while the process runs (liveness: restart me if
 not).  ``/readyz`` answers 503 while draining or when every server of every
-upstream failed its last attempt within the last few seconds (upstreams.health.DOWN_FOR),
-so a load balancer stops sending traffic that could only get 502s
-(readiness), and comes back by itself once that time has passed.
+upstream is held out by health (upstreams.health), so a load balancer stops
+sending traffic that could only get 502s (readiness); a server whose
+``fail_timeout`` passed counts as up again, so it comes back by itself.
 ``/metrics`` is the Prometheus text format; ``/status.json`` is what the
 status page will show.
 """

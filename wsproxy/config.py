@@ -59,12 +59,15 @@ __all__ = [
     "DEFAULT_LISTEN",
     "AccessLogSettings",
     "Address",
+    "Balance",
     "Config",
     "ConfigError",
     "ConfigIssue",
+    "HealthCheck",
     "Http10Upgrade",
     "ProxySettings",
     "Route",
+    "ServerSettings",
     "ShutdownSettings",
     "Upstream",
     "WebSocketSettings",
@@ -186,16 +189,52 @@ class Address:
         return cls(host, int(port_text))
 
 
+#: How a group picks a server (upstreams.balancer).
+Balance = Literal["round_robin", "least_conn", "ip_hash"]
+
+#: Largest server weight (a weight is a share, not a count).
+MAX_WEIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """One server of an upstream: where it is and its share of the traffic."""
+
+    address: Address
+    weight: int = 1
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checks: ``GET path`` every ``interval``; a server is taken
+    out after ``fails`` failed checks in a row and back after ``passes``."""
+
+    path: str
+    interval: float = 5.0
+    timeout: float = 2.0
+    fails: int = 3
+    passes: int = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """A named group of servers that routes send requests to."""
 
     name: str
-    servers: tuple[Address, ...]
+    servers: tuple[ServerSettings, ...]
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     keepalive_timeout: float = 4.0
     max_connections: int = 0
+    balance: Balance = "round_robin"
+    #: Passive health: this many failed attempts in a row take a server out
+    #: for ``fail_timeout`` (0: never); then one trial request may go to it.
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,8 +798,51 @@ def _route_name(text: str) -> str:
     return text
 
 
-def _server(text: str) -> Address:
+def _server_address(text: str) -> Address:
+    """``HOST:PORT`` or ``http://HOST:PORT``."""
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() == "https":
+            raise ValueError(
+                f"invalid server {text!r} (TLS to upstreams, https://, is not supported "
+                "in this version; use http:// or HOST:PORT)"
+            )
+        if scheme.lower() != "http":
+            raise ValueError(
+                f"invalid server {text!r} (the scheme must be http://, or none: HOST:PORT)"
+            )
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        if "/" in rest:
+            raise ValueError(f"invalid server {text!r} (a server is HOST:PORT, without a path)")
+        text = rest
     return Address.parse(text, what="server")
+
+
+_WEIGHT = _integer(1, MAX_WEIGHT, what="weight")
+
+
+def _server(ctx: _Ctx, node: Node, path: str) -> ServerSettings | None:
+    """``"HOST:PORT"`` or ``{address: "HOST:PORT", weight: N}``."""
+    if isinstance(node, MappingNode):
+        m = _Map(ctx, node, path)
+        address = m.require("address", _text(_server_address))
+        weight = m.get("weight", _WEIGHT, 1)
+        m.finish()
+        if address is None or weight is None or not m.ok:
+            return None
+        return ServerSettings(address, weight)
+    address = _text(_server_address)(ctx, node, path)
+    return ServerSettings(address) if address is not None else None
+
+
+def _health_path(text: str) -> str:
+    if not text.startswith("/") or any(not "!" <= ch <= "~" for ch in text):
+        raise ValueError(
+            f"invalid path {text!r} (expected an absolute path such as '/healthz', "
+            "printable ASCII without spaces)"
+        )
+    return text
 
 
 def _network(text: str) -> IPv4Network | IPv6Network:
@@ -846,23 +928,60 @@ def _listen(ctx: _Ctx, node: Node, path: str) -> list[_Item[Address]] | None:
     return items
 
 
-def _servers(ctx: _Ctx, node: Node, path: str) -> tuple[Address, ...] | None:
-    items = _items(ctx, node, path, _text(_server), min_items=1, what="server")
+def _servers(ctx: _Ctx, node: Node, path: str) -> tuple[ServerSettings, ...] | None:
+    items = _items(ctx, node, path, _server, min_items=1, what="server")
     if items is None:
         return None
     seen: dict[Address, str] = {}
     for item in items:
         if item.value is None or item.node is None:
             continue
-        if item.value in seen:
+        address = item.value.address
+        if address in seen:
             ctx.add(
                 item.node,
                 item.path,
-                f"duplicate server {item.node.value!r} (same as {seen[item.value]})",
+                f"duplicate server {str(address)!r} (same as {seen[address]})",
             )
         else:
-            seen[item.value] = item.path.rpartition(".")[2]
+            seen[address] = item.path.rpartition(".")[2]
     return _all(items)
+
+
+_COUNT = _integer(1, 100, what="count")
+
+
+def _health(ctx: _Ctx, node: Node, path: str) -> HealthCheck | None:
+    d = HealthCheck("/")
+    m = _Map(ctx, node, path)
+    check_path = m.require("path", _text(_health_path))
+    interval = m.get("interval", _duration(positive=True), d.interval)
+    timeout = m.get("timeout", _duration(positive=True), d.timeout)
+    fails = m.get("fails", _COUNT, d.fails)
+    passes = m.get("passes", _COUNT, d.passes)
+    m.finish()
+    if (
+        check_path is None
+        or interval is None
+        or timeout is None
+        or fails is None
+        or passes is None
+        or not m.ok
+    ):
+        return None
+    if timeout > interval:
+        ctx.add(
+            m.node("timeout") or node,
+            _key_path(path, "timeout"),
+            f"timeout ({timeout:g}s) must not be longer than interval ({interval:g}s)",
+        )
+        return None
+    return HealthCheck(check_path, interval, timeout, fails, passes)
+
+
+_BALANCE: _Parser[Balance] = _choice(
+    {"round_robin": "round_robin", "least_conn": "least_conn", "ip_hash": "ip_hash"}
+)
 
 
 def _upstream(name: str) -> _Parser[Upstream]:
@@ -875,6 +994,11 @@ def _upstream(name: str) -> _Parser[Upstream]:
         read = m.get("read_timeout", _duration(positive=True), d.read_timeout)
         keepalive = m.get("keepalive_timeout", _duration(positive=False), d.keepalive_timeout)
         max_conn = m.get("max_connections", _integer(0), d.max_connections)
+        # The annotation keeps mypy from widening the Literal to str.
+        balance: Balance | None = m.get("balance", _BALANCE, d.balance)
+        max_fails = m.get("max_fails", _integer(0, 100), d.max_fails)
+        fail_timeout = m.get("fail_timeout", _duration(positive=True), d.fail_timeout)
+        health = m.get("health", _health, None)
         m.finish()
         if (
             servers is None
@@ -882,10 +1006,25 @@ def _upstream(name: str) -> _Parser[Upstream]:
             or read is None
             or keepalive is None
             or max_conn is None
+            or balance is None
+            or max_fails is None
+            or fail_timeout is None
+            or (health is None and m.node("health") is not None)
             or not m.ok
         ):
             return None
-        return Upstream(name, servers, connect, read, keepalive, max_conn)
+        return Upstream(
+            name,
+            servers,
+            connect,
+            read,
+            keepalive,
+            max_conn,
+            balance,
+            max_fails,
+            fail_timeout,
+            health,
+        )
 
     return parse
 

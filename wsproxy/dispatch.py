@@ -28,6 +28,7 @@ from wsproxy.headers import (
     check_request,
     check_websocket_handshake,
     choose_request_id,
+    client_address,
     forwarded_for_proto,
     forwarded_host_field,
     untouched,
@@ -35,12 +36,13 @@ from wsproxy.headers import (
     wants_websocket,
 )
 from wsproxy.http.front import Request
-from wsproxy.http.pool import PoolTimeout, ServerPool, Stale
+from wsproxy.http.pool import PoolTimeout, Stale
 from wsproxy.observe import Exchange, Observability
 from wsproxy.routing import Router
 from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, parse_target
 from wsproxy.tunnel import turn_budget
+from wsproxy.upstreams.checks import Checker
 from wsproxy.upstreams.servers import Group, Server, Upstreams
 from wsproxy.websocket import SessionOwner, TunnelSettings, handle_websocket
 from wsproxy.wsframes import FrameBudget
@@ -109,7 +111,8 @@ class Proxy:
         self.sessions = sessions
         self.upstreams = Upstreams(config.upstreams, observability)
         #: forward.RelayEvents.servers_down: the health table, never replaced.
-        self.servers_down = self.upstreams.health.down
+        self.servers_down = self.upstreams.health.watch
+        self.checker = Checker(self.upstreams.servers, self.upstreams.health)
         self.router = Router(config.routes)
         #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
         self._decisions: dict[tuple[object, ...], _Refusal | _Forward] = {}
@@ -124,8 +127,10 @@ class Proxy:
 
     async def open(self) -> None:
         self.frame_budget = turn_budget(asyncio.get_running_loop())
+        self.checker.start()
 
     async def close(self) -> None:
+        await self.checker.stop()
         self.upstreams.close()
 
     def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
@@ -158,31 +163,19 @@ class Proxy:
         index = request.index
         if "upgrade" in index:
             if self._is_websocket(request):
-                return self._websocket(request, decision, client.info, exchange)
+                return self._websocket(request, decision, client, exchange)
             if request.upgrade:
                 # Upgrade: h2c and the like (with Connection: upgrade) are
                 # forwarded as plain HTTP, their Upgrade dropped as hop-by-hop
                 # (what nginx does by default).
                 exchange.note("upgrade_ignored", index["upgrade"][0][:100])
-        server = self._pick(decision, exchange)
+        server = self._pick(request, decision, client, exchange)
+        assert server is not None  # the first pick always finds one
+        head = self._head(request, decision, client, server, exchange)
         pool = server.pool
-        if untouched(index):
-            # Nothing to drop or replace (the common case): the client's
-            # fields as they came, then this hop's own.
-            head = upstream_head_fast(
-                method,
-                decision.origin_form,
-                request.headers,
-                client.forwarded + decision.forwarded_host,
-                exchange.request_id,
-                chunked=request.chunked,
-            )
-        else:
-            headers = self._upstream_headers(request, client.info, server.label, exchange)
-            head = upstream_head(request, decision.origin_form, headers)
         conn = pool.take_idle()
         if conn is None:
-            return self._forward(request, exchange, pool, head)
+            return self._forward(request, exchange, server, head, decision=decision)
         # The fast path: a kept-alive connection is free, so the exchange runs
         # on the two protocols' callbacks with no task (Relay.start).
         relay = Relay(request, conn, exchange, self)
@@ -207,6 +200,8 @@ class Proxy:
             status = request.status or 499
         if request.bytes_sent:
             exchange.bytes_to_client = request.bytes_sent
+        if exchange.target is not None:
+            exchange.target.in_flight -= 1
         self.observability.request_done(exchange, status, time.monotonic())
 
     def refused(self, request: Request, status: int, message: str) -> None:
@@ -265,11 +260,11 @@ class Proxy:
             return
         exchange: Exchange = relay.context
         if isinstance(failure, Stale):
-            pool = relay.conn.pool
-            if retryable(request) and pool is not None:
-                log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
+            server = exchange.target
+            if retryable(request) and server is not None:
+                log.debug("upstream %s closed a pooled connection; retrying once", server.label)
                 request.continue_with(
-                    self._forward(request, exchange, pool, relay.head, fresh=True)
+                    self._forward(request, exchange, server, relay.head, fresh=True)
                 )
                 return
             failure = failure.failure
@@ -280,18 +275,87 @@ class Proxy:
         self,
         request: Request,
         exchange: Exchange,
-        pool: ServerPool,
+        server: Server,
         head: bytes,
         *,
         fresh: bool = False,
+        decision: _Forward | None = None,
     ) -> None:
-        """The slow path: wait for a connection slot or connect first."""
-        try:
-            await forward_http(request, pool, head, exchange, self, fresh=fresh)
-        except UpstreamFailure as failure:
-            self._upstream_failed(request, exchange, failure)
-        except PoolTimeout:
-            self._pool_timeout(request, exchange, pool.upstream)
+        """The slow path: wait for a connection slot or connect first.
+
+        A connect that fails is tried on the next server (each at most once)
+        when ``decision`` says how to pick one: nothing reached the server,
+        so any request may go again, body and all (it is read only once
+        connected).
+        """
+        tried: set[Server] = set()
+        while True:
+            try:
+                await forward_http(request, server.pool, head, exchange, self, fresh=fresh)
+            except UpstreamFailure as failure:
+                if decision is not None and failure.connecting:
+                    tried.add(server)
+                    following = self._retry(request, decision, exchange, tried, failure)
+                    if following is not None:
+                        client = request.connection.app_data
+                        assert client is not None
+                        server, fresh = following, False
+                        head = self._head(request, decision, client, server, exchange)
+                        continue
+                    self._answer_failure(request, exchange, failure)
+                    return
+                self._upstream_failed(request, exchange, failure)
+            except PoolTimeout:
+                self._pool_timeout(request, exchange, server.settings)
+            return
+
+    def _retry(
+        self,
+        request: Request,
+        decision: _Forward,
+        exchange: Exchange,
+        tried: set[Server],
+        failure: UpstreamFailure,
+    ) -> Server | None:
+        """Count a failed connect; the next server to try, or None when none is left."""
+        self._record_failure(exchange, failure)
+        failed = exchange.server
+        client = request.connection.app_data
+        assert client is not None
+        following = self._pick(request, decision, client, exchange, frozenset(tried))
+        log.warning(
+            "route %s: upstream %s server %s failed: %s (request %s)%s",
+            exchange.route,
+            exchange.upstream,
+            failed,
+            failure,
+            exchange.request_id,
+            f"; trying server {following.label}" if following is not None else "",
+        )
+        return following
+
+    def _head(
+        self,
+        request: Request,
+        decision: _Forward,
+        client: _Client,
+        server: Server,
+        exchange: Exchange,
+    ) -> bytes:
+        """The upstream request head for ``server``."""
+        if untouched(request.index):
+            # Nothing to drop or replace (the common case): the client's
+            # fields as they came, then this hop's own.
+            return upstream_head_fast(
+                request.method or "GET",
+                decision.origin_form,
+                request.headers,
+                client.forwarded + decision.forwarded_host,
+                exchange.request_id,
+                chunked=request.chunked,
+            )
+        headers = self._upstream_headers(request, client.info, server.label, exchange)
+        return upstream_head(request, decision.origin_form, headers)
 
     def _decide(
         self, method: str, version: tuple[int, int], hosts: list[str], raw_target: str
@@ -353,8 +417,26 @@ class Proxy:
             )
         return headers
 
-    def _pick(self, decision: _Forward, exchange: Exchange) -> Server:
-        server = decision.group.pick()
+    def _pick(
+        self,
+        request: Request,
+        decision: _Forward,
+        client: _Client,
+        exchange: Exchange,
+        tried: frozenset[Server] = frozenset(),
+    ) -> Server | None:
+        """A server for this request, counted in flight until ``finished``."""
+        group = decision.group
+        address = None
+        if group.balance == "ip_hash":
+            address = client_address(client.info, request.index.get("x-forwarded-for", _NONE))
+        server = group.pick(client=address, tried=tried)
+        if server is None:
+            return None
+        previous = exchange.target
+        if previous is not None:
+            previous.in_flight -= 1
+        server.in_flight += 1
         exchange.upstream = decision.upstream.name
         exchange.server = server.label
         exchange.target = server
@@ -375,7 +457,7 @@ class Proxy:
         self,
         request: Request,
         decision: _Forward,
-        client: ClientInfo,
+        client: _Client,
         exchange: Exchange,
     ) -> None:
         if self.sessions.draining:
@@ -391,7 +473,7 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        server = self._pick(decision, exchange)
+        server = self._pick(request, decision, client, exchange)
         route = decision.route
         settings = TunnelSettings(
             buffer_limit=self.config.proxy.tunnel_buffer,
@@ -400,23 +482,38 @@ class Proxy:
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
         )
-        headers = self._upstream_headers(request, client, server.label, exchange, websocket=True)
-        try:
-            await handle_websocket(
-                request,
-                decision.origin_form,
-                headers,
-                decision.upstream,
-                server,
-                exchange,
-                settings,
-                self.sessions,
-                self.upstreams,
-                self,
+        tried: set[Server] = set()
+        while server is not None:
+            headers = self._upstream_headers(
+                request, client.info, server.label, exchange, websocket=True
             )
-        except UpstreamFailure as failure:
-            exchange.upgrade_result = "upstream_unavailable"
-            self._upstream_failed(request, exchange, failure)
+            try:
+                await handle_websocket(
+                    request,
+                    decision.origin_form,
+                    headers,
+                    decision.upstream,
+                    server,
+                    exchange,
+                    settings,
+                    self.sessions,
+                    self.upstreams,
+                    self,
+                )
+                return
+            except UpstreamFailure as failure:
+                if failure.connecting:
+                    # Nothing reached the server: the next one may take the handshake.
+                    tried.add(server)
+                    server = self._retry(request, decision, exchange, tried, failure)
+                    if server is not None:
+                        continue
+                    exchange.upgrade_result = "upstream_unavailable"
+                    self._answer_failure(request, exchange, failure)
+                    return
+                exchange.upgrade_result = "upstream_unavailable"
+                self._upstream_failed(request, exchange, failure)
+                return
 
     def _upstream_failed(
         self, request: Request, exchange: Exchange, failure: UpstreamFailure
@@ -431,6 +528,12 @@ class Proxy:
             failure,
             exchange.request_id,
         )
+        self._answer_failure(request, exchange, failure)
+
+    def _answer_failure(
+        self, request: Request, exchange: Exchange, failure: UpstreamFailure
+    ) -> None:
+        """Tell the client, in general words (the details are in the log)."""
         request.answer(failure.status, failure.client_message)
 
     def _pool_timeout(self, request: Request, exchange: Exchange, upstream: Upstream) -> None:

@@ -38,10 +38,13 @@ class UpstreamFailure(Exception):
     (aiohttp's include the request URL with its query; parsers quote the
     bytes they choke on, which may echo the request)."""
 
-    def __init__(self, kind: ErrorKind, detail: str) -> None:
+    def __init__(self, kind: ErrorKind, detail: str, *, connecting: bool = False) -> None:
         super().__init__(kind, detail)
         self.kind: ErrorKind = kind
         self.detail = detail
+        #: The connection was never made: nothing reached the server, so the
+        #: request may go to another one, whatever its method.
+        self.connecting = connecting
 
     @property
     def status(self) -> int:

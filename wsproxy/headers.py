@@ -373,6 +373,31 @@ def untouched(index: dict[str, list[str]]) -> bool:
     return "host" in index and index.keys().isdisjoint(_TOUCHED) and "_" not in "".join(index)
 
 
+def client_address(client: ClientInfo, forwarded_for: Sequence[str]) -> str | None:
+    """The address of the client a request came from, as far as it can be trusted.
+
+    The peer's own address, unless the peer is a trusted proxy: then the
+    ``X-Forwarded-For`` chain is read from the right, past every trusted
+    proxy, and the first address not trusted is the client (what nginx's
+    realip module does with ``real_ip_recursive on``).  A chain of trusted
+    proxies only gives its leftmost address; an entry that is not an address
+    ends the walk there (it cannot be trusted to say more).
+    """
+    if not client.peer_is_trusted():
+        return client.peer_ip
+    entries = [e.strip() for value in forwarded_for for e in value.split(",") if e.strip()]
+    address = client.peer_ip
+    for entry in reversed(entries):
+        try:
+            ip = ipaddress.ip_address(entry)
+        except ValueError:
+            return address
+        address = str(ip)
+        if not any(ip in network for network in client.trusted_proxies):
+            return address
+    return address
+
+
 def forwarded_for_proto(client: ClientInfo) -> str:
     """The ``X-Forwarded-For`` and ``-Proto`` lines for a request that sent
     neither (the same for every such request on a connection)."""

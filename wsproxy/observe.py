@@ -115,8 +115,12 @@ class Observability:
 
     def server_state(self, server: Server, up: bool, why: str) -> None:
         self.metrics.upstream_up.labels(server.group, server.label).set(1 if up else 0)
-        if why == "answered":
-            upstream_log.info("upstream %s server %s answers again", server.group, server.label)
+        if up:
+            upstream_log.info("upstream %s server %s is up: %s", server.group, server.label, why)
+        else:
+            upstream_log.warning(
+                "upstream %s server %s is down: %s", server.group, server.label, why
+            )
 
     def server_failed(self, server: Server, failure: UpstreamFailure) -> None:
         self.metrics.upstream_errors.labels(server.group, server.label, failure.kind).inc()

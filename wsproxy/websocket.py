@@ -149,7 +149,9 @@ async def handle_websocket(
         upstream_connection=", ".join(header_values(headers, "connection")),
         early_close_window=settings.early_close_window,
     )
-    _tunnel(request, conn, reason, response_headers, tail, settings, info, exchange, sessions)
+    _tunnel(
+        request, conn, reason, response_headers, tail, settings, info, exchange, sessions, server
+    )
 
 
 def _tunnel(
@@ -162,6 +164,7 @@ def _tunnel(
     info: SessionInfo,
     exchange: Exchange,
     sessions: SessionOwner,
+    server: Server,
 ) -> None:
     assert conn.transport is not None
     extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
@@ -188,7 +191,13 @@ def _tunnel(
     exchange.upgrade_result = "accepted"
     exchange.websocket_session = True
     sessions.session_started(tunnel, info, request.method or "GET")
-    tunnel.on_finished = sessions.session_ended
+    server.tunnels += 1  # least_conn's load, until the session ends
+
+    def ended(tunnel: Tunnel) -> None:
+        server.tunnels -= 1
+        sessions.session_ended(tunnel)
+
+    tunnel.on_finished = ended
     try:
         tunnel.start(
             client_transport,
@@ -202,7 +211,8 @@ def _tunnel(
         # Nothing may leave a session in the live set with nobody to end it.
         log.exception("session %s failed to start", info.request_id)
         tunnel.close("error", reset=True)
-        sessions.session_ended(tunnel)
+        tunnel.on_finished = None
+        ended(tunnel)
         return
     if sessions.draining:
         tunnel.shutdown()  # the 101 arrived during shutdown

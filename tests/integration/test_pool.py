@@ -157,7 +157,7 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_connection_loses_no_slot() -
     port = listener.sockets[0].getsockname()[1]
     extra = "    max_connections: 1\n    connect_timeout: 1s\n"
     upstream = parse_config(config_text(port, upstream_extra=extra), "t.yaml").upstreams["app"]
-    pool = ServerPool(upstream, upstream.servers[0])
+    pool = ServerPool(upstream, upstream.servers[0].address)
     try:
         first = await pool.acquire()
         waiting = asyncio.ensure_future(pool.acquire())
@@ -243,7 +243,7 @@ async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(
     port = listener.sockets[0].getsockname()[1]
     extra = "    max_connections: 2\n"
     upstream = parse_config(config_text(port, upstream_extra=extra), "t.yaml").upstreams["app"]
-    pool = ServerPool(upstream, upstream.servers[0])
+    pool = ServerPool(upstream, upstream.servers[0].address)
     real = pool_module.UpstreamConnection
 
     def cancelling(owner: ServerPool | None = None) -> UpstreamConnection:

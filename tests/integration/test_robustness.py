@@ -20,7 +20,6 @@ from typing import cast
 import pytest
 
 import wsproxy.tunnel
-import wsproxy.upstreams.health
 from tests.support.backends import RawBackend, Seen, recording
 from tests.support.http_backends import RecordingBackend, chunked, raw_request, read_chunked
 from tests.support.http_backends import read_response as read_http_response
@@ -400,14 +399,12 @@ async def test_client_leaving_during_the_upstream_handshake_abandons_it_as_499()
 # --- 5. passive health -------------------------------------------------------
 
 
-async def test_passive_health_recovers_after_down_for_without_any_traffic(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_passive_health_recovers_after_fail_timeout_without_any_traffic() -> None:
     """Guards against one failed attempt keeping /readyz at 503 until traffic proves otherwise."""
-    monkeypatch.setattr(wsproxy.upstreams.health, "DOWN_FOR", 0.5)
     dead = _dead_port()
     server = f"127.0.0.1:{dead}"
-    async with observed_proxy(_config(dead)) as obs:
+    text = config_text(dead, extra=FAST_STOP, upstream_extra="    fail_timeout: 500ms\n")
+    async with observed_proxy(text) as obs:
         head, _body = await raw_request(
             obs.port, http_request("GET", "/", [("Host", f"{LOOPBACK}:{obs.port}")])
         )
@@ -415,7 +412,7 @@ async def test_passive_health_recovers_after_down_for_without_any_traffic(
         assert (await obs.get("/readyz"))[0] == 503
         scrape = await obs.scrape()
         assert scrape.value("wsproxy_upstream_server_up", upstream="app", server=server) == 0
-        # Elapsed time is the behaviour: DOWN_FOR passes with no request at all.
+        # Elapsed time is the behaviour: fail_timeout passes with no request at all.
         await asyncio.sleep(0.6)
         assert (await obs.get("/readyz"))[0] == 200
         scrape = await obs.scrape()

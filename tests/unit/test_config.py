@@ -23,8 +23,10 @@ from wsproxy.config import (
     Config,
     ConfigError,
     ConfigIssue,
+    HealthCheck,
     ProxySettings,
     Route,
+    ServerSettings,
     ShutdownSettings,
     Upstream,
     WebSocketSettings,
@@ -252,7 +254,7 @@ def test_minimal_config_parses_with_all_defaults() -> None:
     config = parse_config(MINIMAL, "proxy.yaml")
     upstream = Upstream(
         name="app",
-        servers=(Address("127.0.0.1", 1215),),
+        servers=(ServerSettings(Address("127.0.0.1", 1215)),),
         connect_timeout=5.0,
         read_timeout=60.0,
         keepalive_timeout=4.0,
@@ -382,14 +384,14 @@ def test_every_setting() -> None:
     assert config.admin == Address("localhost", 0)
     assert list(config.upstreams) == ["app", "chat.v2"]
     app = config.upstreams["app"]
-    assert app.servers == (
+    assert [server.address for server in app.servers] == [
         Address("127.0.0.1", 1215),
         Address("::1", 8000),
         Address("backend.internal", 80),
-    )
+    ]
     assert (app.connect_timeout, app.read_timeout) == (0.25, 120.0)
     assert (app.keepalive_timeout, app.max_connections) == (0.0, 0)
-    assert config.upstreams["chat.v2"].servers == (Address("10.0.0.2", 9000),)
+    assert config.upstreams["chat.v2"].servers == (ServerSettings(Address("10.0.0.2", 9000)),)
     chat, fallback = config.routes
     assert chat == Route("chat", "*.example.com", "/ws", "chat.v2", WebSocketSettings(90.0, 0.0))
     assert fallback == Route("/", None, "/", "app", WebSocketSettings())
@@ -603,7 +605,9 @@ def test_invalid_server() -> None:
         ("'x:http'", "(the port must be a number from 1 to 65535)"),
         ("'a b:80'", "(invalid host 'a b'; expected HOST:PORT"),
         ("'999.1.1.1:80'", "(invalid host '999.1.1.1'; expected HOST:PORT"),
-        ("'http://x:80'", "without a scheme)"),
+        ("'https://x:80'", "(TLS to upstreams, https://, is not supported in this version"),
+        ("'ws://x:80'", "(the scheme must be http://, or none: HOST:PORT)"),
+        ("'http://x:80/api'", "(a server is HOST:PORT, without a path)"),
         ("':80'", "(expected HOST:PORT"),
     ],
 )
@@ -1312,4 +1316,74 @@ def test_close_spread_defaults_to_zero_and_may_not_outlast_the_grace_period() ->
     assert errors(BARE + "shutdown:\n  grace_period: 5s\n  close_spread: 10s\n") == [
         "proxy.yaml:8:17: shutdown.close_spread: close_spread (10s) must not be longer than "
         "grace_period (5s): sessions closed after the grace period would be reset instead"
+    ]
+
+
+def test_servers_with_weights_balance_and_health() -> None:
+    config = parse(
+        """\
+        upstreams:
+          app:
+            servers:
+              - "http://10.0.0.1:80/"
+              - {address: "[::1]:8000", weight: 3}
+            balance: least_conn
+            max_fails: 3
+            fail_timeout: 30s
+            health:
+              path: /healthz?deep=1
+              interval: 2s
+              timeout: 500ms
+              fails: 2
+              passes: 1
+        routes:
+          - upstream: app
+        """
+    )
+    app = config.upstreams["app"]
+    assert app.servers == (
+        ServerSettings(Address("10.0.0.1", 80), 1),
+        ServerSettings(Address("::1", 8000), 3),
+    )
+    assert (app.balance, app.max_fails, app.fail_timeout) == ("least_conn", 3, 30.0)
+    assert app.health == HealthCheck("/healthz?deep=1", 2.0, 0.5, 2, 1)
+    defaults = parse_config(BARE, "proxy.yaml").upstreams["app"]
+    assert (defaults.balance, defaults.max_fails, defaults.fail_timeout) == ("round_robin", 1, 10)
+    assert defaults.health is None
+
+
+def test_balancing_and_health_mistakes_are_reported_at_their_place() -> None:
+    text = """\
+    upstreams:
+      app:
+        servers:
+          - {address: "10.0.0.1:80", weight: 0}
+          - {adress: "10.0.0.2:80"}
+          - {address: "10.0.0.1:80"}
+        balance: leastconn
+        max_fails: -1
+        health:
+          interval: 1s
+          timeout: 2s
+    routes:
+      - upstream: app
+    """
+    assert errors(text) == [
+        "proxy.yaml:4:42: upstreams.app.servers[0].weight: invalid weight '0' "
+        "(expected an integer from 1 to 1000)",
+        "proxy.yaml:5:9: upstreams.app.servers[1].address: required key missing",
+        "proxy.yaml:5:10: upstreams.app.servers[1].adress: unknown key; did you mean 'address'?",
+        "proxy.yaml:7:14: upstreams.app.balance: invalid value 'leastconn' "
+        "(expected 'round_robin', 'least_conn' or 'ip_hash'); did you mean 'least_conn'?",
+        "proxy.yaml:8:16: upstreams.app.max_fails: invalid value '-1' "
+        "(expected an integer from 0 to 100)",
+        "proxy.yaml:10:7: upstreams.app.health.path: required key missing",
+    ]
+    assert errors(
+        BARE.replace(
+            "    servers", "    health: {path: /h, interval: 1s, timeout: 2s}\n    servers"
+        )
+    ) == [
+        "proxy.yaml:3:47: upstreams.app.health.timeout: timeout (2s) must not be longer "
+        "than interval (1s)"
     ]

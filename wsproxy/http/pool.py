@@ -459,9 +459,11 @@ async def connect(
         async with asyncio.timeout(timeout):
             _transport, protocol = await loop.create_connection(factory, server.host, server.port)
     except TimeoutError as exc:
-        raise UpstreamFailure("timeout", "connect timed out") from exc
+        raise UpstreamFailure("timeout", "connect timed out", connecting=True) from exc
     except OSError as exc:
-        raise classify(exc) from exc
+        failure = classify(exc)
+        failure.connecting = True
+        raise failure from exc
     return protocol
 
 

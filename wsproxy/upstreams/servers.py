@@ -2,53 +2,157 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 
-from wsproxy.config import Address, Upstream
+from wsproxy.config import Address, ServerSettings, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.http.pool import ServerPool
-from wsproxy.upstreams.balancer import RoundRobin
-from wsproxy.upstreams.health import Health, HealthEvents
+from wsproxy.upstreams.balancer import WeightedRoundRobin, least_loaded, rendezvous
+from wsproxy.upstreams.health import Health, HealthEvents, ServerHealth
 
 
 class Server:
-    """One server of one upstream, with its connection pool."""
+    """One server of one upstream: its pool, health and load."""
 
-    __slots__ = ("address", "group", "label", "pool")
+    __slots__ = (
+        "address",
+        "group",
+        "health",
+        "in_flight",
+        "label",
+        "name",
+        "pool",
+        "settings",
+        "tunnels",
+        "weight",
+    )
 
-    def __init__(self, group: str, settings: Upstream, address: Address) -> None:
-        self.group = group
-        self.address = address
+    def __init__(self, settings: Upstream, server: ServerSettings) -> None:
+        #: The upstream's settings (replaced on reload when they change).
+        self.settings = settings
+        self.group = settings.name
+        self.address = server.address
+        self.weight = server.weight
         #: ``HOST:PORT``, the ``server`` label of metrics and logs.
-        self.label = str(address)
-        self.pool = ServerPool(settings, address)
+        self.label = str(server.address)
+        self.name = self.label.encode()
+        self.pool = ServerPool(settings, server.address)
+        self.health = ServerHealth()
+        #: Requests sent and not yet answered, and WebSocket sessions open:
+        #: together the load ``least_conn`` compares.
+        self.in_flight = 0
+        self.tunnels = 0
+
+    @property
+    def load(self) -> int:
+        return self.in_flight + self.tunnels
 
     def __repr__(self) -> str:
         return f"<Server {self.group}/{self.label}>"
 
 
 class Group:
-    """One upstream: its servers in configuration order and its balancer."""
+    """One upstream: its servers in configuration order and how it picks one."""
 
-    __slots__ = ("_rotation", "name", "servers", "settings")
+    __slots__ = ("_all", "_rotation", "balance", "health", "name", "servers", "settings")
 
-    def __init__(self, settings: Upstream) -> None:
+    def __init__(self, settings: Upstream, servers: Iterable[Server], health: Health) -> None:
         self.name = settings.name
         self.settings = settings
-        self.servers = tuple(Server(settings.name, settings, a) for a in settings.servers)
-        self._rotation = RoundRobin(len(self.servers))
+        self.balance = settings.balance
+        self.servers = tuple(servers)
+        self.health = health
+        self._all = tuple(range(len(self.servers)))
+        self._rotation = WeightedRoundRobin([server.weight for server in self.servers])
 
-    def pick(self) -> Server:
-        """The server for the next request."""
-        return self.servers[self._rotation.pick_index()]
+    def pick(
+        self,
+        client: str | None = None,
+        tried: frozenset[Server] = frozenset(),
+        now: float | None = None,
+    ) -> Server | None:
+        """The server for the next attempt; None when every one was ``tried``.
+
+        ``client`` is the resolved client address (``ip_hash``).  Servers that
+        health holds out are skipped; when every untried server is held out,
+        one is tried anyway (like Envoy's panic threshold at its limit): a
+        502 from trying costs no more than one without, and a server that
+        answers is proven up again.
+        """
+        servers = self.servers
+        health = self.health
+        if health.watch:
+            if now is None:
+                now = time.monotonic()
+            health.refresh(now)
+            candidates = [
+                i
+                for i in self._all
+                if servers[i] not in tried and servers[i].health.takes_requests(now)
+            ]
+            if not candidates:
+                candidates = [i for i in self._all if servers[i] not in tried]
+        elif tried:
+            candidates = [i for i in self._all if servers[i] not in tried]
+        elif len(servers) == 1:
+            return servers[0]  # the common case: one server, healthy
+        else:
+            candidates = list(self._all)
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            index = candidates[0]
+        elif self.balance == "least_conn":
+            loads = [server.load for server in servers]
+            weights = self._rotation.weights
+            index = least_loaded(candidates, loads, weights, self._rotation)
+        elif self.balance == "ip_hash" and client is not None:
+            names = [server.name for server in servers]
+            index = rendezvous(candidates, client.encode(), names, self._rotation.weights)
+        else:
+            index = self._rotation.pick(candidates)
+        server = servers[index]
+        if now is not None:
+            health.claim(server, now)
+        return server
 
 
 class Upstreams:
     """Every upstream of one configuration, and their servers' health."""
 
-    def __init__(self, upstreams: Mapping[str, Upstream], events: HealthEvents) -> None:
-        self.groups = {name: Group(settings) for name, settings in upstreams.items()}
+    def __init__(
+        self,
+        upstreams: Mapping[str, Upstream],
+        events: HealthEvents,
+        *,
+        reuse: Upstreams | None = None,
+    ) -> None:
+        """``reuse``: the previous configuration's upstreams (a reload).  A
+        server named again in the same upstream keeps its pool, health and
+        load; the rest of the old servers are the caller's to close."""
         self.health = Health(events)
+        kept: dict[tuple[str, Address], Server] = {}
+        if reuse is not None:
+            for group in reuse.groups.values():
+                for server in group.servers:
+                    kept[(group.name, server.address)] = server
+        self.groups: dict[str, Group] = {}
+        for name, settings in upstreams.items():
+            servers = []
+            for spec in settings.servers:
+                found = kept.pop((name, spec.address), None)
+                if found is None:
+                    found = Server(settings, spec)
+                else:
+                    found.settings = found.pool.upstream = settings
+                    found.weight = spec.weight
+                    if reuse is not None and found in reuse.health.watch:
+                        self.health.watch.add(found)
+                servers.append(found)
+            self.groups[name] = Group(settings, servers, self.health)
+        #: The previous configuration's servers that this one does not name.
+        self.dropped = list(kept.values())
 
     @property
     def servers(self) -> list[Server]:
@@ -62,23 +166,21 @@ class Upstreams:
         self.health.failed(server, failure, now)
 
     def all_down(self, now: float) -> bool:
-        """Whether every server of every upstream is down (``/readyz``)."""
+        """Whether every server of every upstream is held out (``/readyz``)."""
         self.health.refresh(now)
         servers = self.servers
-        return bool(servers) and all(self.health.is_down(server) for server in servers)
+        return bool(servers) and not any(server.health.up for server in servers)
 
     def states(self, now: float) -> dict[str, dict[str, str]]:
         """``up`` or ``down`` by upstream and server (``/status.json``)."""
         self.health.refresh(now)
         return {
             group.name: {
-                server.label: "down" if self.health.is_down(server) else "up"
-                for server in group.servers
+                server.label: "up" if server.health.up else "down" for server in group.servers
             }
             for group in self.groups.values()
         }
 
     def close(self) -> None:
-        for group in self.groups.values():
-            for server in group.servers:
-                server.pool.close()
+        for server in self.servers:
+            server.pool.close()
