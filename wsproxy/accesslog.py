@@ -133,6 +133,11 @@ class AccessLog:
         self._fields: dict[tuple[str | None, ...], str] = {}
         _OPEN_LOGS.add(self)
 
+    def reconfigure(self, settings: AccessLogSettings) -> None:
+        """A reload's settings: the format of the lines from now on."""
+        self._format = settings.format
+        self._fields.clear()
+
     @property
     def enabled(self) -> bool:
         return self._format != "off"

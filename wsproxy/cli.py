@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _setup_logging()
         tune_malloc()
-        return _run_server(serve(config))
+        return _run_server(serve(config, args.config))
     if args.command == "demo":
         from wsproxy.demo import run_demo
 

@@ -103,13 +103,20 @@ class Proxy:
     """Handles every request on the front listeners for one configuration."""
 
     def __init__(
-        self, config: Config, observability: Observability, sessions: SessionOwner
+        self,
+        config: Config,
+        observability: Observability,
+        sessions: SessionOwner,
+        *,
+        reuse: Upstreams | None = None,
     ) -> None:
+        """``reuse``: the upstreams of the configuration this one replaces
+        (a reload): servers named again keep their pools, health and load."""
         self.config = config
         self.observability = observability
         #: The server state: the draining flag and the open sessions.
         self.sessions = sessions
-        self.upstreams = Upstreams(config.upstreams, observability)
+        self.upstreams = Upstreams(config.upstreams, observability, reuse=reuse)
         #: forward.RelayEvents.servers_down: the health table, never replaced.
         self.servers_down = self.upstreams.health.watch
         self.checker = Checker(self.upstreams.servers, self.upstreams.health)
@@ -125,13 +132,27 @@ class Proxy:
         #: Frames all WebSocket observers may parse per loop turn (set in open()).
         self.frame_budget: FrameBudget | None = None
 
-    async def open(self) -> None:
-        self.frame_budget = turn_budget(asyncio.get_running_loop())
+    async def open(self, frame_budget: FrameBudget | None = None) -> None:
+        """Start the health checks; ``frame_budget``: the server's, shared by
+        the sessions of every configuration (one budget per loop turn)."""
+        self.frame_budget = frame_budget or turn_budget(asyncio.get_running_loop())
         self.checker.start()
 
     async def close(self) -> None:
         await self.checker.stop()
         self.upstreams.close()
+
+    async def retire(self, successor: Proxy) -> None:
+        """A reload replaced this configuration by ``successor``'s.
+
+        Requests in flight finish on what they hold (their server, its
+        connection); the health checks stop, and the pools of the servers the
+        new configuration no longer names close (idle connections now, busy
+        ones when their answer ends).  The rest is ``successor``'s.
+        """
+        await self.checker.stop()
+        for server in successor.upstreams.dropped:
+            server.pool.close()
 
     def handle(self, request: Request) -> Coroutine[Any, Any, None] | None:
         """front.App.handle: answer now, start a relay, or return the work for a task."""

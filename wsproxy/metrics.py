@@ -53,7 +53,8 @@ class SessionCollector(Collector):
     """Active sessions, frames, messages and bytes: folded totals plus live counts."""
 
     def __init__(self, routes: Iterable[str], live: Mapping[Tunnel, SessionInfo]) -> None:
-        self._routes = tuple(routes)
+        #: Routes whose active-session gauge shows even at 0.
+        self.routes = tuple(routes)
         self._live = live  # open session -> what it is
         self._frames: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -83,7 +84,7 @@ class SessionCollector(Collector):
         frames = defaultdict(int, self._frames)
         messages = defaultdict(int, self._messages)
         byte_counts = defaultdict(int, self._bytes)
-        active: dict[str, int] = dict.fromkeys(self._routes, 0)
+        active: dict[str, int] = dict.fromkeys(self.routes, 0)
         for session, info in list(self._live.items()):
             route = info.route
             active[route] = active.get(route, 0) + 1
@@ -241,15 +242,38 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
+        self.reloads = Counter(
+            "wsproxy_config_reloads",
+            "Configuration reloads (SIGHUP) by result.",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)
-        # Series that exist from the start, so rate() and absent() work at once.
+        #: (upstream, server) of the configuration in force.
+        self.servers: set[tuple[str, str]] = set()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Series that exist from the start, so rate() and absent() work at once;
+        after a reload, the new configuration's (a server no longer named
+        leaves ``wsproxy_upstream_server_up``; counters keep their totals)."""
         for route in config.routes:
             for result in UPGRADE_RESULTS:
                 self.upgrades.labels(route.name, result)
-        for upstream in config.upstreams.values():
-            for server in upstream.servers:
-                self.upstream_up.labels(upstream.name, str(server)).set(1)
+        self.sessions.routes = tuple(route.name for route in config.routes)
+        servers = {
+            (upstream.name, str(server))
+            for upstream in config.upstreams.values()
+            for server in upstream.servers
+        }
+        for gone in self.servers - servers:
+            self.upstream_up.remove(*gone)
+        for new in servers - self.servers:
+            self.upstream_up.labels(*new).set(1)
+        self.servers = servers
 
     def session_ended(self, report: SessionReport, session: Tunnel) -> None:
         route = report.info.route

@@ -111,10 +111,17 @@ class Observability:
             maxlen=RECENT_EARLY_CLOSES
         )
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new routes and servers in the metrics, the new log format."""
+        self.metrics.configure(config)
+        self.access_log.reconfigure(config.access_log)
+        self._log_requests = self.access_log.enabled
+
     # --- upstream health (upstreams.HealthEvents): told, not kept here ----
 
     def server_state(self, server: Server, up: bool, why: str) -> None:
-        self.metrics.upstream_up.labels(server.group, server.label).set(1 if up else 0)
+        if (server.group, server.label) in self.metrics.servers:  # not one a reload dropped
+            self.metrics.upstream_up.labels(server.group, server.label).set(1 if up else 0)
         if up:
             upstream_log.info("upstream %s server %s is up: %s", server.group, server.label, why)
         else:

@@ -19,13 +19,14 @@ from typing import TextIO
 from aiohttp import web
 
 from wsproxy.admin import admin_app
-from wsproxy.config import Config
+from wsproxy.config import Address, Config, ConfigError, load_config
 from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
 from wsproxy.observe import Observability
 from wsproxy.sessions import SessionInfo
-from wsproxy.tunnel import Tunnel
+from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.upstreams.servers import Upstreams
+from wsproxy.wsframes import FrameBudget
 
 log = logging.getLogger("wsproxy")
 
@@ -54,8 +55,15 @@ class ProxyServer:
         self.observability = Observability(config, self.sessions, access_log)
         self.proxy = Proxy(config, self.observability, self)
         self.connections: set[ClientConnection] = set()
-        self._listeners: list[asyncio.Server] = []
+        #: Each configured listen address's listener (an unchanged one is kept
+        #: across reloads, so no connection is refused in between).
+        self._listeners: dict[Address, asyncio.Server] = {}
+        self._settings = front_settings(config)
         self._admin: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._frame_budget: FrameBudget | None = None
+        #: One reload at a time (signals that come meanwhile wait their turn).
+        self._reloading = asyncio.Lock()
         self._stopping: asyncio.Future[None] | None = None
 
     @property
@@ -63,7 +71,7 @@ class ProxyServer:
         """The bound (host, port) of each listener (port 0 resolved)."""
         return [
             (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
-            for listener in self._listeners
+            for listener in self._listeners.values()
             for sock in listener.sockets
         ]
 
@@ -89,15 +97,8 @@ class ProxyServer:
         return str(address[0]), int(address[1])
 
     async def start(self) -> None:
-        await self.proxy.open()
-        loop = asyncio.get_running_loop()
-        settings = front_settings(self.config)
-        proxy = self.proxy
-        connections = self.connections
-
-        def factory() -> ClientConnection:
-            return ClientConnection(proxy, settings, connections)
-
+        self._frame_budget = turn_budget(asyncio.get_running_loop())
+        await self.proxy.open(self._frame_budget)
         self._admin = web.AppRunner(
             admin_app(self),
             access_log=None,
@@ -106,19 +107,114 @@ class ProxyServer:
         await self._admin.setup()
         try:
             for listen in self.config.listen:
-                listener = await loop.create_server(
-                    factory,
-                    listen.host,
-                    listen.port,
-                    reuse_address=True,
-                    backlog=socket.SOMAXCONN,
-                )
-                self._listeners.append(listener)
-            admin = self.config.admin
-            await web.TCPSite(self._admin, admin.host, admin.port, reuse_address=True).start()
+                self._listeners[listen] = await self._listen(listen)
+            self._admin_site = await self._admin_listen(self.config.admin)
         except BaseException:
             await self.stop()
             raise
+
+    def _connection(self) -> ClientConnection:
+        """A new client connection, for the configuration in force now."""
+        return ClientConnection(self.proxy, self._settings, self.connections)
+
+    async def _listen(self, listen: Address) -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(
+            self._connection,
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            backlog=socket.SOMAXCONN,
+        )
+
+    async def _admin_listen(self, admin: Address) -> web.TCPSite:
+        assert self._admin is not None
+        site = web.TCPSite(self._admin, admin.host, admin.port, reuse_address=True)
+        await site.start()
+        return site
+
+    # --- reload -------------------------------------------------------------
+
+    async def reload_from(self, path: str) -> bool:
+        """SIGHUP: read and check ``path``, then apply it; False when it was
+        not applied (every reason logged; the configuration in force stays)."""
+        async with self._reloading:
+            reloads = self.observability.metrics.reloads
+            try:
+                config = load_config(path)
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    log.error("reload: %s", issue)
+                log.error(
+                    "reload: %s has %d error(s); kept the configuration in force",
+                    path,
+                    len(exc.issues),
+                )
+                reloads.labels("failure").inc()
+                return False
+            try:
+                await self.reload(config)
+            except OSError as exc:
+                log.error("reload: %s; kept the configuration in force", exc)
+                reloads.labels("failure").inc()
+                return False
+            reloads.labels("success").inc()
+            log.info(
+                "reloaded %s: %d route(s), %d upstream(s); %d WebSocket session(s) go on unchanged",
+                path,
+                len(config.routes),
+                len(config.upstreams),
+                len(self.sessions),
+            )
+            return True
+
+    async def reload(self, config: Config) -> None:
+        """Put ``config`` in force without dropping anything.
+
+        * New listen addresses are bound first: if one cannot be, nothing
+          changes (OSError).  Unchanged ones keep their socket, so no
+          connection is refused in between; removed ones stop accepting, and
+          their open connections go on.
+        * New requests, on new connections and on kept-alive ones, use the
+          new routes, upstreams and settings.  A server named again keeps its
+          pool, health and load (least_conn); the others' pools close once
+          their requests are answered.
+        * Open WebSocket sessions are not touched: they own their sockets, on
+          their old upstream connections, until they end (a removed route's
+          sessions too).  Connections already open keep their header and
+          timer limits until they close.
+        """
+        if self.draining:
+            raise OSError("shutting down")
+        added: dict[Address, asyncio.Server] = {}
+        site = None
+        try:
+            for listen in config.listen:
+                if listen not in self._listeners:
+                    added[listen] = await self._listen(listen)
+            if config.admin != self.config.admin:
+                site = await self._admin_listen(config.admin)
+        except BaseException:
+            for listener in added.values():
+                listener.close()
+            raise
+        old = self.proxy
+        proxy = Proxy(config, self.observability, self, reuse=old.upstreams)
+        await proxy.open(self._frame_budget)
+        self.proxy = proxy
+        self.config = config
+        self._settings = front_settings(config)
+        for connection in self.connections:
+            connection.app = proxy
+        self.observability.reconfigure(config)
+        for listen in list(self._listeners):
+            if listen not in config.listen:
+                self._listeners.pop(listen).close()
+        self._listeners.update(added)
+        if site is not None:
+            old_site, self._admin_site = self._admin_site, site
+            if old_site is not None:
+                await old_site.stop()
+        await old.retire(proxy)
 
     async def stop(self) -> None:
         """The drain: stop accepting, finish what is in flight, then close.
@@ -152,7 +248,7 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         shutdown = self.config.shutdown
         deadline = loop.time() + shutdown.grace_period
-        for listener in self._listeners:
+        for listener in self._listeners.values():
             listener.close()  # no new connections from here on
         for connection in list(self.connections):
             connection.shutdown()
@@ -175,7 +271,7 @@ class ProxyServer:
         leftovers += [connection.closed for connection in self.connections]
         if leftovers:  # a reset is reported on the next loop turns
             await asyncio.wait(leftovers, timeout=0.5)
-        for listener in self._listeners:
+        for listener in self._listeners.values():
             await listener.wait_closed()
         self._listeners.clear()
         if self._admin is not None:
@@ -219,16 +315,38 @@ def stop_signals() -> Iterator[asyncio.Event]:
             loop.remove_signal_handler(signum)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop cleanly."""
+@contextlib.contextmanager
+def reload_signal() -> Iterator[asyncio.Event]:
+    """An event set by SIGHUP (which would otherwise end the process)."""
+    reload = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    try:
+        yield reload
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def serve(config: Config, path: str | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then drain; SIGHUP reloads ``path``."""
     server = ProxyServer(config)
-    with stop_signals() as stop:
+    with stop_signals() as stop, reload_signal() as reload:
         try:
             await server.start()
             for host, port in server.addresses:
                 log.info("listening on http://%s:%d", host, port)
             log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            while not stop.is_set():
+                reloading = asyncio.ensure_future(reload.wait())
+                await asyncio.wait([stopping, reloading], return_when=asyncio.FIRST_COMPLETED)
+                reloading.cancel()
+                if reload.is_set() and not stop.is_set():
+                    reload.clear()  # a SIGHUP during this reload asks for one more
+                    if path is None:
+                        log.warning("SIGHUP: no configuration file to reload")
+                    else:
+                        await server.reload_from(path)
             log.info("stopping")
         finally:
             await server.stop()
