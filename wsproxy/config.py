@@ -241,6 +241,8 @@ class Upstream:
 class WebSocketSettings:
     idle_timeout: float = 3600.0
     early_close_window: float = 10.0
+    #: Sessions older than this (±10% jitter) get 1001 at a frame boundary; 0: never.
+    max_lifetime: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,9 @@ class ProxySettings:
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    #: TCP keepalive on both sockets of a WebSocket session: idle time before
+    #: the first probe (0: off).
+    tcp_keepalive: float = 60.0
 
 
 AccessLogFormat = Literal["json", "text", "off"]
@@ -1056,10 +1061,11 @@ def _websocket(ctx: _Ctx, node: Node, path: str) -> WebSocketSettings | None:
     m = _Map(ctx, node, path)
     idle = m.get("idle_timeout", _duration(positive=True), d.idle_timeout)
     early = m.get("early_close_window", _duration(positive=False), d.early_close_window)
+    lifetime = m.get("max_lifetime", _duration(positive=False), d.max_lifetime)
     m.finish()
-    if idle is None or early is None or not m.ok:
+    if idle is None or early is None or lifetime is None or not m.ok:
         return None
-    return WebSocketSettings(idle, early)
+    return WebSocketSettings(idle, early, lifetime)
 
 
 def _upstream_ref(known: frozenset[str] | None) -> _Parser[str]:
@@ -1210,6 +1216,7 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
             "keepalive_timeout",
         )
     }
+    timers["tcp_keepalive"] = m.get("tcp_keepalive", _duration(positive=False), d.tcp_keepalive)
     m.finish()
     if (
         http10 is None

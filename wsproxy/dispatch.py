@@ -502,6 +502,8 @@ class Proxy:
             early_close_window=route.websocket.early_close_window,
             observe_frames=self.config.proxy.observe_frames,
             frame_budget=self.frame_budget,
+            max_lifetime=route.websocket.max_lifetime,
+            tcp_keepalive=self.config.proxy.tcp_keepalive,
         )
         tried: set[Server] = set()
         while server is not None:

@@ -114,9 +114,13 @@ class SessionReport:
 
     @property
     def early(self) -> bool:
-        """Ended within the route's window, and not by the proxy's own drain
-        (a deploy is no sign of a backend that drops sessions)."""
-        return self.duration < self.info.early_close_window and self.how != "drain"
+        """Ended within the route's window, and not by the proxy's own choice
+        to end it (a drain, ``max_lifetime``): that is no sign of a backend
+        that drops sessions."""
+        return self.duration < self.info.early_close_window and self.how not in (
+            "drain",
+            "max_lifetime",
+        )
 
     @property
     def code(self) -> str:

@@ -62,7 +62,7 @@ from wsproxy.wsframes import GOING_AWAY, ByteCounter, FrameBudget, FrameObserver
 
 Side = Literal["client", "upstream", "proxy"]
 #: How a session ended: the first close frame, FIN or reset of a side, or the
-#: proxy's own reason (``max_lifetime`` is reserved for the limits to come).
+#: proxy's own reason (``drain`` and ``max_lifetime`` end with 1001: Tunnel.shutdown).
 How = Literal["close_frame", "fin", "reset", "idle_timeout", "drain", "max_lifetime", "error"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -100,6 +100,26 @@ def turn_budget(
     return budget
 
 
+#: Keepalive probes after the idle time, and their interval: a dead peer is
+#: found idle + 6 x 10 s after the last byte (Linux's own defaults would
+#: take 2 h 11 min).
+KEEPALIVE_PROBES = 6
+KEEPALIVE_INTERVAL = 10
+
+
+def set_keepalive(transport: asyncio.BaseTransport, idle: float) -> None:
+    """Turn TCP keepalive on for ``transport``'s socket (where the options exist)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS names it TCP_KEEPALIVE
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
 def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
@@ -129,6 +149,7 @@ class Tunnel:
         "_idle_ticks",
         "_idle_timeout",
         "_late_close",
+        "_lifetime_handle",
         "_linger_handle",
         "_loop",
         "_upstream_holds",
@@ -190,6 +211,7 @@ class Tunnel:
         self._idle_seen = -1
         self._idle_ticks = 0
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._lifetime_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
         # Reasons each transport's reading is paused (_HELD_BY_*).
         self._client_holds = 0
@@ -364,6 +386,20 @@ class Tunnel:
     @property
     def activity(self) -> int:
         return self.c2u.bytes + self.u2c.bytes
+
+    def expire_after(self, seconds: float) -> None:
+        """``routes[].websocket.max_lifetime``: shut down (``1001``) in ``seconds``."""
+        if self._lifetime_handle is not None:
+            self._lifetime_handle.cancel()
+        self._lifetime_handle = self._loop.call_later(seconds, self.shutdown, "max_lifetime")
+
+    def keep_alive(self, idle: float) -> None:
+        """TCP keepalive on both sockets: a peer that vanished (a pulled
+        cable, a NAT that forgot the flow) ends the session within minutes
+        instead of never, since a quiet WebSocket sends nothing to find out."""
+        for transport in (self.client_transport, self.upstream_transport):
+            if transport is not None:
+                set_keepalive(transport, idle)
 
     def shutdown(self, how: How = "drain") -> None:
         """End the session for the proxy's own reason with ``1001 Going Away``.
@@ -549,10 +585,10 @@ class Tunnel:
             self._finish_pending = True
             return
         self.ended = time.monotonic()
-        for handle in (self._idle_handle, self._linger_handle):
+        for handle in (self._idle_handle, self._linger_handle, self._lifetime_handle):
             if handle is not None:
                 handle.cancel()
-        self._idle_handle = self._linger_handle = None
+        self._idle_handle = self._linger_handle = self._lifetime_handle = None
         if not self.finished.done():
             self.finished.set_result(None)
             on_finished, self.on_finished = self.on_finished, None

@@ -20,6 +20,7 @@ Order of events for one session:
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,6 +56,10 @@ class TunnelSettings:
     observe_frames: bool
     #: Shared by every session of the server (tunnel.turn_budget).
     frame_budget: FrameBudget | None = None
+    #: ``routes[].websocket.max_lifetime`` (0: none), jittered ±10% per session.
+    max_lifetime: float = 0.0
+    #: ``proxy.tcp_keepalive`` (0: off).
+    tcp_keepalive: float = 0.0
 
 
 class SessionOwner(Protocol):
@@ -207,6 +212,12 @@ def _tunnel(
             upstream_lost=(conn.lost_exc,) if conn.lost else None,
         )
         conn.detach()
+        if settings.tcp_keepalive:
+            tunnel.keep_alive(settings.tcp_keepalive)
+        if settings.max_lifetime:
+            # ±10%: sessions opened together (a reconnect storm after a
+            # deploy) do not all expire together.
+            tunnel.expire_after(settings.max_lifetime * random.uniform(0.9, 1.1))
     except Exception:
         # Nothing may leave a session in the live set with nobody to end it.
         log.exception("session %s failed to start", info.request_id)

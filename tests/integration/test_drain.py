@@ -15,62 +15,30 @@ import sys
 import time
 from pathlib import Path
 
-from prometheus_client import generate_latest
-
-from tests.support.observe_helpers import Scrape, observed_proxy
+from tests.support.observe_helpers import closes, observed_proxy, scrape_now
 from tests.support.process import free_port, spawn
 from tests.support.proxy import config_text
-from tests.support.wire import accept_for, encode_frame, handshake_request, new_key, read_head
+from tests.support.wire import encode_frame
 from tests.support.ws_helpers import (
-    LOOPBACK,
+    GOING_AWAY,
     Frame,
     Session,
+    frames_until_close,
+    handshake,
     raw_client,
-    read_frame,
     scripted,
     wait_until,
 )
 from wsproxy.server import ProxyServer
 
-GOING_AWAY = (1001).to_bytes(2, "big")
 MIB = 1 << 20
 #: A 1 MiB payload that is not all one byte, so a shifted or cut frame shows.
 PAYLOAD = bytes(range(256)) * (MIB // 256)
 GRACE = "shutdown:\n  grace_period: 5s\n"
 
 
-async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-    key = new_key()
-    writer.write(handshake_request(LOOPBACK, port, key=key))
-    async with asyncio.timeout(5):
-        head = await read_head(reader)
-    assert head.status == 101, head.start_line
-    assert head.get("Sec-WebSocket-Accept") == accept_for(key)
-
-
-async def frames_until_close(reader: asyncio.StreamReader) -> list[Frame]:
-    """Every frame up to and including the first close frame."""
-    frames: list[Frame] = []
-    async with asyncio.timeout(10):
-        while not frames or frames[-1].opcode != 0x8:
-            frames.append(await read_frame(reader))
-    return frames
-
-
 def start_stop(server: ProxyServer) -> asyncio.Task[None]:
     return asyncio.create_task(server.stop(), name="proxy-stop")
-
-
-def scrape(server: ProxyServer) -> Scrape:
-    return Scrape.parse(generate_latest(server.observability.metrics.registry).decode())
-
-
-def closes(server: ProxyServer) -> dict[tuple[str, str, str], float]:
-    """``wsproxy_websocket_closes_total`` by (route, closed_by, code)."""
-    return {
-        (dict(labels)["route"], dict(labels)["closed_by"], dict(labels)["code"]): value
-        for labels, value in scrape(server).series("wsproxy_websocket_closes_total").items()
-    }
 
 
 async def test_a_frame_half_sent_by_the_upstream_is_finished_before_the_1001() -> None:
@@ -121,7 +89,7 @@ async def test_a_frame_half_sent_by_the_upstream_is_finished_before_the_1001() -
         assert record["early"] is False
         assert record["bytes_upstream_to_client"] == len(encode_frame(0x2, PAYLOAD, mask=False))
         assert closes(obs.server) == {("/", "proxy", "1001"): 1.0}
-        assert not scrape(obs.server).series("wsproxy_websocket_early_closes_total")
+        assert not scrape_now(obs.server).series("wsproxy_websocket_early_closes_total")
         assert "early close" not in obs.log_text()
 
 

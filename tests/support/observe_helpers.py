@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.ws_helpers import Frame
@@ -71,6 +72,19 @@ async def eventually(
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def scrape_now(server: ProxyServer) -> Scrape:
+    """The server's metrics, read in-process (also once its admin port is gone)."""
+    return Scrape.parse(generate_latest(server.observability.metrics.registry).decode())
+
+
+def closes(server: ProxyServer) -> dict[tuple[str, str, str], float]:
+    """``wsproxy_websocket_closes_total`` by (route, closed_by, code)."""
+    return {
+        (dict(labels)["route"], dict(labels)["closed_by"], dict(labels)["code"]): value
+        for labels, value in scrape_now(server).series("wsproxy_websocket_closes_total").items()
+    }
 
 
 @dataclass

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tests.support.backends import RawBackend, switching_protocols
-from tests.support.wire import Head, new_key, read_head
+from tests.support.wire import Head, accept_for, handshake_request, new_key, read_head
 
 LOOPBACK = "127.0.0.1"
 LINGER_RESET = struct.pack("ii", 1, 0)
+#: A close frame's payload with code 1001 Going Away and no reason.
+GOING_AWAY = (1001).to_bytes(2, "big")
 
 
 # --- waiting -----------------------------------------------------------------
@@ -140,6 +142,25 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
         masked=bool(key),
         payload=payload,
     )
+
+
+async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+    """Send a WebSocket handshake on a raw connection; expect a valid ``101``."""
+    key = new_key()
+    writer.write(handshake_request(LOOPBACK, port, key=key))
+    async with asyncio.timeout(5):
+        head = await read_head(reader)
+    assert head.status == 101, head.start_line
+    assert head.get("Sec-WebSocket-Accept") == accept_for(key)
+
+
+async def frames_until_close(reader: asyncio.StreamReader) -> list[Frame]:
+    """Every frame up to and including the first close frame."""
+    frames: list[Frame] = []
+    async with asyncio.timeout(10):
+        while not frames or frames[-1].opcode != 0x8:
+            frames.append(await read_frame(reader))
+    return frames
 
 
 # --- scripted backends -------------------------------------------------------

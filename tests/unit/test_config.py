@@ -1387,3 +1387,22 @@ def test_balancing_and_health_mistakes_are_reported_at_their_place() -> None:
         "proxy.yaml:3:47: upstreams.app.health.timeout: timeout (2s) must not be longer "
         "than interval (1s)"
     ]
+
+
+def test_max_lifetime_and_tcp_keepalive() -> None:
+    defaults = parse_config(BARE, "proxy.yaml")
+    assert defaults.routes[0].websocket.max_lifetime == 0.0
+    assert defaults.proxy.tcp_keepalive == 60.0
+    config = parse_config(
+        BARE.replace(
+            "  - upstream: app\n", "  - upstream: app\n    websocket:\n      max_lifetime: 1h\n"
+        )
+        + "proxy:\n  tcp_keepalive: 0s\n",
+        "proxy.yaml",
+    )
+    assert config.routes[0].websocket.max_lifetime == 3600.0
+    assert config.proxy.tcp_keepalive == 0.0
+    assert errors(BARE + "proxy:\n  tcp_keepalive: soon\n") == [
+        "proxy.yaml:7:18: proxy.tcp_keepalive: invalid duration 'soon' (expected a number "
+        "of seconds or a number with ms, s, m or h, e.g. '250ms', '10s', '5m', '1h')"
+    ]
