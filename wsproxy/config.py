@@ -65,6 +65,7 @@ __all__ = [
     "ConfigIssue",
     "HealthCheck",
     "Http10Upgrade",
+    "ListenSettings",
     "ProxySettings",
     "Route",
     "ServerSettings",
@@ -189,6 +190,19 @@ class Address:
         return cls(host, int(port_text))
 
 
+@dataclass(frozen=True, slots=True)
+class ListenSettings(Address):
+    """A front listener: where, and how many client connections at once."""
+
+    #: Client connections open at once (WebSocket sessions included); past
+    #: it new ones wait in the kernel's listen backlog.  0: no limit.
+    max_connections: int = 0
+
+    @property
+    def address(self) -> Address:
+        return Address(self.host, self.port)
+
+
 #: How a group picks a server (upstreams.balancer).
 Balance = Literal["round_robin", "least_conn", "ip_hash"]
 
@@ -281,6 +295,9 @@ class ProxySettings:
     #: TCP keepalive on both sockets of a WebSocket session: idle time before
     #: the first probe (0: off).
     tcp_keepalive: float = 60.0
+    #: WebSocket sessions open at once from one client address (429 past
+    #: it); 0: no limit.
+    max_websockets_per_client: int = 0
 
 
 AccessLogFormat = Literal["json", "text", "off"]
@@ -294,7 +311,7 @@ class AccessLogSettings:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    listen: tuple[Address, ...]
+    listen: tuple[ListenSettings, ...]
     admin: Address
     upstreams: Mapping[str, Upstream]  # a read-only MappingProxyType, in file order
     routes: tuple[Route, ...]
@@ -304,7 +321,7 @@ class Config:
     access_log: AccessLogSettings = AccessLogSettings()
 
 
-DEFAULT_LISTEN: tuple[Address, ...] = (Address("127.0.0.1", 8080),)
+DEFAULT_LISTEN: tuple[ListenSettings, ...] = (ListenSettings("127.0.0.1", 8080),)
 DEFAULT_ADMIN = Address("127.0.0.1", 9090)
 _UPSTREAM_DEFAULTS = Upstream("", ())
 _WEBSOCKET_DEFAULTS = WebSocketSettings()
@@ -868,19 +885,16 @@ _PORT = _integer(0, 65535, what="port")
 _HOST = _text(_bind_host)
 
 
-def _address(default_host: str) -> _Parser[Address]:
-    """A ``{host, port}`` mapping (listen entries, admin)."""
-
-    def parse(ctx: _Ctx, node: Node, path: str) -> Address | None:
-        m = _Map(ctx, node, path)
-        host = m.get("host", _HOST, default_host)
-        port = m.require("port", _PORT)
-        m.finish()
-        if host is None or port is None or not m.ok:
-            return None
-        return Address(host, port)
-
-    return parse
+def _listen_entry(ctx: _Ctx, node: Node, path: str) -> ListenSettings | None:
+    """A ``{host, port, max_connections}`` mapping."""
+    m = _Map(ctx, node, path)
+    host = m.get("host", _HOST, "127.0.0.1")
+    port = m.require("port", _PORT)
+    limit = m.get("max_connections", _integer(0), 0)
+    m.finish()
+    if host is None or port is None or limit is None or not m.ok:
+        return None
+    return ListenSettings(host, port, limit)
 
 
 def _admin(ctx: _Ctx, node: Node, path: str) -> Address | None:
@@ -910,8 +924,8 @@ def _clash(a: Address, b: Address) -> str | None:
     return None
 
 
-def _listen(ctx: _Ctx, node: Node, path: str) -> list[_Item[Address]] | None:
-    items = _items(ctx, node, path, _address("127.0.0.1"), min_items=1, what="listen address")
+def _listen(ctx: _Ctx, node: Node, path: str) -> list[_Item[ListenSettings]] | None:
+    items = _items(ctx, node, path, _listen_entry, min_items=1, what="listen address")
     if items is None:
         return None
     for index, item in enumerate(items):
@@ -1217,6 +1231,7 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
         )
     }
     timers["tcp_keepalive"] = m.get("tcp_keepalive", _duration(positive=False), d.tcp_keepalive)
+    per_client = m.get("max_websockets_per_client", _integer(0), d.max_websockets_per_client)
     m.finish()
     if (
         http10 is None
@@ -1226,6 +1241,7 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
         or observe is None
         or underscores is None
         or max_body is None
+        or per_client is None
         or any(value is None for value in timers.values())
         or not m.ok
     ):
@@ -1239,6 +1255,7 @@ def _proxy(ctx: _Ctx, node: Node, path: str) -> ProxySettings | None:
         underscores,
         max_body,
         **{key: float(value) for key, value in timers.items() if value is not None},
+        max_websockets_per_client=per_client,
     )
 
 

@@ -16,7 +16,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -494,6 +494,46 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
+        limit = self.config.proxy.max_websockets_per_client
+        if not limit:
+            await self._handshake(request, decision, client, exchange)
+            return
+        address = client_address(client.info, request.index.get("x-forwarded-for", _NONE))
+        if address is None:
+            address = "unknown"
+        if not self.sessions.admit(address, limit):
+            exchange.upgrade_result = "bad_handshake"
+            exchange.note("error", f"more than {limit} WebSocket sessions from this address")
+            request.answer(
+                429,
+                "too many WebSocket sessions from this address",
+                [("Retry-After", "10")],
+            )
+            return
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.sessions.release(address)
+
+        try:
+            await self._handshake(request, decision, client, exchange, on_end=release)
+        finally:
+            if not exchange.websocket_session:
+                release()  # no session started: the handshake's count ends here
+
+    async def _handshake(
+        self,
+        request: Request,
+        decision: _Forward,
+        client: _Client,
+        exchange: Exchange,
+        *,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Connect (the next server on a failed connect) and run the handshake."""
         server = self._pick(request, decision, client, exchange)
         route = decision.route
         settings = TunnelSettings(
@@ -522,6 +562,7 @@ class Proxy:
                     self.sessions,
                     self.upstreams,
                     self,
+                    on_end=on_end,
                 )
                 return
             except UpstreamFailure as failure:

@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 from collections.abc import Iterator
 from typing import TextIO
 
 from aiohttp import web
 
 from wsproxy.admin import admin_app
-from wsproxy.config import Address, Config, ConfigError, load_config
+from wsproxy.config import Address, Config, ConfigError, ListenSettings, load_config
 from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
+from wsproxy.listeners import Gate, Listener, bind
 from wsproxy.observe import Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel, turn_budget
@@ -52,12 +52,15 @@ class ProxyServer:
         self.sessions: dict[Tunnel, SessionInfo] = {}
         #: Set once shutdown began: no new sessions, /readyz 503.
         self.draining = False
+        #: WebSocket sessions (and handshakes in flight) per client address,
+        #: for proxy.max_websockets_per_client.
+        self._per_client: dict[str, int] = {}
         self.observability = Observability(config, self.sessions, access_log)
         self.proxy = Proxy(config, self.observability, self)
         self.connections: set[ClientConnection] = set()
         #: Each configured listen address's listener (an unchanged one is kept
         #: across reloads, so no connection is refused in between).
-        self._listeners: dict[Address, asyncio.Server] = {}
+        self._listeners: dict[Address, Listener] = {}
         self._settings = front_settings(config)
         self._admin: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
@@ -80,6 +83,20 @@ class ProxyServer:
         return self.proxy.upstreams
 
     # --- websocket.SessionOwner ---------------------------------------------
+
+    def admit(self, client: str, limit: int) -> bool:
+        count = self._per_client.get(client, 0)
+        if count >= limit:
+            return False
+        self._per_client[client] = count + 1
+        return True
+
+    def release(self, client: str) -> None:
+        count = self._per_client.get(client, 0) - 1
+        if count > 0:
+            self._per_client[client] = count
+        else:
+            self._per_client.pop(client, None)  # the table holds only clients with sessions
 
     def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
         self.sessions[tunnel] = info
@@ -107,24 +124,26 @@ class ProxyServer:
         await self._admin.setup()
         try:
             for listen in self.config.listen:
-                self._listeners[listen] = await self._listen(listen)
+                self._listeners[listen.address] = await self._listen(listen)
             self._admin_site = await self._admin_listen(self.config.admin)
         except BaseException:
             await self.stop()
             raise
 
-    def _connection(self) -> ClientConnection:
+    def _connection(self, gate: Gate) -> ClientConnection:
         """A new client connection, for the configuration in force now."""
-        return ClientConnection(self.proxy, self._settings, self.connections)
+        return ClientConnection(self.proxy, self._settings, self.connections, gate)
 
-    async def _listen(self, listen: Address) -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(
-            self._connection,
-            listen.host,
-            listen.port,
-            reuse_address=True,
-            backlog=socket.SOMAXCONN,
+    async def _listen(self, listen: ListenSettings) -> Listener:
+        listener = Listener(
+            bind(listen.host, listen.port), self._connection, listen.max_connections
         )
+        try:
+            await listener.start()
+        except BaseException:
+            listener.close()
+            raise
+        return listener
 
     async def _admin_listen(self, admin: Address) -> web.TCPSite:
         assert self._admin is not None
@@ -185,12 +204,12 @@ class ProxyServer:
         """
         if self.draining:
             raise OSError("shutting down")
-        added: dict[Address, asyncio.Server] = {}
+        added: dict[Address, Listener] = {}
         site = None
         try:
             for listen in config.listen:
-                if listen not in self._listeners:
-                    added[listen] = await self._listen(listen)
+                if listen.address not in self._listeners:
+                    added[listen.address] = await self._listen(listen)
             if config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin)
         except BaseException:
@@ -206,9 +225,12 @@ class ProxyServer:
         for connection in self.connections:
             connection.app = proxy
         self.observability.reconfigure(config)
-        for listen in list(self._listeners):
-            if listen not in config.listen:
-                self._listeners.pop(listen).close()
+        limits = {listen.address: listen.max_connections for listen in config.listen}
+        for address, listener in list(self._listeners.items()):
+            if address not in limits:
+                self._listeners.pop(address).close()
+            elif listener.gate.limit != limits[address]:
+                await listener.set_limit(limits[address])
         self._listeners.update(added)
         if site is not None:
             old_site, self._admin_site = self._admin_site, site

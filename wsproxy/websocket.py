@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +64,12 @@ class TunnelSettings:
 
 class SessionOwner(Protocol):
     """Who holds the open sessions (the server state, wsproxy.server)."""
+
+    def admit(self, client: str, limit: int) -> bool:
+        """Count one more session (or handshake in flight) from ``client``,
+        unless ``limit`` are counted already; ``release`` undoes it."""
+
+    def release(self, client: str) -> None: ...
 
     @property
     def draining(self) -> bool:
@@ -114,8 +120,13 @@ async def handle_websocket(
     sessions: SessionOwner,
     upstreams: Upstreams,
     events: RelayEvents,
+    *,
+    on_end: Callable[[], None] | None = None,
 ) -> None:
     """Run one handshake; raises UpstreamFailure before any answer.
+
+    ``on_end`` is called when the session that starts here ends (not when
+    none starts).
 
     ``target`` is the normalized origin-form target (wsproxy.target) and
     ``headers`` the upstream request's (headers.upstream_request_headers,
@@ -155,7 +166,17 @@ async def handle_websocket(
         early_close_window=settings.early_close_window,
     )
     _tunnel(
-        request, conn, reason, response_headers, tail, settings, info, exchange, sessions, server
+        request,
+        conn,
+        reason,
+        response_headers,
+        tail,
+        settings,
+        info,
+        exchange,
+        sessions,
+        server,
+        on_end,
     )
 
 
@@ -170,6 +191,7 @@ def _tunnel(
     exchange: Exchange,
     sessions: SessionOwner,
     server: Server,
+    on_end: Callable[[], None] | None,
 ) -> None:
     assert conn.transport is not None
     extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
@@ -197,9 +219,16 @@ def _tunnel(
     exchange.websocket_session = True
     sessions.session_started(tunnel, info, request.method or "GET")
     server.tunnels += 1  # least_conn's load, until the session ends
+    # The client's socket is the tunnel's now: it counts against its
+    # listener's max_connections until the session ends.
+    gate = request.connection.gate
 
     def ended(tunnel: Tunnel) -> None:
         server.tunnels -= 1
+        if gate is not None:
+            gate.release()
+        if on_end is not None:
+            on_end()
         sessions.session_ended(tunnel)
 
     tunnel.on_finished = ended

@@ -24,6 +24,7 @@ from wsproxy.config import (
     ConfigError,
     ConfigIssue,
     HealthCheck,
+    ListenSettings,
     ProxySettings,
     Route,
     ServerSettings,
@@ -261,7 +262,7 @@ def test_minimal_config_parses_with_all_defaults() -> None:
         max_connections=0,
     )
     assert config == Config(
-        listen=(Address("127.0.0.1", 8080),),
+        listen=(ListenSettings("127.0.0.1", 8080),),
         admin=Address("127.0.0.1", 9090),
         upstreams={"app": upstream},
         routes=(
@@ -308,7 +309,7 @@ def test_allow_underscore_headers_is_a_boolean_off_by_default() -> None:
 def test_every_default() -> None:
     config = parse_config(BARE)
     assert config.source == "<config>"
-    assert config.listen == DEFAULT_LISTEN == (Address("127.0.0.1", 8080),)
+    assert config.listen == DEFAULT_LISTEN == (ListenSettings("127.0.0.1", 8080),)
     assert config.admin == DEFAULT_ADMIN == Address("127.0.0.1", 9090)
     upstream = config.upstreams["app"]
     assert upstream.connect_timeout == 5.0
@@ -377,9 +378,9 @@ def test_every_setting() -> None:
         """
     )
     assert config.listen == (
-        Address("127.0.0.1", 0),
-        Address("::1", 8443),
-        Address("0.0.0.0", 8080),
+        ListenSettings("127.0.0.1", 0),
+        ListenSettings("::1", 8443),
+        ListenSettings("0.0.0.0", 8080),
     )
     assert config.admin == Address("localhost", 0)
     assert list(config.upstreams) == ["app", "chat.v2"]
@@ -1068,7 +1069,7 @@ def test_wildcard_listen_address_overlaps() -> None:
 def test_port_zero_never_clashes() -> None:
     text = BARE + "listen:\n  - port: 0\n  - port: 0\nadmin:\n  port: 0\n"
     config = parse_config(text)
-    assert config.listen == (Address("127.0.0.1", 0), Address("127.0.0.1", 0))
+    assert config.listen == (ListenSettings("127.0.0.1", 0), ListenSettings("127.0.0.1", 0))
     assert config.admin == Address("127.0.0.1", 0)
 
 
@@ -1405,4 +1406,30 @@ def test_max_lifetime_and_tcp_keepalive() -> None:
     assert errors(BARE + "proxy:\n  tcp_keepalive: soon\n") == [
         "proxy.yaml:7:18: proxy.tcp_keepalive: invalid duration 'soon' (expected a number "
         "of seconds or a number with ms, s, m or h, e.g. '250ms', '10s', '5m', '1h')"
+    ]
+
+
+def test_connection_limits() -> None:
+    config = parse(
+        """\
+        listen:
+          - port: 8080
+            max_connections: 10000
+        upstreams:
+          app:
+            servers: ["127.0.0.1:1215"]
+        routes:
+          - upstream: app
+        proxy:
+          max_websockets_per_client: 50
+        """
+    )
+    assert config.listen == (ListenSettings("127.0.0.1", 8080, 10000),)
+    assert config.proxy.max_websockets_per_client == 50
+    defaults = parse_config(BARE, "proxy.yaml")
+    assert defaults.listen[0].max_connections == 0
+    assert defaults.proxy.max_websockets_per_client == 0
+    assert errors(BARE + "proxy:\n  max_websockets_per_client: -1\n") == [
+        "proxy.yaml:7:30: proxy.max_websockets_per_client: invalid value '-1' "
+        "(expected an integer of at least 0)"
     ]

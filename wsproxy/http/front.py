@@ -72,6 +72,7 @@ from wsproxy.http.wire import (
     own_answer,
     response_head,
 )
+from wsproxy.listeners import Gate
 from wsproxy.tunnel import reset_transport
 
 log = logging.getLogger("wsproxy.front")
@@ -436,8 +437,12 @@ class ClientConnection(asyncio.Protocol):
         app: App,
         settings: FrontSettings,
         registry: set[ClientConnection] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.app = app
+        #: The listener's connection count (listeners.Gate): released when
+        #: the socket closes, or by the tunnel that takes the socket over.
+        self.gate = gate
         #: The server's set of open connections (for shutdown).
         self.registry = registry
         #: What the application keeps per connection (the client's address info).
@@ -582,6 +587,8 @@ class ClientConnection(asyncio.Protocol):
         self._lost = True
         self._forget()
         if not self._taken_over:
+            if self.gate is not None:
+                self.gate.release()
             self._client_gone()
 
     def _forget(self) -> None:
