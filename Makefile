@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test lint clean bench bench-quick bench-observer bench-flood
+.PHONY: demo test test-soak lint clean bench bench-quick bench-observer bench-flood
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: $(STAMP_DEV)
 
 test: lint
 	$(BIN)/pytest -q
+
+# 1,000 WebSockets and plain HTTP through a wsproxy process reloaded every
+# 10 s, every byte checked (SOAK_SECONDS, default 60); not in `make test`.
+SOAK_SECONDS ?= 60
+test-soak: $(STAMP_DEV)
+	$(BIN)/python -m tests.soak.soak --seconds $(SOAK_SECONDS)
 
 # Side by side with nginx, HAProxy, Caddy and a direct connection (about 10
 # minutes); then docs/performance.md's table and chart are regenerated.
