@@ -358,17 +358,28 @@ async def serve(config: Config, path: str | None = None) -> None:
             for host, port in server.addresses:
                 log.info("listening on http://%s:%d", host, port)
             log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
-            stopping = asyncio.ensure_future(stop.wait())
-            while not stop.is_set():
-                reloading = asyncio.ensure_future(reload.wait())
-                await asyncio.wait([stopping, reloading], return_when=asyncio.FIRST_COMPLETED)
-                reloading.cancel()
-                if reload.is_set() and not stop.is_set():
-                    reload.clear()  # a SIGHUP during this reload asks for one more
-                    if path is None:
-                        log.warning("SIGHUP: no configuration file to reload")
-                    else:
-                        await server.reload_from(path)
+            await _until_stopped(server, stop, reload, path)
             log.info("stopping")
         finally:
             await server.stop()
+
+
+async def _until_stopped(
+    server: ProxyServer, stop: asyncio.Event, reload: asyncio.Event, path: str | None
+) -> None:
+    """Serve, reloading on each SIGHUP (one at a time), until SIGINT or SIGTERM."""
+    stopping = asyncio.ensure_future(stop.wait())
+    reloading = asyncio.ensure_future(reload.wait())
+    try:
+        while not stop.is_set():
+            await asyncio.wait([stopping, reloading], return_when=asyncio.FIRST_COMPLETED)
+            if reload.is_set() and not stop.is_set():
+                reload.clear()  # a SIGHUP during this reload asks for one more
+                reloading = asyncio.ensure_future(reload.wait())
+                if path is None:
+                    log.warning("SIGHUP: no configuration file to reload")
+                else:
+                    await server.reload_from(path)
+    finally:
+        stopping.cancel()
+        reloading.cancel()
