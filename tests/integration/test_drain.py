@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.observe_helpers import closes, observed_proxy, scrape_now
+from tests.support.observe_helpers import closes, observed_proxy, one_session, scrape_now
 from tests.support.process import free_port, spawn
 from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
@@ -185,14 +185,8 @@ async def test_without_the_frame_observer_the_drain_ends_sessions_with_fin() -> 
         await session.accept()
         await session.read_to_eof()
 
-    backend, _sessions = scripted(script)
     extra = GRACE + "proxy:\n  observe_frames: false\n"
-    async with (
-        backend,
-        observed_proxy(config_text(backend.port, extra=extra)) as obs,
-        raw_client(obs.port) as (reader, writer),
-    ):
-        await handshake(reader, writer, obs.port)
+    async with one_session(script, extra=extra) as (obs, reader, _writer):
         await obs.sessions_open(1)
         stopping = start_stop(obs.server)
         async with asyncio.timeout(5):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.observe_helpers import closes, observed_proxy
+from tests.support.observe_helpers import closes, observed_proxy, one_session
 from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
 from tests.support.ws_helpers import (
@@ -58,37 +58,19 @@ async def test_max_lifetime_closes_each_session_with_1001_after_a_jittered_time(
     assert max(ages) - min(ages) > 0.01, ages
 
 
-@pytest.mark.parametrize(("setting", "idle"), [("", 60), ("proxy:\n  tcp_keepalive: 15s\n", 15)])
+@pytest.mark.parametrize(
+    ("setting", "idle"),
+    [("", 60), ("proxy:\n  tcp_keepalive: 15s\n", 15), ("proxy:\n  tcp_keepalive: 0s\n", 0)],
+)
 async def test_both_sockets_of_a_session_use_tcp_keepalive(setting: str, idle: int) -> None:
-    backend, _sessions = scripted(answer_close)
-    async with (
-        backend,
-        observed_proxy(config_text(backend.port, extra=setting)) as obs,
-        raw_client(obs.port) as (reader, writer),
-    ):
-        await handshake(reader, writer, obs.port)
+    async with one_session(answer_close, extra=setting) as (obs, _reader, _writer):
         await obs.sessions_open(1)
         [tunnel] = obs.server.sessions
         for transport in (tunnel.client_transport, tunnel.upstream_transport):
             assert transport is not None
             sock = transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 6
-
-
-async def test_tcp_keepalive_off() -> None:
-    backend, _sessions = scripted(answer_close)
-    extra = "proxy:\n  tcp_keepalive: 0s\n"
-    async with (
-        backend,
-        observed_proxy(config_text(backend.port, extra=extra)) as obs,
-        raw_client(obs.port) as (reader, writer),
-    ):
-        await handshake(reader, writer, obs.port)
-        await obs.sessions_open(1)
-        [tunnel] = obs.server.sessions
-        assert tunnel.client_transport is not None
-        sock = tunnel.client_transport.get_extra_info("socket")
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == (1 if idle else 0)
+            if idle:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 6

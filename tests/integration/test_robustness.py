@@ -28,16 +28,15 @@ from tests.support.observe_helpers import Observed, Scrape, eventually, observed
 from tests.support.proxy import config_text
 from tests.support.wire import (
     Head,
-    accept_for,
     encode_frame,
     handshake_request,
-    new_key,
     read_head,
     read_until_closed,
 )
 from tests.support.ws_helpers import (
     LOOPBACK,
     Session,
+    handshake,
     raw_client,
     read_frame,
     read_response,
@@ -80,16 +79,6 @@ def _websocket(**settings: str) -> str:
 
 
 IDLE_400MS = _websocket(idle_timeout="400ms", early_close_window="0s")
-
-
-async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
-    """Send a WebSocket handshake and expect a valid ``101``."""
-    key = new_key()
-    writer.write(handshake_request(LOOPBACK, port, key=key))
-    async with asyncio.timeout(2):
-        head = await read_head(reader)
-    assert head.status == 101, head.start_line
-    assert head.get("Sec-WebSocket-Accept") == accept_for(key)
 
 
 @contextlib.asynccontextmanager
@@ -235,7 +224,7 @@ async def test_stalled_upstream_cannot_keep_a_closed_session_alive(
         backend.server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         text = _config(backend.port, extra=SMALL_BUFFER, route_extra=IDLE_400MS)
         async with observed_proxy(text) as obs, raw_client(obs.port) as (reader, writer):
-            await _handshake(reader, writer, obs.port)
+            await handshake(reader, writer, obs.port)
             writer.write(_flood_frame(masked=True))
             try:
                 await _session_ends_though_a_peer_never_reads(obs, "upstream", caplog)
@@ -280,7 +269,7 @@ async def test_shutdown_stops_accepting_first_ends_every_session_and_leaves_noth
                 raw_client(port) as (keep_reader, keep_writer),
                 _stalled_client(port, "/flood") as stalled,
             ):
-                await _handshake(reader, writer, port)
+                await handshake(reader, writer, port)
                 await wait_until(lambda: len(server.sessions) == 2, 2, "two sessions")
                 [flooded] = [t for t, i in server.sessions.items() if i.path == "/flood"]
                 await wait_until(lambda: _backed_up(flooded), 5, "the stalled client to back up")
@@ -345,7 +334,7 @@ async def test_early_close_is_timed_to_the_closing_event_not_to_the_teardown() -
         text = _config(backend.port, route_extra=_websocket(early_close_window="1s"))
         async with observed_proxy(text) as obs:
             async with raw_client(obs.port) as (reader, writer):
-                await _handshake(reader, writer, obs.port)
+                await handshake(reader, writer, obs.port)
                 assert await read_until_closed(reader, timeout=2) == b""
                 assert len(obs.server.sessions) == 1  # the client's half is still open
                 # Elapsed time is the behaviour: the client holds its half open

@@ -22,7 +22,8 @@ import aiohttp
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.ws_helpers import Frame
+from tests.support.proxy import config_text
+from tests.support.ws_helpers import Frame, Script, handshake, raw_client, scripted
 from wsproxy.config import parse_config
 from wsproxy.server import ProxyServer
 
@@ -175,6 +176,20 @@ async def observed_proxy(text: str) -> AsyncIterator[Observed]:
             yield Observed(server, server.addresses[0][1], log, http)
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def one_session(
+    script: Script, extra: str = "", route_extra: str = ""
+) -> AsyncIterator[tuple[Observed, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A scripted backend, the proxy in front of it (config_text plus ``extra``
+    and ``route_extra``) and one raw client whose handshake got its ``101``."""
+    backend, _sessions = scripted(script)
+    async with backend:
+        text = config_text(backend.port, extra=extra, route_extra=route_extra)
+        async with observed_proxy(text) as obs, raw_client(obs.port) as (reader, writer):
+            await handshake(reader, writer, obs.port)
+            yield obs, reader, writer
 
 
 async def read_frame_sized(reader: asyncio.StreamReader) -> tuple[Frame, int]:
