@@ -231,3 +231,26 @@ async def wait_for_text(read: object, needle: str, timeout: float = 5.0) -> None
     async with asyncio.timeout(timeout):
         while needle not in read():  # type: ignore[operator]  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+
+async def test_a_session_on_a_removed_route_and_upstream_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    async with two_backends() as (one, two), aiohttp.ClientSession() as http:
+        routes = "  - path_prefix: /\n    upstream: app\n  - path_prefix: /ws\n    upstream: old\n"
+        first = text(two, routes=routes).replace(
+            "routes:", f'  old:\n    servers: ["127.0.0.1:{one}"]\nroutes:'
+        )
+        path.write_text(first)
+        async with proxy_from(path) as server:
+            port = server.addresses[0][1]
+            async with http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                assert await echo(ws, "before") == "one: before"
+                path.write_text(text(two))  # no /ws route, no upstream "old"
+                assert await server.reload_from(str(path))
+                for index in range(3):
+                    assert await echo(ws, f"after {index}") == f"one: after {index}"
+                [info] = server.sessions.values()
+                assert info.route == "/ws"
+            # New handshakes on that path follow the new routes.
+            async with http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                assert await echo(ws, "new") == "two: new"
