@@ -135,7 +135,6 @@ class Tunnel:
     """One WebSocket session's splice; see the module docstring."""
 
     __slots__ = (
-        "_allowed_rsv",
         "_buffer_limit",
         "_catching_up",
         "_client_holds",
@@ -227,7 +226,6 @@ class Tunnel:
         self._finish_pending = False
         #: The proxy's close handshake, once shutdown() began.
         self._closing: _Closing | None = None
-        self._allowed_rsv = allowed_rsv
         upstream_transport.set_write_buffer_limits(high=buffer_limit, low=buffer_limit // 4)
         self._buffer_limit = buffer_limit
 
@@ -351,9 +349,19 @@ class Tunnel:
         else:
             self._record_end(side, "fin")
             if peer is not None:
-                self._close_gently(peer)
+                if self._awaits_close("upstream" if side == "client" else "client"):
+                    # The peer got the proxy's close and owes its own: it has
+                    # CLOSE_TIMEOUT for it, not an immediate close.
+                    self._arm_linger()
+                else:
+                    self._close_gently(peer)
         if self._client_lost and self._upstream_lost:
             self._finish()
+
+    def _awaits_close(self, side: Literal["client", "upstream"]) -> bool:
+        """During shutdown(): ``side`` has the proxy's close frame, not yet its answer."""
+        closing = self._closing
+        return closing is not None and side in closing.sent and side not in closing.heard
 
     def _client_close_frame(self) -> None:
         self._close_frame("client", self.c2u)
@@ -440,7 +448,7 @@ class Tunnel:
             return
         self._record_end("proxy", how)
         self.close_code, self.close_reason = GOING_AWAY, ""
-        self._closing = _Closing(self._allowed_rsv)
+        self._closing = _Closing()
         client.set_protocol(ClosingSide(self, "client"))
         self.upstream_transport.set_protocol(ClosingSide(self, "upstream"))
         for source in ("client", "upstream"):
@@ -491,8 +499,10 @@ class Tunnel:
             closing.sent.add(dest_side)
             self._closing_done(dest_side)
         if data and source not in closing.heard:
-            watcher = closing.watcher(source)
+            watcher = closing.watcher(source, observer)
             watcher.feed(data)
+            # Its close frame; or a framing violation, after which no close
+            # frame of its can be recognised any more.
             if watcher.saw_close or watcher.error is not None:
                 closing.heard.add(source)
         self._closing_done(source)
@@ -567,6 +577,10 @@ class Tunnel:
     def _close_gently(self, transport: asyncio.Transport) -> None:
         """FIN once the buffer drains; a reset if it has not within CLOSE_TIMEOUT."""
         transport.close()
+        self._arm_linger()
+
+    def _arm_linger(self) -> None:
+        """Whatever is still open in CLOSE_TIMEOUT is reset."""
         if self._linger_handle is None and not self.finished.done():
             self._linger_handle = self._loop.call_later(CLOSE_TIMEOUT, self._reset_remaining)
 
@@ -673,24 +687,22 @@ class UpstreamSide(asyncio.Protocol):
 class _Closing:
     """Where the proxy's close handshake stands, per side (Tunnel.shutdown)."""
 
-    __slots__ = ("_allowed_rsv", "_watchers", "heard", "sent")
+    __slots__ = ("_watchers", "heard", "sent")
 
-    def __init__(self, allowed_rsv: int) -> None:
-        self._allowed_rsv = allowed_rsv
+    def __init__(self) -> None:
         #: Sides the proxy's close frame was written to.
         self.sent: set[str] = set()
         #: Sides whose own close frame arrived (or that broke framing after it).
         self.heard: set[str] = set()
         self._watchers: dict[str, FrameObserver] = {}
 
-    def watcher(self, side: Literal["client", "upstream"]) -> FrameObserver:
+    def watcher(self, side: Literal["client", "upstream"], relayed: FrameObserver) -> FrameObserver:
         """An observer of the bytes ``side`` sends once they are no longer
-        relayed: only its close frame matters (the session's counts stop)."""
+        relayed (``relayed`` stopped at a frame boundary): only its close
+        frame matters, the session's counts stop."""
         watcher = self._watchers.get(side)
         if watcher is None:
-            watcher = self._watchers[side] = FrameObserver(
-                client_side=side == "client", allowed_rsv=self._allowed_rsv
-            )
+            watcher = self._watchers[side] = relayed.successor()
         return watcher
 
 

@@ -275,6 +275,14 @@ class FrameObserver:
             pos = 0
         return self._parse(data, pos)
 
+    def successor(self) -> FrameObserver:
+        """A fresh observer for the rest of this stream, from a frame boundary
+        (no budget, no counts): it knows whether a fragmented message is in
+        progress, so the next continuation frame is no violation."""
+        follower = FrameObserver(client_side=bool(self._want_mask), allowed_rsv=self._allowed_rsv)
+        follower._fragmented = self._fragmented
+        return follower
+
     def feed_to_boundary(self, data: bytes) -> int:
         """Observe ``data`` only up to the end of the frame in progress.
 

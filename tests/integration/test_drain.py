@@ -229,3 +229,32 @@ async def test_sigterm_exits_0_within_the_grace_period_when_a_client_never_answe
         assert status == 0, stderr
         assert 0.9 < elapsed < 2.0, elapsed
         assert "Traceback" not in stderr
+
+
+async def test_a_client_inside_a_fragmented_message_keeps_its_close_handshake() -> None:
+    """After the 1001 the client may still finish its fragmented message before
+    its close frame: those continuation frames are no reason to cut it off."""
+
+    async def script(session: Session) -> None:
+        await session.accept()
+        await frames_until_close(session.reader)
+        session.writer.write(encode_frame(0x8, GOING_AWAY, mask=False))
+        await session.read_to_eof()
+
+    async with one_session(script, extra=GRACE) as (obs, reader, writer):
+        writer.write(encode_frame(0x1, b"part 1 ", fin=False))
+        await obs.sessions_open(1)
+        [tunnel] = obs.server.sessions
+        await wait_until(lambda: tunnel.c2u.bytes > 0, 2, "the first fragment to be relayed")
+        stopping = start_stop(obs.server)
+        [close] = await frames_until_close(reader)
+        assert close.payload == GOING_AWAY
+        # The upstream answered at once: the client gets FIN behind the close
+        # (half-close), and its own half stays open for its close frame.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.write(encode_frame(0x0, b"part 2 ", fin=False))
+        await asyncio.wait([tunnel.finished], timeout=0.3)
+        assert not tunnel.finished.done(), "the client was cut off before its close frame"
+        writer.write(encode_frame(0x0, b"end", fin=True) + encode_frame(0x8, GOING_AWAY))
+        await asyncio.wait_for(tunnel.finished, 5)
+        await asyncio.wait_for(stopping, 5)

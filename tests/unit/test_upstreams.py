@@ -265,3 +265,29 @@ def test_pick_sequences_do_not_depend_on_how_many_groups_exist() -> None:
     ups, _ = upstreams(1, 1)
     group = ups.groups["app"]
     assert labels(list(itertools.islice(iter(group.pick, None), 4))) == ["1", "2", "1", "2"]
+
+
+def test_a_failure_reported_to_the_old_configuration_after_a_reload_counts() -> None:
+    """Requests in flight across a reload report to the same health table."""
+    old, _events = upstreams(1)
+    new = Upstreams({"app": old.groups["app"].settings}, Recorder(), reuse=old)
+    (server,) = new.groups["app"].servers
+    old.failed(server, REFUSED, now=100.0)
+    assert new.all_down(100.0)
+    assert not new.all_down(110.0)  # fail_timeout passed: on probation
+    new.ok(server)
+    assert server.health.up
+    assert not new.health.watch
+
+
+def test_a_reload_that_removes_the_checks_lets_a_server_they_held_out_back() -> None:
+    check = HealthCheck("/h", fails=1, passes=1)
+    old, events = upstreams(1, 1, health=check)
+    one, two = old.groups["app"].servers
+    old.health.check_result(one, False, "status 500")
+    assert not one.health.up
+    settings = Upstream("app", old.groups["app"].settings.servers)
+    new = Upstreams({"app": settings}, events, reuse=old)
+    assert one.health.up
+    assert {new.groups["app"].pick(now=1.0) for _ in range(4)} == {one, two}
+    assert events.whys[-1] == "its health checks were removed"

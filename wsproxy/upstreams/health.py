@@ -157,6 +157,18 @@ class Health:
                 fails = "check" if check.fails == 1 else f"{check.fails} checks in a row"
                 self.events.server_state(server, False, f"{fails} failed ({detail})")
 
+    def checks_removed(self, server: Server) -> None:
+        """A reload took ``server``'s active checks away: what they said no
+        longer holds it out (nothing would ever bring it back)."""
+        health = server.health
+        health.checks_failed = health.checks_passed = 0
+        if not health.held_by_checks:
+            return
+        health.held_by_checks = False
+        if health.up:
+            self.events.server_state(server, True, "its health checks were removed")
+        self._settle(server)
+
     def refresh(self, now: float) -> None:
         """Servers whose ``fail_timeout`` has passed go on probation."""
         for server in list(self.watch):

@@ -130,8 +130,10 @@ class Upstreams:
     ) -> None:
         """``reuse``: the previous configuration's upstreams (a reload).  A
         server named again in the same upstream keeps its pool, health and
-        load; the rest of the old servers are the caller's to close."""
-        self.health = Health(events)
+        load; the rest of the old servers are the caller's to close.  The
+        health table is the same object across reloads: requests still in
+        flight on the old configuration report to it too."""
+        self.health: Health = reuse.health if reuse is not None else Health(events)
         kept: dict[tuple[str, Address], Server] = {}
         if reuse is not None:
             for group in reuse.groups.values():
@@ -147,12 +149,14 @@ class Upstreams:
                 else:
                     found.settings = found.pool.upstream = settings
                     found.weight = spec.weight
-                    if reuse is not None and found in reuse.health.watch:
-                        self.health.watch.add(found)
+                    if settings.health is None:
+                        self.health.checks_removed(found)
                 servers.append(found)
             self.groups[name] = Group(settings, servers, self.health)
         #: The previous configuration's servers that this one does not name.
         self.dropped = list(kept.values())
+        for server in self.dropped:
+            self.health.watch.discard(server)
 
     @property
     def servers(self) -> list[Server]:
