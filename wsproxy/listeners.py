@@ -177,12 +177,13 @@ class Listener:
     async def _stop_accepting(
         servers: list[asyncio.Server], tasks: list[asyncio.Task[None]]
     ) -> None:
+        """Stop the loop servers and accept loops.  Not ``Server.wait_closed()``:
+        since Python 3.12.1 it waits for every connection the server accepted,
+        and a WebSocket session lasts hours (the sockets are ours to close)."""
         for server in servers:
             server.close()
         for task in tasks:
             task.cancel()
-        for server in servers:
-            await server.wait_closed()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -199,14 +200,19 @@ class Listener:
                 log.warning("accepting on %s failed: %s", sock.getsockname(), exc)
                 await asyncio.sleep(_ACCEPT_BACKOFF)
                 continue
+            # Another socket of this listener may have taken the last room
+            # meanwhile: this connection waits, not yet served, until there
+            # is room again.  Nothing is awaited between wait() and take().
+            await gate.wait()
+            gate.take()
             made: list[asyncio.Protocol] = []
             try:
                 await loop.connect_accepted_socket(partial(self._made, made), conn)
             except OSError:
-                if made:
-                    gate.release()  # its connection_lost never comes
+                if not made:
+                    gate.release()  # no connection exists to release it
                 conn.close()
 
     def _made(self, made: list[asyncio.Protocol]) -> asyncio.Protocol:
-        made.append(self._connection())
+        made.append(self._factory(self.gate))
         return made[0]

@@ -7,13 +7,22 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from tests.support.http_backends import RecordingBackend, read_response
 from tests.support.http_backends import request_bytes as http_request
 from tests.support.observe_helpers import observed_proxy
 from tests.support.process import free_port
 from tests.support.proxy import config_text
 from tests.support.wire import handshake_request, read_head
-from tests.support.ws_helpers import LOOPBACK, Session, handshake, raw_client, scripted
+from tests.support.ws_helpers import (
+    LOOPBACK,
+    Session,
+    handshake,
+    raw_client,
+    scripted,
+    wait_until,
+)
 from wsproxy.config import load_config
 from wsproxy.server import ProxyServer
 
@@ -167,3 +176,42 @@ async def test_a_refused_handshake_gives_its_count_back() -> None:
             async with sessions_from(obs.port, 1) as opened:
                 assert opened[0][0].status == 403  # type: ignore[index]
         assert obs.server._per_client == {}
+
+
+async def test_the_limit_holds_across_every_socket_of_a_listener() -> None:
+    """A listen host that resolves to two addresses has two sockets and one limit."""
+    from wsproxy.listeners import Gate, Listener, bind
+
+    accepted: list[asyncio.Protocol] = []
+
+    class Held(asyncio.Protocol):
+        def __init__(self, gate: Gate) -> None:
+            self.gate = gate
+            accepted.append(self)
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.gate.release()
+
+    port = free_port()
+    try:
+        sockets = bind("127.0.0.1", port) + bind("::1", port)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    listener = Listener(sockets, Held, 1)
+    await listener.start()
+    try:
+        writers = []
+        for host in ("127.0.0.1", "::1"):
+            _reader, writer = await asyncio.open_connection(host, port)
+            writers.append(writer)
+        await wait_until(lambda: len(accepted) == 1, 2, "one connection accepted")
+        await asyncio.sleep(QUIET)  # the other must stay waiting this long
+        assert (len(accepted), listener.gate.open) == (1, 1)
+        for writer in writers:
+            writer.transport.abort()  # whichever was accepted goes; the other is let in
+        await wait_until(lambda: len(accepted) == 2, 2, "the waiting connection accepted")
+        for writer in writers:
+            writer.close()
+    finally:
+        listener.close()
+        await listener.wait_closed()
