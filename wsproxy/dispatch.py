@@ -196,7 +196,7 @@ class Proxy:
         pool = server.pool
         conn = pool.take_idle()
         if conn is None:
-            return self._forward(request, exchange, server, head, decision=decision)
+            return self._forward(request, exchange, server, head, client, decision=decision)
         # The fast path: a kept-alive connection is free, so the exchange runs
         # on the two protocols' callbacks with no task (Relay.start).
         relay = Relay(request, conn, exchange, self)
@@ -284,8 +284,23 @@ class Proxy:
             server = exchange.target
             if retryable(request) and server is not None:
                 log.debug("upstream %s closed a pooled connection; retrying once", server.label)
+                # Its decision again (a pure function of the request, cached), so
+                # a failed connect now still goes on to the next server.
+                assert request.method is not None
+                assert request.version is not None
+                hosts = request.index.get("host", _NONE)
+                decision = self._decide(request.method, request.version, hosts, request.target)
+                client = request.connection.app_data or self._client(request)
                 request.continue_with(
-                    self._forward(request, exchange, server, relay.head, fresh=True)
+                    self._forward(
+                        request,
+                        exchange,
+                        server,
+                        relay.head,
+                        client,
+                        fresh=True,
+                        decision=decision if isinstance(decision, _Forward) else None,
+                    )
                 )
                 return
             failure = failure.failure
@@ -298,6 +313,7 @@ class Proxy:
         exchange: Exchange,
         server: Server,
         head: bytes,
+        client: _Client,
         *,
         fresh: bool = False,
         decision: _Forward | None = None,
@@ -316,10 +332,8 @@ class Proxy:
             except UpstreamFailure as failure:
                 if decision is not None and failure.connecting:
                     tried.add(server)
-                    following = self._retry(request, decision, exchange, tried, failure)
+                    following = self._retry(request, decision, client, exchange, tried, failure)
                     if following is not None:
-                        client = request.connection.app_data
-                        assert client is not None
                         server, fresh = following, False
                         head = self._head(request, decision, client, server, exchange)
                         continue
@@ -334,6 +348,7 @@ class Proxy:
         self,
         request: Request,
         decision: _Forward,
+        client: _Client,
         exchange: Exchange,
         tried: set[Server],
         failure: UpstreamFailure,
@@ -341,8 +356,6 @@ class Proxy:
         """Count a failed connect; the next server to try, or None when none is left."""
         self._record_failure(exchange, failure)
         failed = exchange.server
-        client = request.connection.app_data
-        assert client is not None
         following = self._pick(request, decision, client, exchange, frozenset(tried))
         log.warning(
             "route %s: upstream %s server %s failed: %s (request %s)%s",
@@ -569,7 +582,7 @@ class Proxy:
                 if failure.connecting:
                     # Nothing reached the server: the next one may take the handshake.
                     tried.add(server)
-                    server = self._retry(request, decision, exchange, tried, failure)
+                    server = self._retry(request, decision, client, exchange, tried, failure)
                     if server is not None:
                         continue
                     exchange.upgrade_result = "upstream_unavailable"

@@ -224,6 +224,9 @@ class ProxyServer:
         self._settings = front_settings(config)
         for connection in self.connections:
             connection.app = proxy
+            # Its client info (trusted_proxies, the X-Forwarded-* lines) is
+            # made again from the new settings at its next request.
+            connection.app_data = None
         self.observability.reconfigure(config)
         limits = {listen.address: listen.max_connections for listen in config.listen}
         for address, listener in list(self._listeners.items()):

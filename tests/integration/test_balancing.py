@@ -291,3 +291,31 @@ async def test_a_host_name_is_resolved_again_for_each_new_connection(
             assert await get(obs.http, obs.port) == "first"
             addresses["backend.test"] = ("127.0.0.1", second.port)
             assert await get(obs.http, obs.port) == "second"
+
+
+async def test_a_stale_connection_then_a_refused_connect_goes_on_to_the_next_server() -> None:
+    """A backend going away: its pooled connection is closed as the request is
+    sent, and its port refuses the fresh connect; the next server answers."""
+    going_away: asyncio.Server | None = None
+    answered = 0
+
+    async def leaving(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                if answered:
+                    assert going_away is not None
+                    going_away.close()  # the port refuses from now on
+                    writer.transport.close()
+                    return
+                answered += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
+
+    going_away = await asyncio.start_server(leaving, "127.0.0.1", 0)
+    leaving_port = going_away.sockets[0].getsockname()[1]
+    async with backends("b") as (b,):
+        servers = [f'"127.0.0.1:{leaving_port}"', f'"127.0.0.1:{b.port}"']
+        async with observed_proxy(config(servers)) as obs:
+            assert await names_of(obs, 3) == ["A", "b", "b"]
+            scrape = await obs.scrape()
+            assert scrape.series("wsproxy_upstream_errors_total", kind="refused")

@@ -254,3 +254,30 @@ async def test_a_session_on_a_removed_route_and_upstream_goes_on(tmp_path: Path)
             # New handshakes on that path follow the new routes.
             async with http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
                 assert await echo(ws, "new") == "two: new"
+
+
+async def test_a_kept_alive_connection_follows_the_new_trusted_proxies(tmp_path: Path) -> None:
+    """The client info a connection caches (whose X-Forwarded-For is believed)
+    is made again from the new configuration."""
+    seen: list[str] = []
+
+    async def forwarded(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-Forwarded-For", ""))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", forwarded)
+    path = tmp_path / "proxy.yaml"
+    async with aiohttp_backend(app) as port_:
+        trusting = text(port_) + "proxy:\n  trusted_proxies: [127.0.0.1]\n"
+        path.write_text(trusting)
+        async with proxy_from(path) as server:
+            port = server.addresses[0][1]
+            connector = aiohttp.TCPConnector(limit=1)
+            headers = {"X-Forwarded-For": "203.0.113.9"}
+            async with aiohttp.ClientSession(connector=connector, headers=headers) as kept:
+                assert await get(kept, port) == (200, "ok")
+                path.write_text(text(port_))  # nobody is trusted any more
+                assert await server.reload_from(str(path))
+                assert await get(kept, port) == (200, "ok")
+    assert seen == ["203.0.113.9, 127.0.0.1", "127.0.0.1"]
