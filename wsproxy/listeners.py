@@ -128,19 +128,26 @@ class Listener:
         self._closed = False
 
     async def start(self) -> None:
+        """Accept on the sockets, as the limit says; on failure nothing is left half started."""
         loop = asyncio.get_running_loop()
-        if self.gate.limit:
-            self._tasks = [
-                asyncio.create_task(self._accept(sock), name=f"accept on {sock.getsockname()}")
-                for sock in self.sockets
-            ]
-        else:
-            self._servers = [
-                await loop.create_server(
-                    self._connection, sock=sock.dup(), backlog=socket.SOMAXCONN
-                )
-                for sock in self.sockets
-            ]
+        servers: list[asyncio.Server] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.gate.limit:
+                for sock in self.sockets:
+                    name = f"accept on {sock.getsockname()}"
+                    tasks.append(asyncio.create_task(self._accept(sock), name=name))
+            else:
+                for sock in self.sockets:
+                    servers.append(
+                        await loop.create_server(
+                            self._connection, sock=sock.dup(), backlog=socket.SOMAXCONN
+                        )
+                    )
+        except BaseException:
+            await self._stop_accepting(servers, tasks)
+            raise
+        self._servers, self._tasks = servers, tasks
 
     def _connection(self) -> asyncio.Protocol:
         """One accepted connection: counted from here (also without a limit,
@@ -153,9 +160,13 @@ class Listener:
         if bool(limit) == bool(self.gate.limit):
             self.gate.set_limit(limit)
             return
-        servers, tasks = self._servers, self._tasks
+        servers, tasks, before = self._servers, self._tasks, self.gate.limit
         self.gate.set_limit(limit)
-        await self.start()  # the new way of accepting first, then the old one goes
+        try:
+            await self.start()  # the new way of accepting first, then the old one goes
+        except BaseException:
+            self.gate.set_limit(before)  # the old way still accepts
+            raise
         await self._stop_accepting(servers, tasks)
 
     def close(self) -> None:

@@ -204,18 +204,36 @@ class ProxyServer:
         """
         if self.draining:
             raise OSError("shutting down")
+        # Everything that can fail comes first, and is undone if something does.
         added: dict[Address, Listener] = {}
         site = None
+        limits = {listen.address: listen.max_connections for listen in config.listen}
+        changed: list[tuple[Listener, int]] = []
         try:
             for listen in config.listen:
                 if listen.address not in self._listeners:
                     added[listen.address] = await self._listen(listen)
             if config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin)
+            for address, listener in self._listeners.items():
+                limit = limits.get(address, listener.gate.limit)
+                if listener.gate.limit != limit:
+                    before = listener.gate.limit
+                    await listener.set_limit(limit)
+                    changed.append((listener, before))
         except BaseException:
+            for listener, before in reversed(changed):
+                try:
+                    await listener.set_limit(before)
+                except OSError as exc:
+                    log.error("reload: could not restore a listener's limit: %s", exc)
             for listener in added.values():
                 listener.close()
+                await listener.wait_closed()
+            if site is not None:
+                await site.stop()
             raise
+        # From here nothing waits on the network or the file system.
         old = self.proxy
         proxy = Proxy(config, self.observability, self, reuse=old.upstreams)
         await proxy.open(self._frame_budget)
@@ -228,12 +246,9 @@ class ProxyServer:
             # made again from the new settings at its next request.
             connection.app_data = None
         self.observability.reconfigure(config)
-        limits = {listen.address: listen.max_connections for listen in config.listen}
-        for address, listener in list(self._listeners.items()):
+        for address in list(self._listeners):
             if address not in limits:
                 self._listeners.pop(address).close()
-            elif listener.gate.limit != limits[address]:
-                await listener.set_limit(limits[address])
         self._listeners.update(added)
         if site is not None:
             old_site, self._admin_site = self._admin_site, site

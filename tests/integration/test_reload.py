@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -281,3 +283,43 @@ async def test_a_kept_alive_connection_follows_the_new_trusted_proxies(tmp_path:
                 assert await server.reload_from(str(path))
                 assert await get(kept, port) == (200, "ok")
     assert seen == ["203.0.113.9, 127.0.0.1", "127.0.0.1"]
+
+
+async def test_a_reload_that_fails_midway_is_undone_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New listeners bound, then the switch of a kept one fails (no file
+    descriptors left): nothing of the new configuration stays."""
+    path = tmp_path / "proxy.yaml"
+    first, extra = free_port(), free_port()
+    async with two_backends() as (one, two), aiohttp.ClientSession() as http:
+        limited = text(one, listen=(first,)).replace(
+            f"    port: {first}\n", f"    port: {first}\n    max_connections: 5\n"
+        )
+        path.write_text(limited)
+        async with proxy_from(path) as server:
+            path.write_text(text(two, listen=(first, extra)))  # no limit, one more listener
+
+            real_dup = socket.socket.dup
+            calls: list[int] = []
+
+            def dup_once(self: socket.socket) -> socket.socket:
+                # The added listener gets its descriptor; switching the kept
+                # one to accepting without a limit does not.
+                calls.append(1)
+                if len(calls) > 1:
+                    raise OSError(errno.EMFILE, "Too many open files")
+                return real_dup(self)
+
+            monkeypatch.setattr(socket.socket, "dup", dup_once)
+            assert await server.reload_from(str(path)) is False
+            monkeypatch.undo()
+            assert [listen.port for listen in server.config.listen] == [first]
+            assert server.addresses == [("127.0.0.1", first)]
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", extra)
+            assert await get(http, first) == (200, "one /")
+            assert reloads(server, "failure") == 1
+            # And the same file, with descriptors again, applies.
+            assert await server.reload_from(str(path))
+            assert await get(http, extra) == (200, "two /")
