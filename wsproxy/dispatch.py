@@ -284,8 +284,8 @@ class Proxy:
             server = exchange.target
             if retryable(request) and server is not None:
                 log.debug("upstream %s closed a pooled connection; retrying once", server.label)
-                # Its decision again (a pure function of the request, cached), so
-                # a failed connect now still goes on to the next server.
+                # Decided again (a pure function of the request), so a failed
+                # connect now still goes on to the next server.
                 assert request.method is not None
                 assert request.version is not None
                 hosts = request.index.get("host", _NONE)
@@ -357,15 +357,8 @@ class Proxy:
         self._record_failure(exchange, failure)
         failed = exchange.server
         following = self._pick(request, decision, client, exchange, frozenset(tried))
-        log.warning(
-            "route %s: upstream %s server %s failed: %s (request %s)%s",
-            exchange.route,
-            exchange.upstream,
-            failed,
-            failure,
-            exchange.request_id,
-            f"; trying server {following.label}" if following is not None else "",
-        )
+        then = f"; trying server {following.label}" if following is not None else ""
+        self._log_failure(exchange, failed, failure, then)
         return following
 
     def _head(
@@ -597,15 +590,23 @@ class Proxy:
     ) -> None:
         """No answer from the upstream: count, log the details, tell the client in general."""
         self._record_failure(exchange, failure)
+        self._log_failure(exchange, exchange.server, failure)
+        self._answer_failure(request, exchange, failure)
+
+    @staticmethod
+    def _log_failure(
+        exchange: Exchange, server: str | None, failure: UpstreamFailure, then: str = ""
+    ) -> None:
+        """The operator's line for a failed attempt (``then``: what happens next)."""
         log.warning(
-            "route %s: upstream %s server %s failed: %s (request %s)",
+            "route %s: upstream %s server %s failed: %s (request %s)%s",
             exchange.route,
             exchange.upstream,
-            exchange.server,
+            server,
             failure,
             exchange.request_id,
+            then,
         )
-        self._answer_failure(request, exchange, failure)
 
     def _answer_failure(
         self, request: Request, exchange: Exchange, failure: UpstreamFailure
