@@ -67,6 +67,9 @@ How = Literal["close_frame", "fin", "reset", "idle_timeout", "drain", "max_lifet
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
+#: The other side of a session.
+_OTHER: dict[str, Literal["client", "upstream"]] = {"client": "upstream", "upstream": "client"}
+
 #: A transport closed gently (FIN after its buffer drains) that has not
 #: drained after this long is reset: a peer that stopped reading must not
 #: keep a finished session, its buffers and its socket alive forever
@@ -349,7 +352,7 @@ class Tunnel:
         else:
             self._record_end(side, "fin")
             if peer is not None:
-                if self._awaits_close("upstream" if side == "client" else "client"):
+                if self._awaits_close(_OTHER[side]):
                     # The peer got the proxy's close and owes its own: it has
                     # CLOSE_TIMEOUT for it, not an immediate close.
                     self._arm_linger()
@@ -507,6 +510,9 @@ class Tunnel:
                 closing.heard.add(source)
         self._closing_done(source)
 
+    def _transport(self, side: Literal["client", "upstream"]) -> asyncio.Transport | None:
+        return self.client_transport if side == "client" else self.upstream_transport
+
     def _closing_eof(self, side: Literal["client", "upstream"]) -> None:
         """A FIN from ``side`` once shutdown() began: it will send nothing more."""
         closing = self._closing
@@ -526,12 +532,12 @@ class Tunnel:
         assert closing is not None
         if side not in closing.sent or side not in closing.heard:
             return
-        transport = self.client_transport if side == "client" else self.upstream_transport
+        transport = self._transport(side)
         if transport is None:
             return
         self._close_gently(transport)
-        other = "upstream" if side == "client" else "client"
-        peer = self.upstream_transport if side == "client" else self.client_transport
+        other = _OTHER[side]
+        peer = self._transport(other)
         if (
             peer is not None
             and other in closing.sent
@@ -717,8 +723,7 @@ class ClosingSide(asyncio.Protocol):
         self._side: Literal["client", "upstream"] = side
 
     def _peer(self) -> asyncio.Transport | None:
-        tunnel = self._tunnel
-        return tunnel.upstream_transport if self._side == "client" else tunnel.client_transport
+        return self._tunnel._transport(_OTHER[self._side])
 
     def data_received(self, data: bytes) -> None:
         self._tunnel._closing_data(self._side, data)
