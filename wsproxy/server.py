@@ -296,10 +296,12 @@ class ProxyServer:
         try:
             # Sessions are no connection's any more (taken over at the 101); a
             # handshake whose 101 arrives meanwhile is shut down at once
-            # (websocket.py), so the sets only shrink once the spread is done.
+            # (websocket.py) and waited for in the next round.  A round waits
+            # for all it saw (not the first to end: 10,000 sessions would cost
+            # 10,000 rounds, each over every one left).
             while (self.sessions or self.connections) and (remaining := deadline - loop.time()) > 0:
                 waits = [t.finished for t in self.sessions] + [c.closed for c in self.connections]
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, timeout=remaining)
         finally:
             for handle in spread:
                 handle.cancel()
