@@ -215,3 +215,18 @@ async def test_the_limit_holds_across_every_socket_of_a_listener() -> None:
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_forged_x_forwarded_for_does_not_escape_the_per_client_limit() -> None:
+    """From a peer that is not a trusted proxy the header is ignored: every
+    handshake counts against the peer's own address, whatever it claims."""
+    backend, _sessions = scripted(hold_open)
+    extra = "proxy:\n  max_websockets_per_client: 1\n"
+    async with (
+        backend,
+        observed_proxy(config_text(backend.port, extra=extra)) as obs,
+        sessions_from(obs.port, 1, **{"X-Forwarded-For": "198.51.100.1"}) as first,
+        sessions_from(obs.port, 1, **{"X-Forwarded-For": "198.51.100.2"}) as second,
+    ):
+        assert first[0][0].status == 101  # type: ignore[index]
+        assert second[0][0].status == 429  # type: ignore[index]
