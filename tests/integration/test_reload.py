@@ -19,32 +19,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from tests.support.http_backends import aiohttp_backend
+from tests.support.http_backends import aiohttp_backend, named_app
 from tests.support.process import free_port, spawn
 from wsproxy.config import load_config
 from wsproxy.server import ProxyServer
-
-
-def named_app(name: str) -> web.Application:
-    """Answers plain requests with its name; a WebSocket echo prefixed with it."""
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text=f"{name} {request.path}")
-
-    async def ws(request: web.Request) -> web.WebSocketResponse:
-        socket_ = web.WebSocketResponse()
-        await socket_.prepare(request)
-        async for message in socket_:
-            if message.type is WSMsgType.TEXT:
-                await socket_.send_str(f"{name}: {message.data}")
-        return socket_
-
-    app = web.Application()
-    app.router.add_get("/ws", ws)
-    app.router.add_get("/{tail:.*}", hello)
-    return app
 
 
 @contextlib.asynccontextmanager

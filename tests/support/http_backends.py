@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.support.wire import Head, read_head
 
@@ -198,3 +198,23 @@ def request_bytes(
     """A raw request, headers exactly as given (nothing added)."""
     lines = [f"{method} {target} {version}"] + [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def named_app(name: str) -> web.Application:
+    """Answers plain requests with its name; a WebSocket echo prefixed with it."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"{name} {request.path}")
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        socket_ = web.WebSocketResponse()
+        await socket_.prepare(request)
+        async for message in socket_:
+            if message.type is WSMsgType.TEXT:
+                await socket_.send_str(f"{name}: {message.data}")
+        return socket_
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    app.router.add_get("/{tail:.*}", hello)
+    return app
