@@ -7,6 +7,11 @@ kept in a list and written together within ``FLUSH_DELAY`` (at most
 log follows traffic closely without a write per request: a system call per
 line cost about a tenth of the plain-HTTP throughput, and a buffered
 stream's ``write`` per line still a few percent.
+
+With several workers (``workers``) every line carries ``"worker": N`` and
+the lines go out in writes of whole lines of at most ``PIPE_BUF`` bytes: the
+workers share one stdout, and a pipe keeps such writes whole, so lines from
+different processes never interleave mid-line.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import atexit
 import contextlib
 import json
 import logging
+import os
+import select
 import sys
 import time
 import weakref
@@ -98,6 +105,12 @@ _FIELDS_KEPT_PATH = 512
 _OPEN_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @atexit.register
 def _flush_at_exit() -> None:
     for access_log in list(_OPEN_LOGS):
@@ -115,12 +128,19 @@ class AccessLog:
         "_pending",
         "_stream",
         "_warned",
+        "_worker",
+        "_worker_json",
         "lines_lost",
     )
 
-    def __init__(self, settings: AccessLogSettings, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, settings: AccessLogSettings, stream: TextIO | None = None, worker: int | None = None
+    ) -> None:
         self._format = settings.format
         self._stream = stream
+        #: This process's worker number (workers > 1), written in each line.
+        self._worker = worker
+        self._worker_json = "" if worker is None else f',"worker":{worker}'
         self._flush_handle: asyncio.TimerHandle | None = None
         #: The loop the flush timer runs on (it never runs once that loop closed).
         self._flush_loop: asyncio.AbstractEventLoop | None = None
@@ -148,9 +168,13 @@ class AccessLog:
         if self._format == "json":
             # The timestamp goes in front without copying the fields.
             body = _JSON.encode(fields)
-            line = f'{{"ts":"{timestamp(time.time())}"' + ("," + body[1:] if fields else "}")
-        else:
+            line = f'{{"ts":"{timestamp(time.time())}"{self._worker_json}' + (
+                "," + body[1:] if fields else "}"
+            )
+        elif self._worker is None:
             line = format_text({"ts": timestamp(time.time()), **fields})
+        else:
+            line = format_text({"ts": timestamp(time.time()), "worker": self._worker, **fields})
         self._emit(line)
 
     def _emit(self, line: str) -> None:
@@ -176,9 +200,30 @@ class AccessLog:
         if lines:
             lines.append("")
             try:
-                (self._stream or sys.stdout).write("\n".join(lines))
+                if self._worker is None:
+                    (self._stream or sys.stdout).write("\n".join(lines))
+                else:
+                    self._write_whole_lines(lines)
             except (OSError, ValueError) as exc:  # a closed or broken stdout
                 self._lost(len(lines) - 1, exc)
+
+    def _write_whole_lines(self, lines: list[str]) -> None:
+        """Several workers share stdout: writes of whole lines, each at most
+        PIPE_BUF bytes when it can be (a longer line goes alone)."""
+        stream = self._stream or sys.stdout
+        stream.flush()  # whatever the stream holds goes first
+        fd = stream.fileno()
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines[:-1]:
+            data = line.encode() + b"\n"
+            if chunk and size + len(data) > select.PIPE_BUF:
+                _write_all(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            _write_all(fd, b"".join(chunk))
 
     def _lost(self, count: int, exc: Exception) -> None:
         """Lines that could not be written: traffic goes on, one warning says so."""
@@ -233,10 +278,11 @@ class AccessLog:
                     self._fields.clear()
                 self._fields[key] = fields
         ts = timestamp(time.time())
+        wj = self._worker_json
         # A request ID is ours (hex) or a client's that matched
         # headers.REQUEST_ID, whose characters JSON takes as they are.
         line = (
-            f'{{"ts":"{ts}","type":"http","request_id":"{exchange.request_id}",{fields},'
+            f'{{"ts":"{ts}"{wj},"type":"http","request_id":"{exchange.request_id}",{fields},'
             f'"status":{status},"duration_ms":{duration * 1000:.3f}'
         )
         extra = exchange.extra

@@ -7,6 +7,11 @@ sending traffic that could only get 502s (readiness); a server whose
 ``fail_timeout`` passed counts as up again, so it comes back by itself.
 ``/metrics`` is the Prometheus text format; ``/status.json`` is what the
 status page will show.
+
+A worker among several serves the same application on a Unix socket, to the
+supervisor only (wsproxy.workers), plus ``POST /publish``: write the
+metrics counted in plain integers to the multiprocess files, so the
+supervisor's scrape that follows is exact.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from wsproxy.observe import Observability
 from wsproxy.upstreams.servers import Upstreams
@@ -37,6 +42,54 @@ class AdminView(Protocol):
     @property
     def upstreams(self) -> Upstreams:
         """The current configuration's upstreams."""
+
+
+class SupervisorView(Protocol):
+    """What the admin endpoints read with several workers (wsproxy.workers)."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def metrics_dir(self) -> str:
+        """prometheus-client's multiprocess directory."""
+
+    async def publish(self) -> None:
+        """Every worker writes its counts to the multiprocess files."""
+
+    async def ready(self) -> tuple[bool, str]: ...
+
+    async def status(self) -> dict[str, object]: ...
+
+
+def supervisor_app(view: SupervisorView) -> web.Application:
+    """The admin listener of a supervisor: every worker's metrics and state."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=view.metrics_dir)  # type: ignore[no-untyped-call]
+
+    async def metrics(request: web.Request) -> web.Response:
+        await view.publish()
+        body = generate_latest(registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, why = await view.ready()
+        return web.Response(status=200 if ready else 503, text=why + "\n")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(await view.status())
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status.json", status)
+    return app
 
 
 def admin_app(view: AdminView) -> web.Application:
@@ -65,6 +118,15 @@ def admin_app(view: AdminView) -> web.Application:
         return web.json_response(status)
 
     app = web.Application()
+    publisher = observability.metrics.publisher
+    if publisher is not None:
+
+        async def publish(request: web.Request) -> web.Response:
+            view.upstreams.health.refresh(time.monotonic())
+            publisher.publish()
+            return web.Response(text="published\n")
+
+        app.router.add_post("/publish", publish)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

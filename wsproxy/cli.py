@@ -13,7 +13,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from wsproxy.config import ConfigError, load_config
+from wsproxy.config import ConfigError, load_config, read_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -47,11 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging() -> None:
+def _setup_logging(worker: int | None = None) -> None:
+    where = "" if worker is None else f"[worker {worker}]"
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
     )
 
 
@@ -66,23 +67,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: configuration is valid")
         return EXIT_OK
     if args.command == "serve":
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return EXIT_USAGE
-        from wsproxy.memory import tune_malloc
-        from wsproxy.server import serve
-
-        _setup_logging()
-        tune_malloc()
-        return _run_server(serve(config, args.config))
+        return _serve(args.config)
     if args.command == "demo":
         from wsproxy.demo import run_demo
 
         _setup_logging()
         return _run_server(run_demo(args.host, args.port))
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _serve(path: str) -> int:
+    from wsproxy.workers import supervise, worker_count, worker_from_env
+
+    worker = worker_from_env()
+    try:
+        if worker is None:
+            config, data = read_config(path)
+        else:
+            # The supervisor's copy of the configuration in force, named
+            # as the operator's file.
+            config = load_config(path, name=worker[0].config_name)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    from wsproxy.memory import tune_malloc
+
+    tune_malloc()
+    if worker is not None:
+        from wsproxy.server import serve
+
+        role, channel = worker
+        _setup_logging(role.index)
+        return _run_server(serve(config, path, role, channel))
+    count = worker_count(config.workers)
+    _setup_logging()
+    if count > 1:
+        # Nothing here has imported prometheus-client yet: supervise()
+        # chooses its multiprocess directory first.
+        return _run_server(supervise(config, path, data, count))
+    from wsproxy.server import serve
+
+    return _run_server(serve(config, path))
 
 
 def _run_server(main: Coroutine[Any, Any, None]) -> int:

@@ -72,8 +72,10 @@ __all__ = [
     "ShutdownSettings",
     "Upstream",
     "WebSocketSettings",
+    "Workers",
     "load_config",
     "parse_config",
+    "read_config",
 ]
 
 # --------------------------------------------------------------------------
@@ -301,6 +303,9 @@ class ProxySettings:
 
 
 AccessLogFormat = Literal["json", "text", "off"]
+Workers = int | Literal["auto"]
+#: More processes than this is a typo, not a deployment.
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +324,9 @@ class Config:
     proxy: ProxySettings
     source: str  # the file name the configuration came from
     access_log: AccessLogSettings = AccessLogSettings()
+    #: Processes sharing the listeners: a number, or "auto" (the CPUs this
+    #: process may use; wsproxy.workers.cpu_count).
+    workers: Workers = 1
 
 
 DEFAULT_LISTEN: tuple[ListenSettings, ...] = (ListenSettings("127.0.0.1", 8080),)
@@ -346,16 +354,27 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, name: str | None = None) -> Config:
     """Read *path* (UTF-8) and :func:`parse_config` it; unreadable files raise
-    :class:`ConfigError` too."""
-    filename = os.fspath(path)
+    :class:`ConfigError` too.  *name*: the file name messages and
+    ``Config.source`` give (a worker reads the supervisor's copy of the
+    operator's file, and names the operator's)."""
+    return read_config(path, name=name)[0]
+
+
+def read_config(path: str | os.PathLike[str], *, name: str | None = None) -> tuple[Config, bytes]:
+    """:func:`load_config`, and the exact bytes the configuration came from."""
+    filename = name if name is not None else os.fspath(path)
     try:
-        with open(filename, "rb") as stream:
+        with open(path, "rb") as stream:
             data = stream.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([ConfigIssue(filename, 0, 0, "", f"cannot read: {reason}")]) from None
+    return _decode(data, filename), data
+
+
+def _decode(data: bytes, filename: str) -> Config:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -1281,6 +1300,20 @@ def _access_log(ctx: _Ctx, node: Node, path: str) -> AccessLogSettings | None:
     return AccessLogSettings(log_format, redact)
 
 
+def _workers(ctx: _Ctx, node: Node, path: str) -> Workers | None:
+    """A number of processes, or ``auto``."""
+    if isinstance(node, ScalarNode) and node.tag == _STR and node.value == "auto":
+        return "auto"
+    if isinstance(node, ScalarNode) and node.tag == _INT:
+        return _integer(1, MAX_WORKERS, what="number of workers")(ctx, node, path)
+    ctx.add(
+        node,
+        path,
+        f"expected a number of workers from 1 to {MAX_WORKERS} or 'auto', got {_describe(node)}",
+    )
+    return None
+
+
 def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
     if root is None or (_is_null(root) and root.value == ""):  # "" or only "---"
         ctx.add_at(
@@ -1308,7 +1341,20 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
     shutdown = m.get("shutdown", _shutdown, _SHUTDOWN_DEFAULTS)
     proxy = m.get("proxy", _proxy, _PROXY_DEFAULTS)
     access_log = m.get("access_log", _access_log, _ACCESS_LOG_DEFAULTS)
+    workers: Workers | None = m.get("workers", _workers, 1)
     m.finish()
+
+    if workers is not None and workers != 1 and listen is not None:
+        # Each worker binds its own socket (SO_REUSEPORT): port 0 would give
+        # each a different port.
+        for item in listen:
+            if item.value is not None and item.value.port == 0 and item.node is not None:
+                ctx.add(
+                    item.node,
+                    f"{item.path}.port",
+                    f"port 0 (any free port) cannot be shared by several workers "
+                    f"(workers: {workers}); choose a port",
+                )
 
     admin_node = m.node("admin")
     if admin is not None and listen is not None:
@@ -1341,6 +1387,7 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
         or shutdown is None
         or proxy is None
         or access_log is None
+        or workers is None
     ):
         return None
     built = {name: upstream for name, upstream in upstreams.items() if upstream is not None}
@@ -1355,4 +1402,5 @@ def _config(ctx: _Ctx, root: Node | None, filename: str) -> Config | None:
         proxy=proxy,
         source=filename,
         access_log=access_log,
+        workers=workers,
     )

@@ -75,9 +75,16 @@ class Gate:
             waiter.set_result(None)
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for every address ``host`` resolves to (OSError if
-    one cannot be bound: then none is left open)."""
+    one cannot be bound: then none is left open).
+
+    ``reuse_port``: ``SO_REUSEPORT``, so each worker process binds its own
+    socket on the same address and the kernel spreads new connections over
+    them (by a hash of the connection's addresses).  Off for a single
+    process: a second program on the same port is then an error, not a
+    silent share.
+    """
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
     )
@@ -91,6 +98,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 # As asyncio does: "::" and "0.0.0.0" can then both be bound.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

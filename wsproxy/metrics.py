@@ -8,13 +8,20 @@ The tunnel's hot path makes no prometheus-client call: each direction's frame
 observer counts in plain integers.  :class:`SessionCollector` publishes at
 scrape time the totals folded in when sessions ended plus the live counts of
 open sessions, so a scrape is exact for long-lived WebSockets too.
+
+With several workers (``workers``), prometheus-client's multiprocess mode:
+every worker's metric objects write to files in ``PROMETHEUS_MULTIPROC_DIR``
+and the supervisor's ``/metrics`` reads them all.  Those two collectors'
+plain integers are written there by :class:`Publisher` when the supervisor
+asks, just before it reads (so a scrape is as exact as with one process),
+and once more when a worker exits.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -187,14 +194,139 @@ def _counter(
     return family
 
 
+class Publisher:
+    """A worker's collected counts, written to the multiprocess files.
+
+    Counters get what grew since the last publication (a prometheus-client
+    counter there only adds), the active-sessions gauge its value now (its
+    files are summed over the live workers: ``livesum``; a route no longer
+    collected goes back to 0), the request-duration histogram what each
+    bucket grew.
+    """
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self._collectors = collectors
+        #: Never exposed: the values live in the files; this only keeps the
+        #: metric objects from clashing with the collectors' names.
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
+        #: What was published last, by (sample name, label values).
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._gauges: set[tuple[str, tuple[str, ...]]] = set()
+
+    def publish(self) -> None:
+        gauges: set[tuple[str, tuple[str, ...]]] = set()
+        for collector in self._collectors:
+            for family in collector.collect():
+                if family.type == "counter":
+                    self._counter(family)
+                elif family.type == "gauge":
+                    self._gauge(family, gauges)
+                elif family.type == "histogram":
+                    self._histogram(family)
+        for name, values in self._gauges - gauges:
+            metric = self._metrics[name]
+            assert isinstance(metric, Gauge)
+            metric.labels(*values).set(0)
+        self._gauges = gauges
+
+    def _metric(self, family: Metric, labels: Sequence[str]) -> Counter | Gauge | Histogram:
+        metric = self._metrics.get(family.name)
+        if metric is None:
+            r = self._registry
+            doc = family.documentation
+            if family.type == "counter":
+                metric = Counter(family.name, doc, labels, registry=r)
+            elif family.type == "gauge":
+                metric = Gauge(family.name, doc, labels, registry=r, multiprocess_mode="livesum")
+            else:
+                metric = Histogram(family.name, doc, labels, buckets=HTTP_BUCKETS, registry=r)
+            self._metrics[family.name] = metric
+        return metric
+
+    def _counter(self, family: Metric) -> None:
+        for sample in family.samples:
+            values = tuple(sample.labels.values())
+            key = (sample.name, values)
+            delta = sample.value - self._last.get(key, 0)
+            if delta:
+                metric = self._metric(family, list(sample.labels))
+                assert isinstance(metric, Counter)
+                metric.labels(*values).inc(delta)
+                self._last[key] = sample.value
+
+    def _gauge(self, family: Metric, seen: set[tuple[str, tuple[str, ...]]]) -> None:
+        for sample in family.samples:
+            values = tuple(sample.labels.values())
+            metric = self._metric(family, list(sample.labels))
+            assert isinstance(metric, Gauge)
+            metric.labels(*values).set(sample.value)
+            seen.add((family.name, values))
+
+    def _histogram(self, family: Metric) -> None:
+        buckets: dict[tuple[str, ...], list[float]] = {}
+        sums: dict[tuple[str, ...], float] = {}
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            values = tuple(labels.values())
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(values, []).append(sample.value)  # in ``le`` order
+                self._metric(family, list(labels))
+            elif sample.name.endswith("_sum"):
+                sums[values] = sample.value
+        for values, cumulative in buckets.items():
+            metric = self._metrics[family.name]
+            assert isinstance(metric, Histogram)
+            child = metric.labels(*values)
+            below = 0.0
+            for index, count in enumerate(cumulative):
+                key = (f"{family.name}_bucket{index}", values)
+                delta = count - below - self._last.get(key, 0)
+                if delta:
+                    # One bucket's own counter: what observe() would have added to.
+                    child._buckets[index].inc(delta)
+                    self._last[key] = count - below
+                below = count
+            key = (f"{family.name}_sum", values)
+            delta = sums.get(values, 0.0) - self._last.get(key, 0.0)
+            if delta:
+                child._sum.inc(delta)
+                self._last[key] = sums.get(values, 0.0)
+
+
 #: ``*_created`` series double the exposition for no use on a proxy's counters.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def reload_counter(registry: CollectorRegistry | None) -> Counter:
+    counter = Counter(
+        "wsproxy_config_reloads",
+        "Configuration reloads (SIGHUP) by result.",
+        ["result"],
+        registry=registry,
+    )
+    for result in ("success", "failure"):
+        counter.labels(result)
+    return counter
+
+
+def restart_counter(registry: CollectorRegistry | None) -> Counter:
+    """Several workers: the supervisor's count of workers it started again."""
+    return Counter(
+        "wsproxy_worker_restarts",
+        "Worker processes started again after they ended unexpectedly.",
+        registry=registry,
+    )
 
 
 class Metrics:
     """Every wsproxy metric, on a registry of its own (one per server)."""
 
-    def __init__(self, config: Config, live: Mapping[Tunnel, SessionInfo]) -> None:
+    def __init__(
+        self, config: Config, live: Mapping[Tunnel, SessionInfo], *, multiprocess: bool = False
+    ) -> None:
+        #: A worker among several (prometheus-client's multiprocess mode).
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         r = self.registry
         self.http = HttpCollector()
@@ -210,6 +342,9 @@ class Metrics:
             "0 for a few seconds after a failed attempt to reach the server, else 1.",
             ["upstream", "server"],
             registry=r,
+            # Several workers keep health each: 0 when any live worker holds
+            # the server out.
+            multiprocess_mode="livemin",
         )
         self.upgrades = Counter(
             "wsproxy_websocket_upgrades",
@@ -242,16 +377,11 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
-        self.reloads = Counter(
-            "wsproxy_config_reloads",
-            "Configuration reloads (SIGHUP) by result.",
-            ["result"],
-            registry=r,
-        )
-        for result in ("success", "failure"):
-            self.reloads.labels(result)
+        self.reloads = reload_counter(r)
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)
+        #: Several workers: writes the two collectors' counts to the files.
+        self.publisher = Publisher((self.http, self.sessions)) if multiprocess else None
         #: (upstream, server) of the configuration in force.
         self.servers: set[tuple[str, str]] = set()
         self.configure(config)
@@ -270,6 +400,10 @@ class Metrics:
             for server in upstream.servers
         }
         for gone in self.servers - servers:
+            if self.multiprocess:
+                # Not possible in prometheus-client's files: the series stays
+                # until the worker restarts (docs/design.md).
+                continue
             self.upstream_up.remove(*gone)
         for new in servers - self.servers:
             self.upstream_up.labels(*new).set(1)

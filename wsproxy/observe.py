@@ -100,12 +100,18 @@ def early_close_message(report: SessionReport) -> str:
 
 class Observability:
     def __init__(
-        self, config: Config, live: Mapping[Tunnel, SessionInfo], stream: TextIO | None = None
+        self,
+        config: Config,
+        live: Mapping[Tunnel, SessionInfo],
+        stream: TextIO | None = None,
+        worker: int | None = None,
     ) -> None:
         #: The open sessions, owned by the server state (read for metrics).
         self.live = live
-        self.metrics = Metrics(config, live)
-        self.access_log = AccessLog(config.access_log, stream)
+        #: This process's number when several workers share the listeners.
+        self.worker = worker
+        self.metrics = Metrics(config, live, multiprocess=worker is not None)
+        self.access_log = AccessLog(config.access_log, stream, worker)
         self._log_requests = self.access_log.enabled
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES

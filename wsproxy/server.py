@@ -4,6 +4,11 @@ A :class:`ProxyServer` owns what outlives one request and one configuration:
 the front listeners and their connections, the admin listener, the draining
 flag and the set of open WebSocket sessions (taken over from their client
 connections at the ``101``).  Requests go to its :class:`~wsproxy.dispatch.Proxy`.
+
+With several workers (wsproxy.workers) each worker process runs one
+ProxyServer in a :class:`WorkerRole`: its listeners share their ports with
+the other workers' (``SO_REUSEPORT``), its admin endpoints answer only the
+supervisor, on a Unix socket, and the supervisor counts reloads.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -26,6 +32,7 @@ from wsproxy.observe import Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.upstreams.servers import Upstreams
+from wsproxy.workers import WorkerRole
 from wsproxy.wsframes import FrameBudget
 
 log = logging.getLogger("wsproxy")
@@ -46,8 +53,11 @@ def front_settings(config: Config) -> FrontSettings:
 class ProxyServer:
     """The front listeners of one process, started and stopped as a unit."""
 
-    def __init__(self, config: Config, access_log: TextIO | None = None) -> None:
+    def __init__(
+        self, config: Config, access_log: TextIO | None = None, role: WorkerRole | None = None
+    ) -> None:
         self.config = config
+        self.role = role
         #: The open WebSocket sessions, from their 101 to their end.
         self.sessions: dict[Tunnel, SessionInfo] = {}
         #: Set once shutdown began: no new sessions, /readyz 503.
@@ -55,7 +65,9 @@ class ProxyServer:
         #: WebSocket sessions (and handshakes in flight) per client address,
         #: for proxy.max_websockets_per_client.
         self._per_client: dict[str, int] = {}
-        self.observability = Observability(config, self.sessions, access_log)
+        self.observability = Observability(
+            config, self.sessions, access_log, None if role is None else role.index
+        )
         self.proxy = Proxy(config, self.observability, self)
         self.connections: set[ClientConnection] = set()
         #: Each configured listen address's listener (an unchanged one is kept
@@ -63,7 +75,7 @@ class ProxyServer:
         self._listeners: dict[Address, Listener] = {}
         self._settings = front_settings(config)
         self._admin: web.AppRunner | None = None
-        self._admin_site: web.TCPSite | None = None
+        self._admin_site: web.BaseSite | None = None
         self._frame_budget: FrameBudget | None = None
         #: One reload at a time (signals that come meanwhile wait their turn).
         self._reloading = asyncio.Lock()
@@ -110,6 +122,7 @@ class ProxyServer:
     @property
     def admin_address(self) -> tuple[str, int]:
         assert self._admin is not None
+        assert self.role is None
         address = self._admin.addresses[0]
         return str(address[0]), int(address[1])
 
@@ -125,7 +138,11 @@ class ProxyServer:
         try:
             for listen in self.config.listen:
                 self._listeners[listen.address] = await self._listen(listen)
-            self._admin_site = await self._admin_listen(self.config.admin)
+            if self.role is None:
+                self._admin_site = await self._admin_listen(self.config.admin)
+            else:
+                self._admin_site = web.UnixSite(self._admin, self.role.control_path)
+                await self._admin_site.start()
         except BaseException:
             await self.stop()
             raise
@@ -136,7 +153,9 @@ class ProxyServer:
 
     async def _listen(self, listen: ListenSettings) -> Listener:
         listener = Listener(
-            bind(listen.host, listen.port), self._connection, listen.max_connections
+            bind(listen.host, listen.port, reuse_port=self.role is not None),
+            self._connection,
+            listen.max_connections,
         )
         try:
             await listener.start()
@@ -145,7 +164,7 @@ class ProxyServer:
             raise
         return listener
 
-    async def _admin_listen(self, admin: Address) -> web.TCPSite:
+    async def _admin_listen(self, admin: Address) -> web.BaseSite:
         assert self._admin is not None
         site = web.TCPSite(self._admin, admin.host, admin.port, reuse_address=True)
         await site.start()
@@ -157,29 +176,34 @@ class ProxyServer:
         """SIGHUP: read and check ``path``, then apply it; False when it was
         not applied (every reason logged; the configuration in force stays)."""
         async with self._reloading:
-            reloads = self.observability.metrics.reloads
+            # A worker's reloads are counted by the supervisor, once each.
+            reloads = self.observability.metrics.reloads if self.role is None else None
+            name = None if self.role is None else self.role.config_name
             try:
-                config = load_config(path)
+                config = load_config(path, name=name)
             except ConfigError as exc:
                 for issue in exc.issues:
                     log.error("reload: %s", issue)
                 log.error(
                     "reload: %s has %d error(s); kept the configuration in force",
-                    path,
+                    name or path,
                     len(exc.issues),
                 )
-                reloads.labels("failure").inc()
+                if reloads is not None:
+                    reloads.labels("failure").inc()
                 return False
             try:
                 await self.reload(config)
             except OSError as exc:
                 log.error("reload: %s; kept the configuration in force", exc)
-                reloads.labels("failure").inc()
+                if reloads is not None:
+                    reloads.labels("failure").inc()
                 return False
-            reloads.labels("success").inc()
+            if reloads is not None:
+                reloads.labels("success").inc()
             log.info(
                 "reloaded %s: %d route(s), %d upstream(s); %d WebSocket session(s) go on unchanged",
-                path,
+                name or path,
                 len(config.routes),
                 len(config.upstreams),
                 len(self.sessions),
@@ -213,7 +237,7 @@ class ProxyServer:
             for listen in config.listen:
                 if listen.address not in self._listeners:
                     added[listen.address] = await self._listen(listen)
-            if config.admin != self.config.admin:
+            if self.role is None and config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin)
             for address, listener in self._listeners.items():
                 limit = limits.get(address, listener.gate.limit)
@@ -369,19 +393,60 @@ def reload_signal() -> Iterator[asyncio.Event]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-async def serve(config: Config, path: str | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then drain; SIGHUP reloads ``path``."""
-    server = ProxyServer(config)
+async def serve(
+    config: Config,
+    path: str | None = None,
+    role: WorkerRole | None = None,
+    channel: socket.socket | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM, then drain; SIGHUP reloads ``path``.
+
+    A worker (``role``) says ``ready`` on ``channel``, its socket to the
+    supervisor, once it listens, and drains when the supervisor is gone
+    (the channel's end of file), so no worker outlives it.
+    """
+    server = ProxyServer(config, role=role)
     with stop_signals() as stop, reload_signal() as reload:
         try:
             await server.start()
             for host, port in server.addresses:
                 log.info("listening on http://%s:%d", host, port)
-            log.info("admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address)
+            if role is None:
+                log.info(
+                    "admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address
+                )
+            if channel is not None:
+                _tell_ready(channel, stop)
             await _until_stopped(server, stop, reload, path)
             log.info("stopping")
         finally:
             await server.stop()
+            publisher = server.observability.metrics.publisher
+            if publisher is not None:
+                publisher.publish()  # what the drain counted, for the next scrape
+
+
+def _tell_ready(channel: socket.socket, stop: asyncio.Event) -> None:
+    """Say ``ready`` to the supervisor; set ``stop`` when its end closes."""
+    channel.setblocking(True)
+    channel.sendall(b"ready\n")
+    channel.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = channel.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the supervisor is gone
+            loop.remove_reader(channel)
+            if not stop.is_set():
+                log.warning("the supervisor is gone; stopping")
+            stop.set()
+
+    loop.add_reader(channel, readable)
 
 
 async def _until_stopped(

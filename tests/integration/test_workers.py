@@ -1,0 +1,304 @@
+"""Several workers (``workers: 2``): one port, both processes serving, one view.
+
+Each test runs ``wsproxy serve`` as a user does, with two workers, in front
+of a real backend, and tells the workers apart by what they say: the access
+log's ``worker`` field for plain requests, ``/status.json`` for open
+WebSocket sessions.  A test fails unless both workers served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from tests.support.http_backends import aiohttp_backend, named_app
+from tests.support.observe_helpers import Scrape, eventually
+from tests.support.process import Process, free_port, spawn
+
+#: Connections opened to see both workers answer: the kernel spreads them by
+#: a hash of their addresses, so all 40 on one worker is a 1 in 2^39 chance.
+CONNECTIONS = 40
+GOING_AWAY = 1001
+
+
+def config(upstream_port: int, port: int, admin: int, *, workers: int = 2) -> str:
+    return f"""\
+workers: {workers}
+listen:
+  - host: 127.0.0.1
+    port: {port}
+admin:
+  host: 127.0.0.1
+  port: {admin}
+upstreams:
+  app:
+    servers: ["127.0.0.1:{upstream_port}"]
+routes:
+  - path_prefix: /
+    upstream: app
+shutdown:
+  grace_period: 5s
+"""
+
+
+class Workers:
+    """A running ``wsproxy serve`` with several workers, and what it logged."""
+
+    def __init__(self, proxy: Process, port: int, admin: int, http: aiohttp.ClientSession):
+        self.proxy = proxy
+        self.port = port
+        self.admin = admin
+        self.http = http
+        #: Access log lines read so far (stdout).
+        self.lines: list[dict[str, Any]] = []
+
+    async def get_fresh(self, path: str = "/") -> str:
+        """A GET on a new connection (a new source port: a new hash)."""
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+            session.get(f"http://127.0.0.1:{self.port}{path}") as response,
+        ):
+            assert response.status == 200, await response.text()
+            return await response.text()
+
+    async def read_http_lines(self, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` access log lines of plain requests."""
+        stdout = self.proxy.process.stdout
+        assert stdout is not None
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(5):
+            while len(got) < count:
+                line = await stdout.readline()
+                assert line, f"stdout ended:\n{self.proxy.stderr()}"
+                record = json.loads(line)
+                self.lines.append(record)
+                if record.get("type") == "http":
+                    got.append(record)
+        return got
+
+    async def admin_get(self, path: str) -> tuple[int, str]:
+        async with self.http.get(f"http://127.0.0.1:{self.admin}{path}") as response:
+            return response.status, await response.text()
+
+    async def scrape(self) -> Scrape:
+        status, text = await self.admin_get("/metrics")
+        assert status == 200, text
+        return Scrape.parse(text)
+
+    async def status(self) -> dict[str, Any]:
+        status, text = await self.admin_get("/status.json")
+        assert status == 200, text
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    async def pids(self) -> dict[int, int]:
+        """Each ready worker's pid, by index."""
+        return {w["index"]: w["pid"] for w in (await self.status())["workers"] if w["ready"]}
+
+
+@contextlib.asynccontextmanager
+async def two_workers(tmp_path: Path, upstream_port: int) -> AsyncIterator[Workers]:
+    port, admin = free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(upstream_port, port, admin))
+    async with (
+        aiohttp.ClientSession() as http,
+        spawn(
+            [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "err"
+        ) as proxy,
+    ):
+        await proxy.wait_listening(admin)
+        workers = Workers(proxy, port, admin, http)
+
+        async def ready() -> bool | None:  # /readyz: 503 until every worker listens
+            return True if (await workers.admin_get("/readyz"))[0] == 200 else None
+
+        await eventually(ready, "every worker to be ready", timeout=10)
+        yield workers
+
+
+async def both_served(workers: Workers) -> Counter[int]:
+    """CONNECTIONS requests, each on its own connection: by worker."""
+    for _ in range(CONNECTIONS):
+        await workers.get_fresh()
+    served = Counter(line["worker"] for line in await workers.read_http_lines(CONNECTIONS))
+    assert set(served) == {0, 1}, f"served by {dict(served)}"
+    return served
+
+
+async def sessions_on_both(
+    workers: Workers, http: aiohttp.ClientSession
+) -> list[aiohttp.ClientWebSocketResponse]:
+    """WebSocket sessions opened until both workers hold some (at most 64)."""
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    for _ in range(64):
+        ws = await http.ws_connect(f"http://127.0.0.1:{workers.port}/ws")
+        sockets.append(ws)
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "one: hello"
+        held = {s["worker"] for s in (await workers.status())["active_sessions"]}
+        if held == {0, 1}:
+            return sockets
+    raise AssertionError("64 sessions, all on one worker")
+
+
+async def test_both_workers_serve_one_port_and_the_metrics_add_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path / "tmp"
+    runtime.mkdir()
+    monkeypatch.setenv("TMPDIR", str(runtime))  # where the supervisor keeps its files
+    async with (
+        aiohttp_backend(named_app("one")) as backend,
+        two_workers(tmp_path, backend) as workers,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+    ):
+        served = await both_served(workers)
+        sockets = await sessions_on_both(workers, http)
+        scrape = await workers.scrape()
+        # Every worker's counts, summed by the supervisor's scrape.
+        requests = scrape.series("wsproxy_http_requests_total", route="/", method="GET")
+        assert requests == {
+            frozenset({("route", "/"), ("method", "GET"), ("code", "200")}): CONNECTIONS,
+            frozenset({("route", "/"), ("method", "GET"), ("code", "101")}): len(sockets),
+        }
+        assert sum(served.values()) == CONNECTIONS
+        assert scrape.value("wsproxy_websocket_active_connections", route="/") == len(sockets)
+        assert scrape.value(
+            "wsproxy_websocket_upgrades_total", route="/", result="accepted"
+        ) == len(sockets)
+        assert scrape.value(
+            "wsproxy_websocket_messages_total", route="/", direction="client_to_upstream"
+        ) == len(sockets)
+        histogram = scrape.value("wsproxy_http_request_duration_seconds_count", route="/")
+        assert histogram == CONNECTIONS
+        status, text = await workers.admin_get("/readyz")
+        assert (status, text) == (200, "ready\n")
+        document = await workers.status()
+        assert [w["index"] for w in document["workers"]] == [0, 1]
+        assert document["upstreams"] == {"app": {f"127.0.0.1:{backend}": "up"}}
+
+        # The drain: every session, on either worker, gets 1001.
+        workers.proxy.process.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            message = await ws.receive(timeout=5)
+            assert message.type is WSMsgType.CLOSE, message
+            assert message.data == GOING_AWAY
+        exit_status = await workers.proxy.stop(signal.SIGTERM, within=7)
+        stderr = workers.proxy.stderr()
+    assert exit_status == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("stopping") >= 3  # the supervisor and each worker
+    assert not list(runtime.iterdir())  # its metric files and sockets, removed
+
+
+async def test_a_reload_reaches_every_worker_and_an_invalid_file_none(tmp_path: Path) -> None:
+    async with (
+        aiohttp_backend(named_app("one")) as one,
+        aiohttp_backend(named_app("two")) as two,
+        two_workers(tmp_path, one) as workers,
+    ):
+        path = tmp_path / "proxy.yaml"
+        good = path.read_text()
+        path.write_text("routes: [")
+        workers.proxy.process.send_signal(signal.SIGHUP)
+        await eventually(
+            lambda: _found(workers.proxy, "kept the configuration in force"), "the rejection"
+        )
+        path.write_text(good.replace(f"127.0.0.1:{one}", f"127.0.0.1:{two}"))
+        workers.proxy.process.send_signal(signal.SIGHUP)
+        for index in (0, 1):
+            await eventually(
+                lambda index=index: _found(workers.proxy, f"[worker {index}]: reloaded"),  # type: ignore[misc]
+                f"worker {index} to reload",
+            )
+        answers = [await workers.get_fresh() for _ in range(CONNECTIONS)]
+        lines = await workers.read_http_lines(CONNECTIONS)
+        scrape = await workers.scrape()
+        stderr = workers.proxy.stderr()
+    assert set(answers) == {"two /"}
+    assert {line["worker"] for line in lines} == {0, 1}
+    # Counted once each, by the supervisor; no worker saw the invalid file.
+    assert scrape.value("wsproxy_config_reloads_total", result="success") == 1
+    assert scrape.value("wsproxy_config_reloads_total", result="failure") == 1
+    assert "[worker" not in "".join(
+        line for line in stderr.splitlines(keepends=True) if "reload: " in line
+    )
+
+
+async def test_a_killed_worker_is_started_again_and_its_gauges_cleared(tmp_path: Path) -> None:
+    async with (
+        aiohttp_backend(named_app("one")) as backend,
+        two_workers(tmp_path, backend) as workers,
+        aiohttp.ClientSession() as http,
+    ):
+        ws = await http.ws_connect(f"http://127.0.0.1:{workers.port}/ws")
+        await ws.send_str("a")
+        assert (await ws.receive(timeout=5)).data == "one: a"
+        (session,) = (await workers.status())["active_sessions"]
+        before = await workers.pids()
+        victim = session["worker"]
+        scrape = await workers.scrape()
+        assert scrape.value("wsproxy_websocket_active_connections", route="/") == 1
+
+        os.kill(before[victim], signal.SIGKILL)
+        assert (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+
+        async def back() -> dict[int, int] | None:
+            pids = await workers.pids()
+            return pids if len(pids) == 2 and pids[victim] != before[victim] else None
+
+        after = await eventually(back, "the worker to be started again")
+        assert after[1 - victim] == before[1 - victim]
+        scrape = await workers.scrape()
+        # The dead worker's session no longer counts as open; its counts stay.
+        assert scrape.value("wsproxy_websocket_active_connections", route="/") == 0
+        assert scrape.value("wsproxy_websocket_upgrades_total", route="/", result="accepted") == 1
+        assert scrape.value("wsproxy_worker_restarts_total") == 1
+        await both_served(workers)
+        status, _ = await workers.admin_get("/readyz")
+        assert status == 200
+        stderr = workers.proxy.stderr()
+    assert f"worker {victim} (pid {before[victim]}) was killed by SIGKILL" in stderr
+
+
+async def test_a_worker_that_cannot_bind_stops_the_start(tmp_path: Path) -> None:
+    """A port held by another program (without SO_REUSEPORT): exit 1, one
+    clear line, and no worker left behind."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "proxy.yaml"
+        path.write_text(config(free_port(), port, free_port()))
+        async with spawn(
+            [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "err"
+        ) as proxy:
+            async with asyncio.timeout(10):
+                await proxy.process.wait()
+            stderr = proxy.stderr()
+    assert proxy.process.returncode == 1, stderr
+    assert "address already in use" in stderr
+    assert "wsproxy: worker 0 (pid" in stderr
+    assert "before it was ready" in stderr
+    assert "Traceback" not in stderr
+
+
+def _found(proxy: Process, needle: str) -> Any:
+    async def probe() -> bool | None:
+        return True if needle in proxy.stderr() else None
+
+    return probe()
