@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(path: str) -> int:
-    from wsproxy.workers import supervise, worker_count, worker_from_env
+    from wsproxy.workers import MULTIPROC_ENV, supervise, worker_count, worker_from_env
 
     worker = worker_from_env()
     try:
@@ -105,6 +106,9 @@ def _serve(path: str) -> int:
         # Nothing here has imported prometheus-client yet: supervise()
         # chooses its multiprocess directory first.
         return _run_server(supervise(config, path, data, count))
+    # One process keeps its metrics in memory: a PROMETHEUS_MULTIPROC_DIR
+    # left in the environment (for workers) must not send them to files.
+    os.environ.pop(MULTIPROC_ENV, None)
     from wsproxy.server import serve
 
     return _run_server(serve(config, path))

@@ -302,3 +302,62 @@ def _found(proxy: Process, needle: str) -> Any:
         return True if needle in proxy.stderr() else None
 
     return probe()
+
+
+async def test_workers_drain_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphan keeps the port: each worker reads its lifeline's end of file."""
+    async with (
+        aiohttp_backend(named_app("one")) as backend,
+        two_workers(tmp_path, backend) as workers,
+    ):
+        pids = await workers.pids()
+        workers.proxy.process.kill()
+        await workers.proxy.process.wait()
+
+        async def gone() -> bool | None:
+            for pid in pids.values():
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    continue
+                if _zombie(pid):
+                    continue
+                return None
+            return True
+
+        await eventually(gone, "the workers to exit", timeout=10)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", workers.port)
+    assert "the supervisor is gone; stopping" in workers.proxy.stderr()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_one_process_ignores_a_multiprocess_directory_in_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR meant for workers (here one that does not
+    exist) does not send a single process's metrics to files."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "absent"))
+    port, admin = free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    async with aiohttp_backend(named_app("one")) as backend:
+        path.write_text(config(backend, port, admin, workers=1))
+        async with (
+            spawn(
+                [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "err"
+            ) as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            await proxy.wait_listening(admin)
+            workers = Workers(proxy, port, admin, http)
+            assert await workers.get_fresh() == "one /"
+            scrape = await workers.scrape()
+    assert scrape.value("wsproxy_http_requests_total", route="/", method="GET", code="200") == 1
+    assert not (tmp_path / "absent").exists()
