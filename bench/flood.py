@@ -41,7 +41,9 @@ and the bytes the flooder moved (the abuser should still be served).
 
 ``--wsproxy-root`` runs the proxies from another checkout (for instance a git
 worktree of an older commit): it is their working directory and PYTHONPATH.
-Results go to bench/results/flood-<UTC timestamp>.json (or ``--out``).
+Results go to bench/results/flood-<UTC timestamp>.json (or ``--out``). The
+proxies' configurations and stderr are in a temporary directory, removed at
+the end unless ``--keep``.
 
 Subprocess entry points (started by the benchmark itself):
 
@@ -59,6 +61,7 @@ import json
 import math
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -506,6 +509,9 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--wsproxy-root", type=Path, default=ROOT)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the proxies' configurations and stderr"
+    )
     args = parser.parse_args()
     root = args.wsproxy_root.resolve()
 
@@ -520,6 +526,7 @@ def main() -> int:
     )
 
     processes: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="wsproxy-flood-"))
     try:
         backend_port = free_port()
         backend = subprocess.Popen([sys.executable, SCRIPT, "backend", str(backend_port)])
@@ -528,7 +535,6 @@ def main() -> int:
         targets: dict[str, tuple[int, int | None]] = {}
         if "direct" in args.targets:
             targets["direct"] = (backend_port, None)
-        tmp = Path(tempfile.mkdtemp(prefix="wsproxy-flood-"))
         for name, observe in (("observer on", True), ("observer off", False)):
             if name not in args.targets:
                 continue
@@ -669,14 +675,14 @@ def main() -> int:
                     "timeout": args.timeout,
                     "pause_ms": args.pause_ms,
                     "wsproxy_root": str(root),
-                    "proxy_logs": str(tmp),
+                    "proxy_logs": str(tmp) if args.keep else None,
                     **checkout,
                     "results": summary,
                 },
                 indent=2,
             )
         )
-        print(f"written to {out}; the proxies' stderr is in {tmp}")
+        print(f"written to {out}" + (f"; the proxies' stderr is in {tmp}" if args.keep else ""))
     finally:
         for proc in processes:
             if proc.poll() is None:
@@ -687,6 +693,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

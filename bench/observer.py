@@ -21,6 +21,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,7 @@ def main() -> int:
     import uvloop
 
     processes: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="wsproxy-bench-"))
     try:
         backend_port = free_port()
         processes.append(
@@ -189,7 +191,6 @@ def main() -> int:
         )
         wait_port(backend_port, processes[-1], "backend")
         proxies: dict[str, tuple[int, int]] = {}
-        tmp = Path(tempfile.mkdtemp(prefix="wsproxy-bench-"))
         for name, observe in (("observer on", True), ("observer off", False)):
             port = free_port()
             config = tmp / f"{'on' if observe else 'off'}.yaml"
@@ -249,6 +250,7 @@ def main() -> int:
             proc.terminate()
         for proc in processes:
             proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -62,16 +62,20 @@ proxy:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (nginx's worker, for instance)."""
-    pids = [pid]
+    """``pid`` and every process below it (nginx's worker; wsproxy's workers
+    under their supervisor), ``pid`` first."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    pids = [pid]
+    for each in pids:  # grows while it is walked: breadth first
+        pids.extend(children.get(each, ()))
     return pids
 
 

@@ -4,7 +4,8 @@
 
 Without an argument, the newest result is used. The table replaces what
 stands between the ``results:start`` and ``results:end`` markers of
-docs/performance.md; the chart is docs/performance.png.
+docs/performance.md; the chart is docs/performance.png. A target that did not
+run a workload (``wsproxy-2w`` runs three) has no row or bar there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DOC = ROOT / "docs" / "performance.md"
 CHART = ROOT / "docs" / "performance.png"
-TARGETS = ("direct", "nginx", "haproxy", "caddy", "wsproxy")
+#: Table and chart order; a target not listed here comes after these.
+TARGETS = ("direct", "nginx", "haproxy", "caddy", "wsproxy", "wsproxy-2w")
+#: How a target is named in the tables (bold: ours) and under the chart's bars.
+LABELS = {"wsproxy": "**wsproxy**", "wsproxy-2w": "**wsproxy, 2 workers**"}
+SHORT = {"wsproxy-2w": "wsproxy\n2 workers"}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 TITLES = {
@@ -35,6 +40,35 @@ UNITS = {"msgs_per_s": "msgs/s", "mb_per_s": "MB/s", "requests_per_s": "req/s"}
 
 def fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def ordered(names: Any) -> list[str]:
+    """``names`` (those that ran) in TARGETS' order, any others after."""
+    present = list(names)
+    return [name for name in TARGETS if name in present] + [
+        name for name in present if name not in TARGETS
+    ]
+
+
+def workers_note(result: dict[str, Any]) -> str | None:
+    """What the 2-worker row can and cannot show on this machine."""
+    if not any("wsproxy-2w" in summary["targets"] for summary in result["summary"].values()):
+        return None
+    cpus = result["machine"]["cpus"]
+    note = (
+        "**wsproxy, 2 workers** is the same wsproxy with `workers: 2` (a supervisor and two "
+        "worker processes sharing the listener with `SO_REUSEPORT`; its CPU is all three "
+        "processes'), run on plain GET and 64 B ping-pong only."
+    )
+    if cpus < 4:
+        note += (
+            f" On this {cpus}-CPU machine the load generator (wrk, or the picows load "
+            f"generator) and the backend share the {cpus} CPUs with the proxy, so that row "
+            "shows the overhead of the supervisor and of spreading connections with "
+            "`SO_REUSEPORT`, not the scaling: workers scale on a machine with more cores "
+            "than the load needs."
+        )
+    return note
 
 
 def each_round(result: dict[str, Any], workload: str, name: str, metric: str) -> str:
@@ -58,6 +92,9 @@ def table(result: dict[str, Any]) -> str:
         f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}.",
         "",
     ]
+    note = workers_note(result)
+    if note is not None:
+        lines += [note, ""]
     for workload, summary in result["summary"].items():
         metric = summary["metric"]
         title = TITLES.get(workload, workload)
@@ -76,34 +113,35 @@ def table(result: dict[str, Any]) -> str:
             f"| × direct | {cpu}{extra} |"
         )
         lines.append("|---" * (7 + (2 if extra else 0)) + "|")
-        for name in TARGETS:
+        for name in ordered(summary["targets"]):
             row = summary["targets"][name]
             cost = row.get("cpu_s_per_gb" if metric == "mb_per_s" else "cpu_s_per_100k_msgs")
             cells = [
-                f"**{name}**" if name == "wsproxy" else name,
-                fmt(row[metric]),
-                fmt(row["ratio_to_nginx"], 2),
+                LABELS.get(name, name),
+                fmt(row.get(metric)),
+                fmt(row.get("ratio_to_nginx"), 2),
                 each_round(result, workload, name, metric),
-                fmt(row["ratio_to_best_of_three"], 2),
-                fmt(row["ratio_to_direct"], 2),
+                fmt(row.get("ratio_to_best_of_three"), 2),
+                fmt(row.get("ratio_to_direct"), 2),
                 fmt(cost, 2),
             ]
             if extra:
                 cells += [fmt(row.get("p50_us"), 1), fmt(row.get("p99_us"), 1)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(
-        f"**Idle WebSockets** ({next(iter(result['idle'].values()))['connections']:,} held open): "
-        "proxy RSS per connection"
-    )
-    lines.append("")
-    lines.append("| proxy | KB per connection |")
-    lines.append("|---|---|")
-    for name in TARGETS[1:]:
-        value = result["idle"][name]["kb_per_connection"]
-        label = f"**{name}**" if name == "wsproxy" else name
-        lines.append(f"| {label} | {value:.1f} |")
-    lines.append("")
+    idle = result.get("idle") or {}
+    if idle:
+        lines.append(
+            f"**Idle WebSockets** ({next(iter(idle.values()))['connections']:,} held open): "
+            "proxy RSS per connection"
+        )
+        lines.append("")
+        lines.append("| proxy | KB per connection |")
+        lines.append("|---|---|")
+        for name in ordered(idle):
+            value = idle[name]["kb_per_connection"]
+            lines.append(f"| {LABELS.get(name, name)} | {value:.1f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -114,32 +152,41 @@ def chart(result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     workloads = list(result["summary"])
-    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(4 * (len(workloads) + 1), 4))
+    idle = result.get("idle") or {}
+    panels = len(workloads) + (1 if idle else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4), squeeze=False)
+    axes = axes[0]
     colors = {
         "direct": "#999999",
         "nginx": "#2f9e44",
         "haproxy": "#1971c2",
         "caddy": "#e8590c",
         "wsproxy": "#862e9c",
+        "wsproxy-2w": "#cc5de8",
     }
     for axis, workload in zip(axes, workloads, strict=False):
         summary = result["summary"][workload]
         metric = summary["metric"]
-        values = [summary["targets"][name][metric] for name in TARGETS]
-        axis.bar(TARGETS, values, color=[colors[name] for name in TARGETS])
+        names = ordered(summary["targets"])
+        axis.bar(
+            [SHORT.get(name, name) for name in names],
+            [summary["targets"][name][metric] for name in names],
+            color=[colors.get(name, "#444444") for name in names],
+        )
         axis.set_title(TITLES.get(workload, workload), fontsize=9)
         axis.set_ylabel(UNITS[metric])
         axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    idle_axis = axes[-1]
-    names = list(TARGETS[1:])
-    idle_axis.bar(
-        names,
-        [result["idle"][name]["kb_per_connection"] for name in names],
-        color=[colors[name] for name in names],
-    )
-    idle_axis.set_title("RSS per idle WebSocket (lower is better)", fontsize=9)
-    idle_axis.set_ylabel("KB")
-    idle_axis.tick_params(axis="x", labelrotation=45, labelsize=8)
+    if idle:
+        idle_axis = axes[-1]
+        names = ordered(idle)
+        idle_axis.bar(
+            [SHORT.get(name, name) for name in names],
+            [idle[name]["kb_per_connection"] for name in names],
+            color=[colors.get(name, "#444444") for name in names],
+        )
+        idle_axis.set_title("RSS per idle WebSocket (lower is better)", fontsize=9)
+        idle_axis.set_ylabel("KB")
+        idle_axis.tick_params(axis="x", labelrotation=45, labelsize=8)
     fig.tight_layout()
     fig.savefig(CHART, dpi=110)
 

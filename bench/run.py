@@ -3,15 +3,19 @@
     make bench                                  # full run (about 10 minutes)
     .venv/bin/python bench/run.py --quick       # seconds, for a smoke test
 
-Rounds are interleaved (direct, nginx, haproxy, caddy, wsproxy, then again),
-so a noisy neighbour hits every target alike; medians are reported, with the
-ratio to nginx, to the best of nginx/HAProxy/Caddy and to direct, and each
-proxy's CPU seconds per 100k messages and per GB from /proc/PID/stat. Where
-direct is not clearly faster than every proxy, the workload is limited by the
-load generator or the backend, not the proxies, and the run says so.
+Rounds are interleaved (direct, nginx, haproxy, caddy, wsproxy, wsproxy-2w,
+then again), so a noisy neighbour hits every target alike; medians are
+reported, with the ratio to nginx, to the best of nginx/HAProxy/Caddy and to
+direct, and each proxy's CPU seconds per 100k messages and per GB from
+/proc/PID/stat (summed over the proxy's processes). Where direct is not
+clearly faster than every proxy, the workload is limited by the load
+generator or the backend, not the proxies, and the run says so.
+``wsproxy-2w`` (wsproxy with ``workers: 2``) runs a few workloads only
+(targets.WORKLOADS_OF) and not the idle-memory one.
 
 Results: bench/results/bench-<timestamp>.json; ``bench/report.py`` turns
-them into docs/performance.md's table and chart.
+them into docs/performance.md's table and chart. The working directory
+(configurations, the proxies' logs) is removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,12 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import cpu_seconds, rss_kb  # type: ignore[import-not-found]
+from procs import cpu_seconds, process_tree, rss_kb  # type: ignore[import-not-found]
 from targets import (  # type: ignore[import-not-found]
     BODIES,
     HERE,
     PROXIES,
     Target,
+    measures,
     need,
     start_backend,
     start_origin,
@@ -142,6 +148,7 @@ def upload(port: int, body: Path, size: int) -> dict[str, Any]:
 
 def run_one(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{target.port}/ws"
+    processes = process_tree(target.pid)
     before = cpu_seconds(target.pid)
     timeout = spec.get("seconds", 0) + 60
     if spec["kind"] == "http":
@@ -167,6 +174,14 @@ def run_one(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
             timeout=timeout,
         )
     result["cpu_seconds"] = cpu_seconds(target.pid) - before
+    if process_tree(target.pid) != processes:
+        # A process that ended (a worker restarted) took its CPU time with it.
+        print(
+            f"warning: {target.name}'s processes changed during the run "
+            f"({processes} -> {process_tree(target.pid)}); its CPU seconds are incomplete",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -207,10 +222,15 @@ def idle_memory(target: Target, connections: int) -> dict[str, Any]:
 
 
 def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Medians per workload and target. A target that did not run a workload
+    has no row there (targets.WORKLOADS_OF); a ratio whose reference did not
+    run (nginx, the three, direct) is left out."""
     summary: dict[str, Any] = {}
     for workload, per_target in raw.items():
         rows: dict[str, Any] = {}
         for name, runs in per_target.items():
+            if not runs:
+                continue
             row: dict[str, float] = {}
             for key in ("msgs_per_s", "p50_us", "p99_us", "mb_per_s", "requests_per_s"):
                 values = [run[key] for run in runs if key in run]
@@ -225,19 +245,34 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
                 if byte_count:
                     row["cpu_s_per_gb"] = cpu / byte_count * 1e9
             rows[name] = row
+        if not rows:
+            continue
         metric = next(
-            key for key in ("msgs_per_s", "mb_per_s", "requests_per_s") if key in rows["direct"]
+            key
+            for key in ("msgs_per_s", "mb_per_s", "requests_per_s")
+            if any(key in row for row in rows.values())
         )
-        best_three = max(rows[name][metric] for name in THE_THREE)
+        # Nothing without the metric is compared (it would be a row of gaps).
+        rows = {name: row for name, row in rows.items() if metric in row}
+        references = {
+            "ratio_to_nginx": rows.get("nginx", {}).get(metric),
+            "ratio_to_best_of_three": max(
+                (rows[name][metric] for name in THE_THREE if name in rows), default=None
+            ),
+            "ratio_to_direct": rows.get("direct", {}).get(metric),
+        }
         for row in rows.values():
-            row["ratio_to_nginx"] = row[metric] / rows["nginx"][metric]
-            row["ratio_to_best_of_three"] = row[metric] / best_three
-            row["ratio_to_direct"] = row[metric] / rows["direct"][metric]
-        fastest_proxy = max(rows[name][metric] for name in rows if name != "direct")
+            for key, reference in references.items():
+                if reference:
+                    row[key] = row[metric] / reference
+        proxies = [row[metric] for name, row in rows.items() if name != "direct"]
+        direct = rows.get("direct", {}).get(metric)
         summary[workload] = {
             "metric": metric,
             "targets": rows,
-            "generator_bound": rows["direct"][metric] < CLEARLY_FASTER * fastest_proxy,
+            "generator_bound": bool(
+                direct is not None and proxies and direct < CLEARLY_FASTER * max(proxies)
+            ),
         }
     return summary
 
@@ -250,6 +285,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument(
         "--only", nargs="+", metavar="WORKLOAD", help="run only these workloads (exploration)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the working directory (configs, proxy logs)"
     )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -278,6 +316,8 @@ def main() -> int:
         for round_number in range(rounds):
             for workload, spec in specs.items():
                 for name, target in targets.items():
+                    if not measures(name, workload):
+                        continue
                     if spec["kind"] == "http" and name == "direct":
                         run_target = Target("direct", origin.port, origin.process)
                     elif spec["kind"] == "upload" and name == "direct":
@@ -287,7 +327,7 @@ def main() -> int:
                     result = run_one(run_target, spec)
                     raw.setdefault(workload, {}).setdefault(name, []).append(result)
                     print(
-                        f"round {round_number + 1}/{rounds} {workload:14} {name:8} "
+                        f"round {round_number + 1}/{rounds} {workload:14} {name:10} "
                         + " ".join(
                             f"{key}={value:.1f}"
                             for key, value in result.items()
@@ -298,10 +338,10 @@ def main() -> int:
         idle = {
             name: idle_memory(target, idle_connections)
             for name, target in targets.items()
-            if name != "direct" and not args.only
+            if name != "direct" and measures(name, "idle") and not args.only
         }
         for name, value in idle.items():
-            print(f"idle {name:8} {value['kb_per_connection']:.2f} KB/connection", flush=True)
+            print(f"idle {name:10} {value['kb_per_connection']:.2f} KB/connection", flush=True)
 
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -330,6 +370,10 @@ def main() -> int:
     finally:
         for target in reversed(started):
             target.stop()
+        if args.keep:
+            print(f"working directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

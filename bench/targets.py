@@ -4,21 +4,28 @@ Every target fronts the same two backends: the picows WebSocket echo
 (``/ws``) and a static nginx origin for plain HTTP (``/``). Each proxy runs
 with one worker/thread and the configuration its documentation recommends for
 WebSockets; wsproxy runs with its shipped defaults (JSON access log to stdout,
-frame observer on).
+frame observer on). One more target, ``wsproxy-2w``, is the same wsproxy with
+``workers: 2`` (a supervisor and two worker processes sharing the listener
+with SO_REUSEPORT), on a few workloads only (:data:`WORKLOADS_OF`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from procs import (  # type: ignore[import-not-found]
     free_port,
+    process_tree,
     raise_file_limit,
     wait_port,
 )
@@ -34,6 +41,33 @@ ROOT = HERE.parent
 MAX_CONNECTIONS = 11000
 HAPROXY_MAXCONN = 9000
 
+#: Targets measured on these workloads only, and not for idle memory. The
+#: workers row answers one question (what do a supervisor and SO_REUSEPORT
+#: cost or gain on small messages and plain requests?), not every workload.
+WORKLOADS_OF = {"wsproxy-2w": ("http_get", "pingpong_1", "pingpong_50")}
+#: How long stop() waits, after the main process ended, for what it started.
+DESCENDANTS_TIMEOUT = 10.0
+
+
+def measures(name: str, workload: str) -> bool:
+    """Whether target ``name`` runs ``workload`` (``"idle"``: idle memory)."""
+    only = WORKLOADS_OF.get(name)
+    return only is None or workload in only
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state first)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str) -> bool:
+    """``pid`` still runs and is the process seen before (not a reused pid)."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
+
 
 @dataclass
 class Target:
@@ -41,6 +75,8 @@ class Target:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=Path)
+    #: How long stop() waits after SIGTERM before SIGKILL.
+    stop_timeout: float = 15.0
 
     @property
     def pid(self) -> int:
@@ -48,13 +84,30 @@ class Target:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM, then wait for the process and every process it started
+        (nginx's worker, wsproxy's workers: the supervisor drains them and
+        exits after them); SIGKILL whatever outlives the timeouts."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        below = []
+        for pid in process_tree(self.pid)[1:]:
+            fields = _stat(pid)
+            if fields is not None:
+                below.append((pid, fields[19]))
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        # A killed supervisor's workers drain once their lifeline closes.
+        end = time.monotonic() + DESCENDANTS_TIMEOUT
+        for pid, started in below:
+            while _alive(pid, started) and time.monotonic() < end:
+                time.sleep(0.05)
+            if _alive(pid, started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def need(program: str) -> str:
@@ -264,17 +317,47 @@ http://127.0.0.1:{port} {{
     return _spawn("caddy", argv, port, workdir, env)
 
 
-def start_wsproxy(workdir: Path, ws: int, http: int, sink: int) -> Target:
+def wait_ready(target: Target, admin_port: int, timeout: float = 30.0) -> None:
+    """Until wsproxy's ``/readyz`` answers 200 (with workers: every worker
+    listens and is ready; the listener answers as soon as the first does)."""
+    url = f"http://127.0.0.1:{admin_port}/readyz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+    end = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < end:
+        assert target.process is not None
+        if target.process.poll() is not None:
+            raise RuntimeError(f"{target.name} exited with status {target.process.returncode}")
+        try:
+            with opener.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"status {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"status {exc.code}: {exc.read().decode(errors='replace').strip()}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{target.name} was not ready within {timeout}s ({last})")
+
+
+def start_wsproxy(workdir: Path, ws: int, http: int, sink: int, workers: int = 1) -> Target:
+    """wsproxy with its shipped defaults; with ``workers`` > 1 the same
+    configuration plus ``workers: N`` (a supervisor owning the admin
+    listener, N worker processes sharing the listener with SO_REUSEPORT)."""
+    name = "wsproxy" if workers == 1 else f"wsproxy-{workers}w"
     port = free_port()
-    conf = workdir / "wsproxy.yaml"
+    admin_port = free_port()
+    workers_line = f"workers: {workers}\n" if workers > 1 else ""
+    conf = workdir / f"{name}.yaml"
     conf.write_text(
         f"""\
-listen:
+{workers_line}listen:
   - host: 127.0.0.1
     port: {port}
 admin:
   host: 127.0.0.1
-  port: {free_port()}
+  port: {admin_port}
 upstreams:
   ws:
     servers: ["127.0.0.1:{ws}"]
@@ -292,8 +375,29 @@ routes:
 """
     )
     argv = [sys.executable, "-m", "wsproxy", "serve", "-c", str(conf)]
-    # The access log goes to stdout as shipped; here stdout is /dev/null.
-    return _spawn("wsproxy", argv, port, workdir)
+    # The access log goes to stdout as shipped; here stdout is /dev/null (the
+    # workers inherit it).
+    target = _spawn(name, argv, port, workdir)
+    if workers == 1:
+        return target
+    # A supervisor drains its workers (shutdown.grace_period, 30 s, then 5 s
+    # to die) before it exits itself.
+    target.stop_timeout = 45.0
+    try:
+        wait_ready(target, admin_port)
+        # CPU and RSS are summed over this tree: supervisor and every worker.
+        tree = process_tree(target.pid)
+        if len(tree) != 1 + workers:
+            raise RuntimeError(f"{name}: expected a supervisor and {workers} workers, got {tree}")
+    except RuntimeError as exc:
+        target.stop()
+        detail = (workdir / f"{name}.stderr").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{exc}\n{detail}") from exc
+    return target
+
+
+def start_wsproxy_2w(workdir: Path, ws: int, http: int, sink: int) -> Target:
+    return start_wsproxy(workdir, ws, http, sink, workers=2)
 
 
 PROXIES = {
@@ -301,4 +405,5 @@ PROXIES = {
     "haproxy": start_haproxy,
     "caddy": start_caddy,
     "wsproxy": start_wsproxy,
+    "wsproxy-2w": start_wsproxy_2w,
 }
