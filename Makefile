@@ -7,7 +7,8 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test test-soak lint clean bench bench-quick bench-observer bench-flood
+.PHONY: demo test test-soak lint clean bench bench-quick bench-observer bench-flood \
+	image-wheels image-base image image-test image-clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,33 @@ bench-observer: $(STAMP_RUN)
 # frame observer on and off, and straight to the backend (about 2 minutes).
 bench-flood: $(STAMP_RUN)
 	$(BIN)/python bench/flood.py
+
+# The container image (deploy/Dockerfile).  Its Python packages are wheels
+# built here first, so the image build needs no network: `make image-wheels`,
+# then `docker build -f deploy/Dockerfile .` with any engine.  `make image-test`
+# builds it without a Docker engine or a registry (buildah, on a Debian base
+# made by debootstrap and kept for the next run; as root) and smoke-tests it in
+# front of a backend on loopback.
+IMAGE := localhost/wsproxy:test
+IMAGE_BASE := localhost/wsproxy-base:bookworm
+IMAGE_STORAGE := vfs
+
+image-wheels: $(STAMP_RUN)
+	deploy/image/wheels.sh $(BIN)/pip deploy/image/wheels
+
+image-base:
+	STORAGE_DRIVER=$(IMAGE_STORAGE) deploy/image/base.sh $(IMAGE_BASE)
+
+image: image-wheels image-base
+	STORAGE_DRIVER=$(IMAGE_STORAGE) deploy/image/build.sh $(IMAGE) $(IMAGE_BASE)
+
+image-test: image $(STAMP_DEV)
+	STORAGE_DRIVER=$(IMAGE_STORAGE) $(BIN)/python -m tests.image.smoke --image $(IMAGE)
+
+# Forget the wheels, the image and the base image (the next build debootstraps again).
+image-clean:
+	rm -rf deploy/image/wheels
+	-buildah --storage-driver $(IMAGE_STORAGE) rmi $(IMAGE) $(IMAGE_BASE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
