@@ -11,7 +11,8 @@ stream's ``write`` per line still a few percent.
 With several workers (``workers``) every line carries ``"worker": N`` and
 the lines go out in writes of whole lines of at most ``PIPE_BUF`` bytes: the
 workers share one stdout, and a pipe keeps such writes whole, so lines from
-different processes never interleave mid-line.
+different processes never interleave mid-line (a line longer than
+``PIPE_BUF``, 4 KiB, goes alone and could).
 """
 
 from __future__ import annotations
@@ -105,10 +106,22 @@ _FIELDS_KEPT_PATH = 512
 _OPEN_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
+#: How long a worker waits for a full, non-blocking stdout to take a line.
+_WRITABLE_WAIT = 1.0
+
+
 def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data``; a stdout someone made non-blocking is waited for
+    (at most ``_WRITABLE_WAIT`` each time it is full), never left with half
+    a line that another worker's line would be glued to."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            _ready, writable, _failed = select.select([], [fd], [], _WRITABLE_WAIT)
+            if not writable:
+                raise
 
 
 @atexit.register

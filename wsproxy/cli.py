@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -81,6 +82,11 @@ def _serve(path: str) -> int:
     from wsproxy.workers import MULTIPROC_ENV, supervise, worker_count, worker_from_env
 
     worker = worker_from_env()
+    if worker is not None:
+        # Until its handlers are in place (wsproxy.server): a SIGHUP from the
+        # supervisor or a Ctrl-C to the whole group must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if worker is None:
             config, data = read_config(path)

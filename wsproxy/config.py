@@ -325,7 +325,7 @@ class Config:
     source: str  # the file name the configuration came from
     access_log: AccessLogSettings = AccessLogSettings()
     #: Processes sharing the listeners: a number, or "auto" (the CPUs this
-    #: process may use; wsproxy.workers.cpu_count).
+    #: process may use; wsproxy.workers.available_cpus).
     workers: Workers = 1
 
 

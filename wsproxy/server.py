@@ -423,7 +423,10 @@ async def serve(
             await server.stop()
             publisher = server.observability.metrics.publisher
             if publisher is not None:
-                publisher.publish()  # what the drain counted, for the next scrape
+                try:
+                    publisher.publish()  # what the drain counted, for the next scrape
+                except OSError as exc:  # the supervisor and its files are gone
+                    log.warning("could not publish the last metrics: %s", exc)
 
 
 def _tell_ready(channel: socket.socket, stop: asyncio.Event) -> None:

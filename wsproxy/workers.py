@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsproxy.config import Config, ConfigError, Workers, read_config
+from wsproxy.config import Config, ConfigError, ListenSettings, Workers, read_config
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -80,8 +80,14 @@ RESTART_DELAY_FIRST = 0.5
 RESTART_DELAY_MAX = 30.0
 #: A worker that lived this long died of something new: restarted at once.
 STABLE_AFTER = 10.0
-#: How long the supervisor waits for a worker's admin answer.
-ASK_TIMEOUT = 2.0
+#: How long the supervisor waits for a worker's admin answer (under a
+#: Kubernetes probe's default 1 s timeout).
+ASK_TIMEOUT = 0.8
+#: A worker that closed its lifeline before it was ready has this long to
+#: exit by itself (and say why) before it is killed.
+EXIT_WAIT = 5.0
+#: The longest path of a Unix socket (sun_path holds 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
 #: After the grace period, how long a draining worker has before SIGKILL.
 KILL_AFTER = 5.0
 
@@ -197,6 +203,16 @@ def worker_count(setting: Workers) -> int:
 class WorkerStartError(OSError):
     """A worker did not start (the reason is in its own log lines)."""
 
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+    @property
+    def stopped(self) -> bool:
+        """It ended by SIGINT or SIGTERM: a stop sent to the whole process
+        group (Ctrl-C, systemd) before its handlers were in place."""
+        return self.returncode in (-signal.SIGINT, -signal.SIGTERM)
+
 
 @dataclass(eq=False)
 class Worker:
@@ -211,6 +227,8 @@ class Worker:
     started: float = 0.0  # time.monotonic()
     restarts: int = 0
     delay: float = 0.0
+    #: The configuration copy it read (Supervisor.generation when started).
+    generation: int = 0
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -238,16 +256,29 @@ class Supervisor:
         self.count = count
         self.draining = False
         self._stopping = False
-        #: Removed at exit when the supervisor made it.
-        self._own_runtime: str | None = None
+        #: Counts the configuration copies written (reloads).
+        self.generation = 0
+        #: Removed at exit when the supervisor made them.
+        self._own: list[str] = []
         self.runtime = self._runtime_dir()
-        self.metrics_dir = self._metrics_dir()
-        self.snapshot = os.path.join(self.runtime, "config.yaml")
-        self._write_snapshot(data)
-        self.workers = [
-            Worker(index, os.path.join(self.runtime, f"worker-{index}.sock"))
-            for index in range(count)
-        ]
+        try:
+            self.metrics_dir = self._metrics_dir()
+            self.snapshot = os.path.join(self.runtime, "config.yaml")
+            self._write_snapshot(data)
+            self.workers = [
+                Worker(index, os.path.join(self.runtime, f"worker-{index}.sock"))
+                for index in range(count)
+            ]
+            longest = self.workers[-1].control_path
+            if len(os.fsencode(longest)) > UNIX_PATH_MAX:
+                raise OSError(
+                    f"workers: the workers' sockets would be {longest!r}, longer than a Unix "
+                    f"socket path may be ({UNIX_PATH_MAX} bytes): set TMPDIR to a shorter "
+                    f"directory"
+                )
+        except BaseException:
+            self.cleanup()
+            raise
         self._admin: web.AppRunner | None = None
         self._admin_site: web.BaseSite | None = None
         self._reloads: Counter | None = None
@@ -265,21 +296,29 @@ class Supervisor:
                 f"metrics and sockets (TMPDIR, default /tmp; in a container with a "
                 f"read-only root, a tmpfs there): {exc.strerror or exc}",
             ) from None
-        self._own_runtime = path
+        self._own.append(path)
         return path
 
     def _metrics_dir(self) -> str:
-        """The operator's ``PROMETHEUS_MULTIPROC_DIR`` (emptied of an earlier
-        run's files, as prometheus-client asks), else one of our own."""
+        """A new, empty directory of our own: in the operator's
+        ``PROMETHEUS_MULTIPROC_DIR`` when set (a volume chosen for it), else
+        in the runtime directory.  Never a shared one, never emptied: another
+        instance's files there stay its own."""
         given = os.environ.get(MULTIPROC_ENV)
-        if given:
+        if not given:
+            path = os.path.join(self.runtime, "metrics")
+            os.mkdir(path)
+            return path
+        try:
             os.makedirs(given, exist_ok=True)
-            for name in os.listdir(given):
-                if name.endswith(".db"):
-                    os.unlink(os.path.join(given, name))
-            return given
-        path = os.path.join(self.runtime, "metrics")
-        os.mkdir(path)
+            path = tempfile.mkdtemp(prefix="wsproxy-metrics-", dir=given)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"{MULTIPROC_ENV}={given}: cannot make the workers' metrics directory there: "
+                f"{exc.strerror or exc}",
+            ) from None
+        self._own.append(path)
         return path
 
     def _write_snapshot(self, data: bytes) -> None:
@@ -287,11 +326,12 @@ class Supervisor:
         with open(temporary, "wb") as stream:
             stream.write(data)
         os.replace(temporary, self.snapshot)
+        self.generation += 1
 
     def cleanup(self) -> None:
-        if self._own_runtime is not None:
-            shutil.rmtree(self._own_runtime, ignore_errors=True)
-            self._own_runtime = None
+        for path in reversed(self._own):
+            shutil.rmtree(path, ignore_errors=True)
+        self._own.clear()
 
     # --- workers ------------------------------------------------------------
 
@@ -307,6 +347,7 @@ class Supervisor:
             "config_name": self.path,
         }
         env = dict(os.environ, **{WORKER_ENV: json.dumps(spec), MULTIPROC_ENV: self.metrics_dir})
+        worker.generation = self.generation
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -330,34 +371,49 @@ class Supervisor:
         ours.setblocking(False)
         loop = asyncio.get_running_loop()
         said = b""
+        timed_out = False
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 said = await loop.sock_recv(ours, 64)
+            if not said:  # it closed its end: it is exiting, let it say why
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(process.wait()), EXIT_WAIT)
         except TimeoutError:
-            pass
+            timed_out = True
         except BaseException:  # the supervisor stops meanwhile: no orphan
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            self._forget(worker)
+            await self._kill(worker)
             raise
         if not said.startswith(b"ready"):
-            ended = process.returncode is not None
-            if not ended:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-            returncode = await process.wait()
-            self._forget(worker)
+            returncode = process.returncode
+            await self._kill(worker)
             why = (
-                f"{_exit_reason(returncode)} before it was ready (its messages are above)"
-                if ended or not said
-                else f"was not ready within {READY_TIMEOUT:g}s"
+                f"was not ready within {READY_TIMEOUT:g}s"
+                if timed_out
+                else f"{_exit_reason(returncode)} before it was ready (its messages are above)"
+                if returncode is not None
+                else "closed its lifeline before it was ready and did not exit"
             )
-            raise WorkerStartError(f"worker {worker.index} (pid {process.pid}) {why}")
+            raise WorkerStartError(f"worker {worker.index} (pid {process.pid}) {why}", returncode)
+        if self._stopping:  # a stop came while it started: it drains at once
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
         worker.ready = True
+        if worker.generation != self.generation:
+            # A reload came while it started, from a copy it may not have read.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGHUP)
         worker.watcher = asyncio.create_task(
             self._watch(worker), name=f"wsproxy-worker-{worker.index}"
         )
+
+    async def _kill(self, worker: Worker) -> None:
+        process = worker.process
+        assert process is not None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await process.wait()
+        self._forget(worker)
 
     def _forget(self, worker: Worker) -> None:
         """A worker's process ended: its live gauges go, its socket too."""
@@ -404,7 +460,7 @@ class Supervisor:
                     return
                 try:
                     await self._spawn(worker)  # which starts the worker's next watcher
-                except OSError as exc:
+                except Exception as exc:  # never a silent end of restarts
                     worker.delay = min(
                         max(worker.delay * 2, RESTART_DELAY_FIRST), RESTART_DELAY_MAX
                     )
@@ -519,10 +575,25 @@ class Supervisor:
         self._admin = web.AppRunner(supervisor_app(self), access_log=None, handle_signals=False)
         await self._admin.setup()
         self._admin_site = await self._admin_listen(self.config.admin.host, self.config.admin.port)
+        self._check_free(self.config.listen)
         # One at a time: a worker that cannot start (a port in use) fails
         # alone, with its own message, before the next one tries.
         for worker in self.workers:
             await self._spawn(worker)
+
+    @staticmethod
+    def _check_free(listens: Iterable[ListenSettings]) -> None:
+        """OSError when another program listens on one of these addresses.
+
+        Workers bind with SO_REUSEPORT, which would share a port with any
+        other program that set it too (a second supervisor on the same
+        port, say); a socket bound without it fails where anyone listens.
+        """
+        from wsproxy.listeners import bind
+
+        for listen in listens:
+            for sock in bind(listen.host, listen.port):
+                sock.close()
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -531,16 +602,16 @@ class Supervisor:
         return str(address[0]), int(address[1])
 
     def _signal_workers(self, signum: int) -> None:
+        """Signal the ready workers: one still starting has no handlers yet
+        (SIGHUP would kill it); it is sent what it missed when ready."""
         for worker in self.workers:
-            if worker.running:
+            if worker.running and worker.ready:
                 assert worker.process is not None
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
 
     async def reload(self) -> bool:
         """SIGHUP: check the file, then pass it to every worker."""
-        from wsproxy.listeners import bind
-
         assert self._reloads is not None
         try:
             config, data = read_config(self.path)
@@ -559,13 +630,13 @@ class Supervisor:
             # What the workers could not bind would leave them in two
             # configurations: found out here first.
             current = {listen.address for listen in self.config.listen}
-            for listen in config.listen:
-                if listen.address not in current:
-                    for sock in bind(listen.host, listen.port, reuse_port=True):
-                        sock.close()
+            self._check_free(listen for listen in config.listen if listen.address not in current)
             if config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin.host, config.admin.port)
+            self._write_snapshot(data)
         except OSError as exc:
+            if site is not None:
+                await site.stop()
             log.error("reload: %s; kept the configuration in force", exc)
             self._reloads.labels("failure").inc()
             return False
@@ -579,7 +650,6 @@ class Supervisor:
                 config.workers,
                 self.count,
             )
-        self._write_snapshot(data)
         self.config = config
         self._reloads.labels("success").inc()
         self._signal_workers(signal.SIGHUP)
@@ -590,8 +660,18 @@ class Supervisor:
         """Every worker drains; the supervisor waits for them all."""
         self.draining = True
         self._stopping = True
-        self._signal_workers(signal.SIGTERM)
-        processes = [w.process for w in self.workers if w.process is not None]
+        # First no more (re)starts: a watcher cancelled while it starts a
+        # worker kills that one; then every process left is one to drain.
+        watchers = [w.watcher for w in self.workers if w.watcher is not None]
+        for watcher in watchers:
+            watcher.cancel()
+        for result in await asyncio.gather(*watchers, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("a worker's watcher failed: %r", result)
+        processes = [w.process for w in self.workers if w.running and w.process is not None]
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
         waits = [asyncio.ensure_future(p.wait()) for p in processes]
         if waits:
             _done, pending = await asyncio.wait(
@@ -605,10 +685,6 @@ class Supervisor:
                             process.kill()
                 await asyncio.wait(waits)
         for worker in self.workers:
-            if worker.watcher is not None:
-                worker.watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker.watcher
             self._forget(worker)
         if self._admin is not None:
             await self._admin.cleanup()
@@ -625,7 +701,9 @@ async def supervise(config: Config, path: str, data: bytes, count: int) -> None:
     try:
         with stop_signals() as stop, reload_signal() as reload:
             try:
-                await supervisor.start()
+                if not await _started(supervisor, stop):
+                    log.info("stopped while the workers were starting")
+                    return
                 log.info(
                     "%d workers on %s (pids %s); admin on http://%s:%d",
                     count,
@@ -639,6 +717,29 @@ async def supervise(config: Config, path: str, data: bytes, count: int) -> None:
                 await supervisor.stop()
     finally:
         supervisor.cleanup()
+
+
+async def _started(supervisor: Supervisor, stop: asyncio.Event) -> bool:
+    """Start every worker; False when a stop came first (SIGTERM, or a
+    Ctrl-C that also reached a worker before its handlers were in place)."""
+    starting = asyncio.create_task(supervisor.start(), name="wsproxy-supervisor-start")
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not starting.done():
+        starting.cancel()  # the worker it was starting is killed (Supervisor._spawn)
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await starting
+        return False
+    try:
+        starting.result()
+    except WorkerStartError as exc:
+        if stop.is_set() or exc.stopped:
+            return False
+        raise
+    return not stop.is_set()
 
 
 async def _until(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from tests.support.observe_helpers import Scrape
 from wsproxy.accesslog import AccessLog
@@ -173,3 +176,28 @@ def test_one_process_writes_no_worker_field() -> None:
     log.write({"type": "ws"})
     log.flush()
     assert "worker" not in json.loads(stream.getvalue())
+
+
+class _Gauges(Collector):
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("wsproxy_test_open", "Open now.", labels=["route"])
+        for route, value in self.values.items():
+            family.add_metric([route], value)
+        yield family
+
+
+def test_a_gauge_no_longer_collected_is_published_as_0() -> None:
+    """A route a reload removed, whose last session ended: not left at its
+    last value in the files (livesum would count it for ever)."""
+    gauges = _Gauges()
+    publisher = Publisher([gauges])
+    gauges.values = {"/a": 3, "/b": 2}
+    publisher.publish()
+    gauges.values = {"/a": 1}
+    publisher.publish()
+    scrape = Scrape.parse(generate_latest(publisher._registry).decode())
+    assert scrape.value("wsproxy_test_open", route="/a") == 1
+    assert scrape.value("wsproxy_test_open", route="/b") == 0
