@@ -288,18 +288,25 @@ async def test_a_port_held_by_another_program_stops_the_start(tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config(free_port(), port, free_port()))
-        async with spawn(
-            [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "err"
-        ) as proxy:
-            async with asyncio.timeout(10):
-                await proxy.process.wait()
-            stderr = proxy.stderr()
+        stderr = await refused_start(tmp_path, config(free_port(), port, free_port()))
+    assert "[worker" not in stderr
+
+
+async def refused_start(tmp_path: Path, text: str) -> str:
+    """Start ``wsproxy serve`` on ``text``, which must fail: exit 1, a port
+    in use, no traceback; its stderr."""
+    path = tmp_path / "refused.yaml"
+    path.write_text(text)
+    async with spawn(
+        [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "refused"
+    ) as proxy:
+        async with asyncio.timeout(10):
+            await proxy.process.wait()
+        stderr = proxy.stderr()
     assert proxy.process.returncode == 1, stderr
     assert "address already in use" in stderr
-    assert "[worker" not in stderr
     assert "Traceback" not in stderr
+    return stderr
 
 
 def _found(proxy: Process, needle: str) -> Any:
@@ -374,17 +381,7 @@ async def test_a_second_supervisor_on_the_same_port_is_refused(tmp_path: Path) -
         aiohttp_backend(named_app("one")) as backend,
         two_workers(tmp_path, backend) as workers,
     ):
-        second = tmp_path / "second.yaml"
-        second.write_text(config(backend, workers.port, free_port()))
-        async with spawn(
-            [sys.executable, "-m", "wsproxy"], "serve", "-c", str(second), stderr=tmp_path / "err2"
-        ) as proxy:
-            async with asyncio.timeout(10):
-                await proxy.process.wait()
-            stderr = proxy.stderr()
-        assert proxy.process.returncode == 1, stderr
-        assert "address already in use" in stderr
-        assert "Traceback" not in stderr
+        await refused_start(tmp_path, config(backend, workers.port, free_port()))
         assert len(await workers.pids()) == 2
 
 
