@@ -106,22 +106,51 @@ _FIELDS_KEPT_PATH = 512
 _OPEN_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
-#: How long a worker waits for a full, non-blocking stdout to take a line.
+#: How long a worker waits for a full, non-blocking stdout to take a line
+#: (once: after a wait in vain it drops lines until a write goes through).
 _WRITABLE_WAIT = 1.0
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """All of ``data``; a stdout someone made non-blocking is waited for
-    (at most ``_WRITABLE_WAIT`` each time it is full), never left with half
-    a line that another worker's line would be glued to."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            _ready, writable, _failed = select.select([], [fd], [], _WRITABLE_WAIT)
-            if not writable:
-                raise
+class _SharedOut:
+    """Writes of whole lines to a stdout that several workers share.
+
+    A stdout is non-blocking when someone made it so (a shared pipe's other
+    user, say).  When it is full the worker waits once, at most
+    ``_WRITABLE_WAIT``; after a wait in vain it stops waiting (the event
+    loop must not stall on every flush) and drops lines until a write goes
+    through again.  A write cut short leaves half a line out there: the next
+    write starts with a newline, so another worker's line is not glued to it.
+    """
+
+    __slots__ = ("broken", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.broken = False
+
+    def write(self, fd: int, data: bytes) -> int:
+        """Write ``data`` (whole lines); return how many of its lines were
+        lost (0 when all went out)."""
+        prefix = b"\n" if self.broken else b""
+        out = prefix + data
+        view = memoryview(out)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                if self.waiting:
+                    _ready, writable, _failed = select.select([], [fd], [], _WRITABLE_WAIT)
+                    if writable:
+                        continue
+                self.waiting = False
+                written = len(out) - len(view)
+                if written:  # part went out: does it end inside a line?
+                    self.broken = out[written - 1] != 0x0A
+                sent = out.count(b"\n", len(prefix), written) if written > len(prefix) else 0
+                return data.count(b"\n") - sent
+        self.waiting = True
+        self.broken = False
+        return 0
 
 
 @atexit.register
@@ -138,6 +167,7 @@ class AccessLog:
         "_flush_handle",
         "_flush_loop",
         "_format",
+        "_out",
         "_pending",
         "_stream",
         "_warned",
@@ -154,6 +184,8 @@ class AccessLog:
         #: This process's worker number (workers > 1), written in each line.
         self._worker = worker
         self._worker_json = "" if worker is None else f',"worker":{worker}'
+        #: How a worker writes to the stdout it shares (None: one process).
+        self._out = None if worker is None else _SharedOut()
         self._flush_handle: asyncio.TimerHandle | None = None
         #: The loop the flush timer runs on (it never runs once that loop closed).
         self._flush_loop: asyncio.AbstractEventLoop | None = None
@@ -210,33 +242,49 @@ class AccessLog:
 
     def _write_pending(self) -> None:
         lines, self._pending = self._pending, []
-        if lines:
-            lines.append("")
-            try:
-                if self._worker is None:
-                    (self._stream or sys.stdout).write("\n".join(lines))
-                else:
-                    self._write_whole_lines(lines)
-            except (OSError, ValueError) as exc:  # a closed or broken stdout
-                self._lost(len(lines) - 1, exc)
+        if not lines:
+            return
+        if self._out is not None:
+            self._write_whole_lines(lines)
+            return
+        lines.append("")
+        try:
+            (self._stream or sys.stdout).write("\n".join(lines))
+        except (OSError, ValueError) as exc:  # a closed or broken stdout
+            self._lost(len(lines) - 1, exc)
 
     def _write_whole_lines(self, lines: list[str]) -> None:
         """Several workers share stdout: writes of whole lines, each at most
-        PIPE_BUF bytes when it can be (a longer line goes alone)."""
+        PIPE_BUF bytes when it can be (a longer line goes alone), which a
+        pipe takes whole or not at all."""
+        assert self._out is not None
         stream = self._stream or sys.stdout
-        stream.flush()  # whatever the stream holds goes first
-        fd = stream.fileno()
+        try:
+            stream.flush()  # whatever the stream holds goes first
+            fd = stream.fileno()
+        except (OSError, ValueError) as exc:
+            self._lost(len(lines), exc)
+            return
+        chunks: list[bytes] = []
         chunk: list[bytes] = []
         size = 0
-        for line in lines[:-1]:
+        for line in lines:
             data = line.encode() + b"\n"
             if chunk and size + len(data) > select.PIPE_BUF:
-                _write_all(fd, b"".join(chunk))
+                chunks.append(b"".join(chunk))
                 chunk, size = [], 0
             chunk.append(data)
             size += len(data)
         if chunk:
-            _write_all(fd, b"".join(chunk))
+            chunks.append(b"".join(chunk))
+        for index, data in enumerate(chunks):
+            try:
+                lost = self._out.write(fd, data)
+            except OSError as exc:  # a closed or broken stdout
+                self._lost(sum(c.count(b"\n") for c in chunks[index:]), exc)
+                return
+            if lost:
+                self._lost(lost, BlockingIOError(f"stdout stayed full for {_WRITABLE_WAIT:g}s"))
 
     def _lost(self, count: int, exc: Exception) -> None:
         """Lines that could not be written: traffic goes on, one warning says so."""
@@ -244,7 +292,9 @@ class AccessLog:
         if not self._warned:
             self._warned = True
             log.warning(
-                "access log lines cannot be written (%s); they are dropped from now on", exc
+                "access log lines cannot be written (%s); lines are dropped while this lasts "
+                "(said once)",
+                exc,
             )
 
     def write_http(self, exchange: Exchange, status: int, duration: float) -> None:

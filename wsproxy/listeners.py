@@ -75,7 +75,9 @@ class Gate:
             waiter.set_result(None)
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+def bind(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
     """Listening sockets for every address ``host`` resolves to (OSError if
     one cannot be bound: then none is left open).
 
@@ -84,6 +86,11 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socke
     them (by a hash of the connection's addresses).  Off for a single
     process: a second program on the same port is then an error, not a
     silent share.
+
+    ``listen=False``: bound only, to check that an address is free.  With
+    SO_REUSEADDR, Linux still refuses the bind where a socket listens, and a
+    socket that never listens cannot take (and then reset) a connection
+    meant for someone else.
     """
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
@@ -111,7 +118,8 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socke
                     f"error while attempting to bind on address {address!r}: "
                     f"{(exc.strerror or '').lower()}",
                 ) from None
-            sock.listen(socket.SOMAXCONN)
+            if listen:
+                sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:

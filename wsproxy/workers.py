@@ -90,6 +90,10 @@ EXIT_WAIT = 5.0
 UNIX_PATH_MAX = 107
 #: After the grace period, how long a draining worker has before SIGKILL.
 KILL_AFTER = 5.0
+#: A worker that ended by SIGTERM or SIGINT while it started: how long the
+#: supervisor waits for the same signal (a stop to the whole group) before it
+#: calls the start a failure.
+STOP_SIGNAL_WAIT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,9 +398,6 @@ class Supervisor:
                 else "closed its lifeline before it was ready and did not exit"
             )
             raise WorkerStartError(f"worker {worker.index} (pid {process.pid}) {why}", returncode)
-        if self._stopping:  # a stop came while it started: it drains at once
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
         worker.ready = True
         if worker.generation != self.generation:
             # A reload came while it started, from a copy it may not have read.
@@ -424,7 +425,10 @@ class Supervisor:
             worker.channel.close()
             worker.channel = None
         if worker.pid is not None:
-            multiprocess.mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+            try:
+                multiprocess.mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+            except OSError as exc:  # never the end of the watcher that restarts it
+                log.error("worker %d: could not remove its live gauges: %s", worker.index, exc)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.control_path)
 
@@ -592,7 +596,7 @@ class Supervisor:
         from wsproxy.listeners import bind
 
         for listen in listens:
-            for sock in bind(listen.host, listen.port):
+            for sock in bind(listen.host, listen.port, listen=False):
                 sock.close()
 
     @property
@@ -601,14 +605,18 @@ class Supervisor:
         address = self._admin.addresses[0]
         return str(address[0]), int(address[1])
 
-    def _signal_workers(self, signum: int) -> None:
-        """Signal the ready workers: one still starting has no handlers yet
-        (SIGHUP would kill it); it is sent what it missed when ready."""
+    def _signal_workers(self, signum: int) -> int:
+        """Signal the ready workers, and say how many: one still starting
+        has no handlers yet (SIGHUP would kill it); it is sent what it missed
+        when ready (Supervisor._spawn)."""
+        sent = 0
         for worker in self.workers:
             if worker.running and worker.ready:
                 assert worker.process is not None
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
+                    sent += 1
+        return sent
 
     async def reload(self) -> bool:
         """SIGHUP: check the file, then pass it to every worker."""
@@ -629,8 +637,12 @@ class Supervisor:
         try:
             # What the workers could not bind would leave them in two
             # configurations: found out here first.
-            current = {listen.address for listen in self.config.listen}
-            self._check_free(listen for listen in config.listen if listen.address not in current)
+            # A port our workers hold already fails this check whatever the
+            # address (0.0.0.0:P covers 127.0.0.1:P; "localhost" is
+            # 127.0.0.1): the workers, which share it by SO_REUSEPORT, bind
+            # those themselves.
+            ours = {listen.port for listen in self.config.listen}
+            self._check_free(listen for listen in config.listen if listen.port not in ours)
             if config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin.host, config.admin.port)
             self._write_snapshot(data)
@@ -652,8 +664,14 @@ class Supervisor:
             )
         self.config = config
         self._reloads.labels("success").inc()
-        self._signal_workers(signal.SIGHUP)
-        log.info("reloaded %s: passed to %d worker(s)", self.path, self.count)
+        sent = self._signal_workers(signal.SIGHUP)
+        starting = self.count - sent
+        log.info(
+            "reloaded %s: passed to %d worker(s)%s",
+            self.path,
+            sent,
+            f"; {starting} more read it when they start" if starting else "",
+        )
         return True
 
     async def stop(self) -> None:
@@ -736,8 +754,16 @@ async def _started(supervisor: Supervisor, stop: asyncio.Event) -> bool:
     try:
         starting.result()
     except WorkerStartError as exc:
-        if stop.is_set() or exc.stopped:
+        if stop.is_set():
             return False
+        if exc.stopped:
+            # A Ctrl-C or a stop to the process group reaches the
+            # supervisor too, at about the same time; a SIGTERM that only
+            # the worker got is a failure to start like any other.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STOP_SIGNAL_WAIT)
+            if stop.is_set():
+                return False
         raise
     return not stop.is_set()
 

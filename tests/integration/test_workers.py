@@ -402,6 +402,59 @@ async def test_a_stop_while_workers_start_is_a_clean_stop(tmp_path: Path) -> Non
         await asyncio.open_connection("127.0.0.1", port)
 
 
+async def test_a_sigterm_to_a_starting_worker_alone_is_a_failed_start(tmp_path: Path) -> None:
+    """Only a stop that reaches the supervisor too (Ctrl-C to the group) is a
+    clean stop; a worker killed on its own before it was ready is an error."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    async with aiohttp_backend(named_app("one")) as backend:
+        path.write_text(config(backend, port, admin))
+        async with spawn(
+            [sys.executable, "-m", "wsproxy"], "serve", "-c", str(path), stderr=tmp_path / "err"
+        ) as proxy:
+            children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children")
+
+            async def first_worker() -> int | None:
+                pids = children.read_text().split()  # noqa: ASYNC240 (procfs: never blocks)
+                return int(pids[0]) if pids else None
+
+            # Found within milliseconds; a worker needs far longer to import
+            # wsproxy and install its handlers, so SIGTERM's default kills it.
+            worker = await eventually(first_worker, "worker 0 to be started")
+            os.kill(worker, signal.SIGTERM)
+            async with asyncio.timeout(10):
+                status = await proxy.process.wait()
+            stderr = proxy.stderr()
+    assert status == 1, stderr
+    assert f"worker 0 (pid {worker}) was killed by SIGTERM before it was ready" in stderr
+    assert "Traceback" not in stderr
+    assert "stopped while the workers were starting" not in stderr
+
+
+async def test_a_reload_to_an_address_that_overlaps_the_current_one(tmp_path: Path) -> None:
+    """127.0.0.1:P to 0.0.0.0:P: the supervisor's check that nobody else
+    holds a new address must not trip over its own workers."""
+    async with (
+        aiohttp_backend(named_app("one")) as backend,
+        two_workers(tmp_path, backend) as workers,
+    ):
+        path = tmp_path / "proxy.yaml"
+        path.write_text(
+            path.read_text().replace("host: 127.0.0.1\n    port", "host: 0.0.0.0\n    port")
+        )
+        workers.proxy.process.send_signal(signal.SIGHUP)
+        for index in (0, 1):
+            await eventually(
+                lambda index=index: _found(workers.proxy, f"[worker {index}]: reloaded"),  # type: ignore[misc]
+                f"worker {index} to reload",
+            )
+        await both_served(workers)
+        scrape = await workers.scrape()
+        stderr = workers.proxy.stderr()
+    assert scrape.value("wsproxy_config_reloads_total", result="success") == 1
+    assert "kept the configuration in force" not in stderr, stderr
+
+
 async def test_a_reload_during_a_restart_reaches_the_new_worker(tmp_path: Path) -> None:
     """The worker being started gets no SIGHUP it cannot handle yet, and still
     ends up on the new configuration."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
+import select
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +17,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tests.support.observe_helpers import Scrape
+from wsproxy import accesslog
 from wsproxy.accesslog import AccessLog
 from wsproxy.config import AccessLogSettings, ConfigError, parse_config
 from wsproxy.metrics import HTTP_BUCKETS, HttpCollector, Publisher
 from wsproxy.workers import available_cpus, quota_cpus, worker_count
+
+#: fcntl.F_SETPIPE_SZ (Linux; the module has it from Python 3.10).
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 BASE = """\
 listen:
@@ -176,6 +183,76 @@ def test_one_process_writes_no_worker_field() -> None:
     log.write({"type": "ws"})
     log.flush()
     assert "worker" not in json.loads(stream.getvalue())
+
+
+def _full_pipe(size: int = 4096) -> tuple[int, int]:
+    """A non-blocking pipe (of ``size`` bytes) that cannot take one more byte."""
+    read, write = os.pipe()
+    fcntl.fcntl(write, F_SETPIPE_SZ, size)
+    os.set_blocking(write, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"-" * 512)
+    return read, write
+
+
+def _drain(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_full_stdout_costs_one_wait_then_lines_are_dropped_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accesslog, "_WRITABLE_WAIT", 0.05)
+    read, write = _full_pipe()
+    with os.fdopen(write, "w") as stream:
+        log = AccessLog(AccessLogSettings(format="json"), stream, worker=0)  # type: ignore[arg-type]
+        waits = []
+        real_select = select.select
+
+        def counting_select(*args: object) -> object:
+            waits.append(args)
+            return real_select(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(accesslog.select, "select", counting_select)
+        for flush in range(3):
+            log.write({"type": "ws", "flush": flush})
+            log.write({"type": "ws", "flush": flush})
+            log.flush()
+        assert log.lines_lost == 6
+        assert len(waits) == 1  # the first flush waited; the next ones did not
+        assert _drain(read).strip(b"-") == b""
+        log.write({"type": "ws", "after": True})
+        log.flush()  # room again: written, and the next full stdout is waited for again
+        assert log.lines_lost == 6
+        assert json.loads(_drain(read))["after"] is True
+    os.close(read)
+
+
+def test_a_line_cut_short_is_ended_before_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accesslog, "_WRITABLE_WAIT", 0.05)
+    read, write = _full_pipe(8192)
+    with os.fdopen(write, "w") as stream:
+        log = AccessLog(AccessLogSettings(format="json"), stream, worker=0)  # type: ignore[arg-type]
+        os.read(read, 4096)  # a page free: room for part of a line longer than PIPE_BUF
+        log.write({"type": "ws", "path": "/" + "x" * 8000})
+        log.flush()
+        assert log.lines_lost == 1
+        cut = _drain(read)
+        assert b'"path"' in cut
+        assert not cut.endswith(b"\n")
+        log.write({"type": "ws", "path": "/next"})
+        log.flush()
+        rest = _drain(read)
+    os.close(read)
+    assert rest.startswith(b"\n")  # the cut line ends first...
+    assert json.loads(rest.splitlines()[-1])["path"] == "/next"  # ...and this one is whole
+    assert log.lines_lost == 1
 
 
 class _Gauges(Collector):
