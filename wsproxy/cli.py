@@ -46,7 +46,61 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in echo backend")
     demo.add_argument("--host", default="127.0.0.1", help="front listener host (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="front listener port (default 8080)")
+    _probe_arguments(
+        commands.add_parser(
+            "probe",
+            help="try the WebSocket handshakes clients and proxies send against a URL, "
+            "and say which ones the server keeps",
+            description="Opens one WebSocket handshake per form real clients and proxies "
+            "send (HTTP/1.1 and 1.0, Connection: Upgrade and keep-alive, Upgrade, with and "
+            "without permessage-deflate), holds each session a short window with a ping "
+            "and a message, and prints what happened and why. Exit 0 when the standard "
+            "handshake holds, 1 when it does not, 2 on a usage error.",
+        )
+    )
     return parser
+
+
+def _duration(text: str) -> float:
+    from wsproxy.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probe_arguments(probe: argparse.ArgumentParser) -> None:
+    probe.add_argument("url", help="ws://, wss://, http:// or https:// (the same host)")
+    probe.add_argument(
+        "--hold", type=_duration, default=2.0, help="how long to hold each session (default 2s)"
+    )
+    probe.add_argument(
+        "--timeout",
+        type=_duration,
+        default=5.0,
+        help="for the connection and for the response head (default 5s)",
+    )
+    probe.add_argument("--origin", help="an Origin header to send")
+    probe.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra request header (repeatable)",
+    )
+    probe.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a subprotocol to offer (repeatable)",
+    )
+    probe.add_argument(
+        "--insecure", action="store_true", help="wss://: do not verify the certificate"
+    )
+    probe.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _setup_logging(worker: int | None = None) -> None:
@@ -70,12 +124,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "probe":
+        return _probe(args)
     if args.command == "demo":
         from wsproxy.demo import run_demo
 
         _setup_logging()
         return _run_server(run_demo(args.host, args.port))
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from wsproxy.probe.client import probe
+    from wsproxy.probe.model import Options, Target, UsageError, diagnose, parse_header
+    from wsproxy.probe.report import as_json, table
+
+    try:
+        target = Target.parse(args.url)
+        options = Options(
+            hold=args.hold,
+            timeout=args.timeout,
+            origin=args.origin,
+            headers=tuple(parse_header(text) for text in args.header),
+            subprotocols=tuple(args.subprotocol),
+            insecure=args.insecure,
+        )
+        if options.timeout <= 0:
+            raise UsageError("--timeout must be more than 0")
+        if any(not p or any(c in p for c in ", \r\n") for p in options.subprotocols):
+            raise UsageError("--subprotocol: a name without spaces or commas")
+    except UsageError as exc:
+        print(f"wsproxy probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        outcomes = asyncio.run(probe(target, options))
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    fatal = {outcome.error for outcome in outcomes if outcome.fatal}
+    if len(fatal) == 1 and all(outcome.fatal for outcome in outcomes):
+        # The same failure for every variant (refused, DNS, TLS): one line.
+        print(f"wsproxy probe: {fatal.pop()}", file=sys.stderr)
+        return EXIT_FAILURE
+    diagnosis = diagnose(outcomes, options.hold)
+    if args.json:
+        print(json.dumps(as_json(target, options.hold, outcomes, diagnosis), indent=2))
+    else:
+        print(table(target, options.hold, outcomes, diagnosis), end="")
+    return EXIT_OK if diagnosis.ok else EXIT_FAILURE
 
 
 def _serve(path: str) -> int:

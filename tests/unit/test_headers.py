@@ -290,7 +290,8 @@ def test_underscore_headers_are_dropped_unless_allowed(allow: bool) -> None:
 def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
     code = (
         "import sys, wsproxy.headers, wsproxy.routing, wsproxy.target, wsproxy.wsframes,"
-        " wsproxy.sessions, wsproxy.upstreams.balancer, wsproxy.upstreams.health;"
+        " wsproxy.sessions, wsproxy.upstreams.balancer, wsproxy.upstreams.health,"
+        " wsproxy.probe.model, wsproxy.probe.report;"
         "bad = [m for m in ('asyncio', 'aiohttp') if m in sys.modules];"
         "print(','.join(bad))"
     )
