@@ -25,6 +25,7 @@ from wsproxy.sessions import (
     SessionReport,
     diagnosis,
     needs_attention,
+    probe_command,
 )
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstreams.servers import Server
@@ -94,7 +95,8 @@ def early_close_message(report: SessionReport) -> str:
         if name not in ("type", "status", "early")
     }
     return (
-        f"early close on route {report.info.route!r}: {diagnosis(report)}; {format_text(details)}"
+        f"early close on route {report.info.route!r}: {diagnosis(report)}; "
+        f"to test that server's handshakes: {probe_command(report.info)}; {format_text(details)}"
     )
 
 
@@ -191,7 +193,7 @@ class Observability:
             for tunnel, info in list(self.live.items())
         ]
         early = [
-            {"at": timestamp(at), **report.fields()}
+            {"at": timestamp(at), **report.fields(), "probe": probe_command(report.info)}
             for at, report in reversed(self.recent_early_closes)
         ]
         return {

@@ -8,6 +8,7 @@ tested.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from wsproxy.wsframes import ABNORMAL_CLOSURE, NO_STATUS_CODE, close_code_is_valid
@@ -185,6 +186,18 @@ def needs_attention(report: SessionReport) -> bool:
     )
 
 
+def probe_command(info: SessionInfo) -> str:
+    """The ``wsproxy probe`` command line that tests the handshakes of the
+    upstream server that served this session: its address and the request's
+    path, without the query (its names may be secrets too, even redacted).
+    Quoted for a shell: the path came from a client, and an operator will
+    paste this line into a terminal."""
+    path = info.path.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        path = "/"
+    return "wsproxy probe " + shlex.quote(f"ws://{info.server}{path}")
+
+
 def diagnosis(report: SessionReport) -> str:
     """One sentence on what probably happened, for the early-close log line.
 
@@ -207,8 +220,8 @@ def diagnosis(report: SessionReport) -> str:
                 "keep-alive close. A drop within milliseconds of 101 with no close frame is "
                 "the signature of an HTTP/1.0 hop between wsproxy and the backend (nginx "
                 "without 'proxy_http_version 1.1', for one), or of a backend that refuses the "
-                "session: check each proxy in between for HTTP/1.0 upstream requests (wsproxy "
-                f"probe will test every hop's handshake), and {lookup}"
+                "session: check each proxy in between for HTTP/1.0 upstream requests (the probe "
+                f"command that follows tests the next hop; run it against each), and {lookup}"
             )
         return (
             f"the upstream dropped the connection {ms:.1f} ms after 101 without a close "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import shlex
 import socket
 import ssl
 import sys
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 import trustme
+from aiohttp import WSMsgType
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.support.backends import (
@@ -31,6 +34,7 @@ from tests.support.backends import (
     swoole_like,
 )
 from tests.support.nginx import running_nginx
+from tests.support.observe_helpers import observed_proxy
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import Head
 
@@ -250,6 +254,38 @@ async def test_the_headers_and_origin_asked_for_are_sent() -> None:
         frozenset({"upgrade"}),
         frozenset({"keep-alive", "upgrade"}),
     }
+
+
+# --- from the alarm to the cause -------------------------------------------------------
+
+
+async def test_an_early_close_names_the_probe_that_finds_its_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wsproxy in front of the outage's nginx: the early close it sees names
+    the probe command for the next hop, and that command finds nginx."""
+    caplog.set_level(logging.WARNING, logger="wsproxy.early_close")
+    async with (
+        swoole_like() as backend,
+        running_nginx(tmp_path, backend.port, http11=False) as nginx,
+        observed_proxy(config_text(nginx)) as obs,
+    ):
+        async with obs.http.ws_connect(f"http://127.0.0.1:{obs.port}/ws?token=secret") as ws:
+            assert (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        await obs.sessions_ended()
+        [early] = (await obs.status_json())["recent_early_closes"]
+        # The command as an operator pastes it into a shell.
+        argv = shlex.split(early["probe"])
+        assert argv[:2] == ["wsproxy", "probe"]
+        code, out, _ = await run_probe(*argv[2:], "--hold", HOLD)
+    command = f"wsproxy probe ws://127.0.0.1:{nginx}/ws"
+    assert early["probe"] == command
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"to test that server's handshakes: {command};" in warning
+    assert "secret" not in warning
+    assert code == 1
+    assert "Server: nginx/" in out
+    assert "proxy_http_version 1.1;" in flat(out)
 
 
 # --- bad input: one clear line each --------------------------------------------------

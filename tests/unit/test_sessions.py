@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 
@@ -24,6 +25,7 @@ from wsproxy.sessions import (
     diagnosis,
     method_label,
     needs_attention,
+    probe_command,
     redact_target,
 )
 
@@ -137,6 +139,23 @@ def test_a_prompt_upstream_drop_points_at_an_http10_hop_behind_wsproxy() -> None
     assert "request ID r1" in text
     # Never the claim the review found wrong behind a downgrading hop.
     assert "not the HTTP/1.0 keep-alive rule" not in text
+
+
+@pytest.mark.parametrize(
+    ("path", "command"),
+    [
+        ("/ws", "wsproxy probe ws://127.0.0.1:1215/ws"),
+        ("/ws?token=redacted", "wsproxy probe ws://127.0.0.1:1215/ws"),
+        ("/a;jsessionid=redacted#x", "wsproxy probe 'ws://127.0.0.1:1215/a;jsessionid=redacted'"),
+        ("/$(touch%20x)`id`", "wsproxy probe 'ws://127.0.0.1:1215/$(touch%20x)`id`'"),
+        ("/it's", """wsproxy probe 'ws://127.0.0.1:1215/it'"'"'s'"""),
+        ("*", "wsproxy probe ws://127.0.0.1:1215/"),
+    ],
+)
+def test_the_probe_command_targets_the_server_without_the_query_quoted_for_a_shell(
+    path: str, command: str
+) -> None:
+    assert probe_command(dataclasses.replace(INFO, path=path)) == command
 
 
 def test_a_late_upstream_drop_is_not_blamed_on_keep_alive() -> None:
