@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test test-soak lint clean bench bench-quick bench-observer bench-flood \
+.PHONY: demo test test-soak lint clean screenshots bench bench-quick bench-observer bench-flood \
 	image-wheels image-base image image-test image-clean
 
 $(BIN)/python:
@@ -42,6 +42,11 @@ test: lint
 SOAK_SECONDS ?= 60
 test-soak: $(STAMP_DEV)
 	$(BIN)/python -m tests.soak.soak --seconds $(SOAK_SECONDS)
+
+# docs/status-page.png and docs/demo-page.png, shown in README, taken in
+# headless Chromium (Debian's chromium and chromium-driver).
+screenshots: $(STAMP_DEV)
+	$(BIN)/python -m tests.browser.screenshots --out docs
 
 # Side by side with nginx, HAProxy, Caddy and a direct connection (about 10
 # minutes); then docs/performance.md's table and chart are regenerated.

@@ -5,8 +5,10 @@ not).  ``/readyz`` answers 503 while draining or when every server of every
 upstream is held out by health (upstreams.health), so a load balancer stops
 sending traffic that could only get 502s (readiness); a server whose
 ``fail_timeout`` passed counts as up again, so it comes back by itself.
-``/metrics`` is the Prometheus text format; ``/status.json`` is what the
-status page will show.
+``/metrics`` is the Prometheus text format; ``/`` is the status page for
+people (``static/status.html`` and ``status.js``: no CDN, no inline script,
+a Content-Security-Policy that allows only this origin), which polls
+``/status.json``.
 
 A worker among several serves the same application on a Unix socket, to the
 supervisor only (wsproxy.workers), plus ``POST /publish``: write the
@@ -16,7 +18,9 @@ supervisor's scrape that follows is exact.
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from importlib import resources
 from typing import Protocol
 
 from aiohttp import web
@@ -30,11 +34,58 @@ from wsproxy.upstreams.servers import Upstreams
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+#: The page may load only its own script and ask only its own origin; its
+#: style is inline.  Data reaches the page as text nodes, never as markup.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; "
+    "style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("wsproxy").joinpath("static", name).read_bytes()
+
+
+def admin_binding(host: str) -> dict[str, object]:
+    """Where the admin listener is bound, as the status page says it."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return {"host": host, "loopback_only": loopback}
+
+
+def _add_page(app: web.Application) -> None:
+    """``GET /`` and its script, with headers that keep it to itself."""
+    page, script = _static("status.html"), _static("status.js")
+    headers = {
+        "Content-Security-Policy": PAGE_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def js(request: web.Request) -> web.Response:
+        return web.Response(
+            body=script, content_type="text/javascript", charset="utf-8", headers=headers
+        )
+
+    app.router.add_get("/", index)
+    app.router.add_get("/status.js", js)
+
+
 class AdminView(Protocol):
     """What the admin endpoints read: the server state (wsproxy.server)."""
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def admin_host(self) -> str:
+        """The admin listener's configured host."""
 
     @property
     def observability(self) -> Observability: ...
@@ -49,6 +100,9 @@ class SupervisorView(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def admin_host(self) -> str: ...
 
     @property
     def metrics_dir(self) -> str:
@@ -82,9 +136,13 @@ def supervisor_app(view: SupervisorView) -> web.Application:
         return web.Response(status=200 if ready else 503, text=why + "\n")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(await view.status())
+        return web.json_response(
+            {**await view.status(), "admin": admin_binding(view.admin_host)},
+            headers={"Cache-Control": "no-store"},
+        )
 
     app = web.Application()
+    _add_page(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -115,9 +173,11 @@ def admin_app(view: AdminView) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         now = time.monotonic()
         status = observability.status(now, view.upstreams.states(now), draining=view.draining)
-        return web.json_response(status)
+        status["admin"] = admin_binding(view.admin_host)
+        return web.json_response(status, headers={"Cache-Control": "no-store"})
 
     app = web.Application()
+    _add_page(app)
     publisher = observability.metrics.publisher
     if publisher is not None:
 

@@ -83,7 +83,12 @@ async def run_demo(host: str, port: int) -> None:
                 proxy_host, proxy_port = proxy.addresses[0]
                 shown = "localhost" if proxy_host in ("127.0.0.1", "::1") else proxy_host
                 print(f"wsproxy demo: open http://{shown}:{proxy_port}/")
-                print(f"(echo backend on 127.0.0.1:{backend_port}; Ctrl-C stops)", flush=True)
+                admin_port = proxy.admin_address[1]
+                print(
+                    f"(status page on http://localhost:{admin_port}/; echo backend on "
+                    f"127.0.0.1:{backend_port}; Ctrl-C stops)",
+                    flush=True,
+                )
                 await stop.wait()
             finally:
                 await proxy.stop()

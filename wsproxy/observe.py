@@ -26,7 +26,9 @@ from wsproxy.sessions import (
     diagnosis,
     needs_attention,
     probe_command,
+    without_query,
 )
+from wsproxy.status import CloseTimeline, UpgradeCounts
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstreams.servers import Server
 from wsproxy.wsframes import FrameObserver
@@ -118,6 +120,9 @@ class Observability:
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
+        #: For the status page: how sessions ended lately, handshakes by result.
+        self.timeline = CloseTimeline()
+        self.upgrade_counts = UpgradeCounts()
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new routes and servers in the metrics, the new log format."""
@@ -149,6 +154,7 @@ class Observability:
         self.metrics.http.record(exchange.route, exchange.method, status, duration)
         if exchange.upgrade_result is not None:
             self.metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
+            self.upgrade_counts.add(exchange.route, exchange.upgrade_result)
         if self._log_requests:
             self.access_log.write_http(exchange, status, duration)
 
@@ -158,10 +164,12 @@ class Observability:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
+        self.upgrade_counts.add(info.route, "accepted")
 
     def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
+        self.timeline.add(time.time(), report.closed_by, report.code)
         if report.early:
             # Counted either way; only closes the operator must look at are
             # warned about and kept for the status page (sessions.needs_attention).
@@ -183,7 +191,7 @@ class Observability:
                 "route": info.route,
                 "client": info.client,
                 "upstream": info.server,
-                "path": info.path,
+                "path": without_query(info.path),
                 "age_seconds": round(now - tunnel.started, 3),
                 "bytes_client_to_upstream": tunnel.c2u.bytes,
                 "bytes_upstream_to_client": tunnel.u2c.bytes,
@@ -193,7 +201,13 @@ class Observability:
             for tunnel, info in list(self.live.items())
         ]
         early = [
-            {"at": timestamp(at), **report.fields(), "probe": probe_command(report.info)}
+            {
+                "at": timestamp(at),
+                **report.fields(),
+                "path": without_query(report.info.path),
+                "diagnosis": diagnosis(report),
+                "probe": probe_command(report.info),
+            }
             for at, report in reversed(self.recent_early_closes)
         ]
         return {
@@ -201,4 +215,6 @@ class Observability:
             "active_sessions": sessions,
             "recent_early_closes": early,
             "upstreams": upstreams,
+            "upgrades": self.upgrade_counts.export(),
+            "closes": self.timeline.export(time.time()),
         }

@@ -94,6 +94,10 @@ class ProxyServer:
     def upstreams(self) -> Upstreams:
         return self.proxy.upstreams
 
+    @property
+    def admin_host(self) -> str:
+        return self.config.admin.host
+
     # --- websocket.SessionOwner ---------------------------------------------
 
     def admit(self, client: str, limit: int) -> bool:
@@ -413,7 +417,8 @@ async def serve(
                 log.info("listening on http://%s:%d", host, port)
             if role is None:
                 log.info(
-                    "admin on http://%s:%d (/metrics, /healthz, /readyz)", *server.admin_address
+                    "admin on http://%s:%d (/ the status page, /metrics, /healthz, /readyz)",
+                    *server.admin_address,
                 )
             if channel is not None:
                 _tell_ready(channel, stop)

@@ -192,10 +192,16 @@ def probe_command(info: SessionInfo) -> str:
     path, without the query (its names may be secrets too, even redacted).
     Quoted for a shell: the path came from a client, and an operator will
     paste this line into a terminal."""
-    path = info.path.split("?", 1)[0].split("#", 1)[0]
+    path = without_query(info.path)
     if not path.startswith("/"):
         path = "/"
     return "wsproxy probe " + shlex.quote(f"ws://{info.server}{path}")
+
+
+def without_query(target: str) -> str:
+    """The path alone: what the status page shows (a query may carry a
+    token, redacted or not, and its names may say too much)."""
+    return target.split("?", 1)[0].split("#", 1)[0]
 
 
 def diagnosis(report: SessionReport) -> str:

@@ -519,8 +519,11 @@ class Supervisor:
         """Every worker's /status.json in one (sessions and early closes say
         their worker; a server is down when any worker holds it out)."""
         from wsproxy.observe import RECENT_EARLY_CLOSES
+        from wsproxy.status import merge_timelines, merge_upgrades
 
         sessions: list[dict[str, Any]] = []
+        upgrades: list[dict[str, dict[str, int]]] = []
+        timelines: list[dict[str, Any]] = []
         early: list[dict[str, Any]] = []
         upstreams: dict[str, dict[str, str]] = {}
         workers: list[dict[str, object]] = []
@@ -545,6 +548,8 @@ class Supervisor:
                 sessions.append({"worker": worker.index, **session})
             for close in status.get("recent_early_closes", []):
                 early.append({"worker": worker.index, **close})
+            upgrades.append(status.get("upgrades", {}))
+            timelines.append(status.get("closes", {}))
             for name, servers in status.get("upstreams", {}).items():
                 merged = upstreams.setdefault(name, {})
                 for server, state in servers.items():
@@ -556,6 +561,8 @@ class Supervisor:
             "active_sessions": sessions,
             "recent_early_closes": early[:RECENT_EARLY_CLOSES],
             "upstreams": upstreams,
+            "upgrades": merge_upgrades(upgrades),
+            "closes": merge_timelines(timelines),
         }
 
     async def _admin_listen(self, host: str, port: int) -> web.BaseSite:
@@ -598,6 +605,10 @@ class Supervisor:
         for listen in listens:
             for sock in bind(listen.host, listen.port, listen=False):
                 sock.close()
+
+    @property
+    def admin_host(self) -> str:
+        return self.config.admin.host
 
     @property
     def admin_address(self) -> tuple[str, int]:

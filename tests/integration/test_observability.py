@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import re
@@ -256,6 +257,51 @@ async def test_status_json_lists_recent_early_close_with_its_diagnosis() -> None
         assert early["close_frame"] is False
         assert early["early"] is True
         assert early["upstream_request"] == "HTTP/1.1 Connection: upgrade"
+        assert "the upstream dropped the connection" in early["diagnosis"]
+        assert early["probe"] == f"wsproxy probe ws://127.0.0.1:{backend.port}/ws"
+
+
+async def test_status_json_has_what_the_page_draws_and_no_query() -> None:
+    async with (
+        recording(_close_right_after_101) as backend,
+        observed_proxy(config_text(backend.port)) as obs,
+    ):
+        async with raw_client(obs.port) as (reader, writer):
+            await _handshake(reader, writer, obs.port, path="/ws?token=hunter2")
+            assert await read_until_closed(reader, timeout=2) == b""
+        await _handshake_status(obs.port, "/ws", **{"Sec-WebSocket-Key": None})
+        await obs.sessions_ended()
+        status = await obs.status_json()
+    assert status["admin"] == {"host": "127.0.0.1", "loopback_only": True}
+    assert status["upgrades"] == {"/": {"accepted": 1, "bad_handshake": 1}}
+    buckets = status["closes"]["buckets"]
+    assert len(buckets) == 30
+    assert status["closes"]["bucket_seconds"] == 10
+    assert sum(b["closed_by"].get("upstream", 0) for b in buckets) == 1
+    assert sum(b["codes"].get("1006", 0) for b in buckets) == 1
+    [early] = status["recent_early_closes"]
+    assert early["path"] == "/ws"
+    assert "hunter2" not in json.dumps(status)
+    assert "token" not in json.dumps(status)
+
+
+async def test_the_status_page_is_served_self_contained() -> None:
+    async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        async with obs.http.get(obs.admin_url + "/") as page:
+            html = await page.text()
+            policy = page.headers["Content-Security-Policy"]
+            assert page.content_type == "text/html"
+        async with obs.http.get(obs.admin_url + "/status.js") as script:
+            js = await script.text()
+            assert script.content_type == "text/javascript"
+    assert '<script src="status.js"></script>' in html
+    assert "script-src 'self'" in policy
+    assert "connect-src 'self'" in policy
+    assert "http://" not in html.replace("http://www.w3.org", "")  # nothing from elsewhere
+    assert "https://" not in html + js
+    # Values from peers (paths, close reasons) are written as text, never markup.
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in js
 
 
 # --- 2. the Swoole-like early close -----------------------------------------

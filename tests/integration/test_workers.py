@@ -197,6 +197,13 @@ async def test_both_workers_serve_one_port_and_the_metrics_add_up(
         document = await workers.status()
         assert [w["index"] for w in document["workers"]] == [0, 1]
         assert document["upstreams"] == {"app": {f"127.0.0.1:{backend}": "up"}}
+        # The status page's summaries, added over the workers.
+        assert document["upgrades"] == {"/": {"accepted": len(sockets)}}
+        assert len(document["closes"]["buckets"]) == 30
+        assert document["admin"] == {"host": "127.0.0.1", "loopback_only": True}
+        async with workers.http.get(f"http://127.0.0.1:{workers.admin}/") as page:
+            assert page.status == 200
+            assert "status.js" in await page.text()
 
         # The drain: every session, on either worker, gets 1001.
         workers.proxy.process.send_signal(signal.SIGTERM)

@@ -75,12 +75,13 @@ async def running_proxy(text: str) -> AsyncIterator[tuple[ProxyServer, int]]:
         await server.stop()
 
 
-def need_program(name: str) -> str:
-    """Path of a system program; skip (or fail in CI) when it is absent."""
+def need_program(name: str, package: str | None = None) -> str:
+    """Path of a system program; skip (or fail in CI) when it is absent.
+    ``package``: the Debian package that has it, when not ``name``."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if path is None:
         message = (
-            f"{name} is not installed (apt-get install {name}); "
+            f"{name} is not installed (apt-get install {package or name}); "
             f"{REQUIRE_ENV}=1 makes this a failure"
         )
         if os.environ.get(REQUIRE_ENV) == "1":
