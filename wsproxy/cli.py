@@ -137,8 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _probe(args: argparse.Namespace) -> int:
     import json
 
-    from wsproxy.probe.client import probe
-    from wsproxy.probe.model import Options, Target, UsageError, diagnose, parse_header
+    from wsproxy.probe.client import ProbeError, probe
+    from wsproxy.probe.model import (
+        Options,
+        Target,
+        UsageError,
+        check_subprotocol,
+        check_value,
+        diagnose,
+        parse_header,
+    )
     from wsproxy.probe.report import as_json, table
 
     try:
@@ -146,21 +154,25 @@ def _probe(args: argparse.Namespace) -> int:
         options = Options(
             hold=args.hold,
             timeout=args.timeout,
-            origin=args.origin,
+            origin=None if args.origin is None else check_value("--origin", args.origin),
             headers=tuple(parse_header(text) for text in args.header),
-            subprotocols=tuple(args.subprotocol),
+            subprotocols=tuple(check_subprotocol(name) for name in args.subprotocol),
             insecure=args.insecure,
         )
         if options.timeout <= 0:
             raise UsageError("--timeout must be more than 0")
-        if any(not p or any(c in p for c in ", \r\n") for p in options.subprotocols):
-            raise UsageError("--subprotocol: a name without spaces or commas")
+        if options.hold <= 0:
+            raise UsageError("--hold must be more than 0 (the probe holds each session)")
     except UsageError as exc:
         print(f"wsproxy probe: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         outcomes = asyncio.run(probe(target, options))
+    except ProbeError as exc:
+        print(f"wsproxy probe: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
+        print("wsproxy probe: interrupted", file=sys.stderr)
         return EXIT_FAILURE
     fatal = {outcome.error for outcome in outcomes if outcome.fatal}
     if len(fatal) == 1 and all(outcome.fatal for outcome in outcomes):

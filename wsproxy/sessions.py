@@ -199,9 +199,11 @@ def probe_command(info: SessionInfo) -> str:
 
 
 def without_query(target: str) -> str:
-    """The path alone: what the status page shows (a query may carry a
-    token, redacted or not, and its names may say too much)."""
-    return target.split("?", 1)[0].split("#", 1)[0]
+    """The path alone: what the status page shows (a query or a path
+    parameter such as ``;jsessionid=`` may carry a token, redacted or not,
+    and its names may say too much)."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
 def diagnosis(report: SessionReport) -> str:

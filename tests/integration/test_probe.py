@@ -169,7 +169,7 @@ async def test_the_article_chain_through_nginx_is_diagnosed(tmp_path: Path) -> N
     assert code == 1, out + err
     assert versions == {"HTTP/1.0"}  # what nginx sent upstream, whatever the client sent
     assert out.count(" no ") >= 5  # no form held
-    assert "handshake got 101 and the server ended it soon after" in flat(out)
+    assert "handshake got 101 and the connection was dropped without a close frame" in flat(out)
     assert "Server: nginx/" in out
     assert "proxy_http_version 1.1;" in flat(out)
     assert err == ""
@@ -214,7 +214,9 @@ async def test_a_backend_that_rejects_firefoxs_form() -> None:
     assert variants["1.1 keep-alive"]["status"] == 400
     assert variants["1.1"]["held"] is True
     text = findings(report)
-    assert "fails Firefox's handshake" in text
+    assert "refuses Firefox's handshake" in text
+    assert "HTTP/1.0 with the same Connection header is refused the same way" in text
+    assert "HTTP/1.0 handshakes fail" not in text
     assert "Swoole" not in text
 
 
@@ -288,16 +290,83 @@ async def test_an_early_close_names_the_probe_that_finds_its_cause(
     assert "proxy_http_version 1.1;" in flat(out)
 
 
+# --- hostile or odd servers ---------------------------------------------------------
+
+
+async def test_a_per_client_limit_is_not_blamed_on_the_forms() -> None:
+    """wsproxy allowing 2 sessions per client: 3 of the 5 concurrent
+    handshakes get 429, which says nothing about their form."""
+    limited = config_text(0).replace(
+        "upstreams:", "proxy:\n  max_websockets_per_client: 2\nupstreams:"
+    )
+    async with swoole_like() as backend:
+        text = limited.replace('"127.0.0.1:0"', f'"127.0.0.1:{backend.port}"')
+        async with running_proxy(text) as (_, port):
+            _, report = await probe_json(f"ws://127.0.0.1:{port}/ws")
+    statuses = sorted(v["status"] for v in report["variants"])
+    assert statuses.count(429) == 3, statuses
+    text = findings(report)
+    assert "concurrent handshakes got 429" in text
+    assert "Firefox" not in text
+    assert "HTTP/1.0" not in text
+    assert "every form held" not in text
+
+
+async def test_a_server_that_is_not_http_is_said_at_once() -> None:
+    """An SSH-like banner and an open connection: no wait for --timeout."""
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+        try:
+            await reader.read()  # holds the connection open until the client goes
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        code, out, _ = await run_probe(f"ws://127.0.0.1:{port}/", "--timeout", "60s", timeout=20)
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+    assert code == 1
+    assert "not an HTTP response (it began b'SSH-2.0" in flat(out)
+
+
+async def test_a_servers_escape_sequences_do_not_reach_the_terminal() -> None:
+    response = (
+        b"HTTP/1.1 403 \x1b]0;pwned\x07\x1b[2J\r\n"
+        b"Server: nginx\x1b[31m\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with answering(response) as backend:
+        code, out, err = await run_probe(f"ws://127.0.0.1:{backend.port}/", "--hold", HOLD)
+    assert code == 1
+    assert "\x1b" not in out + err
+    assert "\\x1b]0;pwned" in out
+
+
 # --- bad input: one clear line each --------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["not a url"], "is not a WebSocket URL"),
+        (["not a url"], "not a WebSocket URL"),
         (["ws://127.0.0.1:0/"], "not a number from 1 to 65535"),
         (["ws://h/", "--hold", "soon"], "invalid duration 'soon'"),
         (["ws://h/", "-H", "Bad"], "expected 'Name: value'"),
+        (["ws://h/", "--hold", "0s"], "--hold must be more than 0"),
+        (["ws://h/", "--origin", "x\r\nX-Injected: yes"], "--origin: the value must be"),
+        (["ws://h/", "--subprotocol", "a b"], "a subprotocol is a token"),
+        (["ws://[::1/"], "not a valid URL"),
+        (["ws://u:hunter2@h/"], "credentials in the URL are not sent"),
     ],
 )
 async def test_a_usage_error_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -319,6 +388,15 @@ async def test_a_refused_connection_is_one_line() -> None:
     code, out, err = await run_probe(f"ws://127.0.0.1:{port}/")
     assert code == 1
     assert err == f"wsproxy probe: cannot connect to 127.0.0.1:{port}: connection refused\n"
+    assert out == ""
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example"])
+async def test_a_host_name_that_cannot_be_one_is_one_line(host: str) -> None:
+    code, out, err = await run_probe(f"ws://{host}/")
+    assert code == 1
+    assert err.startswith(f"wsproxy probe: cannot resolve {host!r}")
+    assert err.count("\n") == 1
     assert out == ""
 
 

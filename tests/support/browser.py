@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,6 +67,21 @@ class Demo:
         return f"http://localhost:{self.admin_port}/"
 
 
+def _lines(process: subprocess.Popen[str], count: int) -> list[str]:
+    """The demo's next ``count`` lines on stdout, within WAIT (a demo that
+    stalls fails the test instead of hanging it)."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(stdout.readline() for _ in range(count)), daemon=True
+    )
+    reader.start()
+    reader.join(WAIT)
+    assert len(lines) == count, f"wsproxy demo said {lines!r} within {WAIT}s"
+    return lines
+
+
 @contextlib.contextmanager
 def running_demo() -> Iterator[Demo]:
     """``wsproxy demo`` on a free port; its two first lines give both URLs."""
@@ -80,7 +96,7 @@ def running_demo() -> Iterator[Demo]:
     )
     try:
         assert process.stdout is not None
-        first, second = process.stdout.readline(), process.stdout.readline()
+        first, second = _lines(process, 2)
         ports = [int(m[1]) for m in (_URL.search(first), _URL.search(second)) if m]
         assert len(ports) == 2, f"the demo said {first!r} {second!r}"
         assert ports[0] == port

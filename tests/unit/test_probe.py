@@ -19,6 +19,8 @@ from wsproxy.probe.model import (
     UsageError,
     Variant,
     build_request,
+    check_subprotocol,
+    check_value,
     diagnose,
     handshake_problems,
     parse_header,
@@ -50,11 +52,14 @@ def test_a_url_becomes_a_target(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("example.com/chat", "is not a WebSocket URL"),
-        ("ftp://example.com/", "is not a WebSocket URL"),
+        ("example.com/chat", "not a WebSocket URL"),
+        ("ftp://example.com/", "not a WebSocket URL"),
         ("ws:///chat", "has no host"),
-        ("ws://example.com:99999/", "not a number from 1 to 65535"),
-        ("ws://example.com:http/", "not a number from 1 to 65535"),
+        ("ws://example.com:99999/", "must be a number from 1 to 65535"),
+        ("ws://example.com:http/", "must be a number from 1 to 65535"),
+        ("ws://[::1/", "an IPv6 address in brackets"),
+        ("ws://[abc]/", "an IPv6 address in brackets"),
+        ("wss//user:hunter2@h/", "not a WebSocket URL"),
         ("ws://example.com:0/", "not a number from 1 to 65535"),
         ("ws://user:secret@example.com/", "credentials in the URL"),
         ("ws://example.com/a b", "spaces or control characters"),
@@ -66,10 +71,41 @@ def test_a_bad_url_is_a_usage_error(url: str, message: str) -> None:
         Target.parse(url)
 
 
-def test_the_usage_error_for_credentials_does_not_repeat_them() -> None:
+@pytest.mark.parametrize(
+    "url", ["ws://user:secret@example.com/", "wss//user:secret@h/", "ws://u:secret@h:x/"]
+)
+def test_a_usage_error_never_repeats_the_url(url: str) -> None:
     with pytest.raises(UsageError) as error:
-        Target.parse("ws://user:secret@example.com/")
+        Target.parse(url)
     assert "secret" not in str(error.value)
+
+
+def test_the_url_shown_has_its_query_values_redacted_and_non_ascii_encoded() -> None:
+    target = Target.parse("ws://h:8080/chat/\u00e9t\u00e9?token=abc&room=1")
+    assert target.url == "ws://h:8080/chat/%C3%A9t%C3%A9?token=redacted&room=redacted"
+    assert target.resource == "/chat/%C3%A9t%C3%A9?token=abc&room=1"
+    assert Target.parse("ws://[::1]:9/").address == "[::1]:9"
+
+
+def test_what_a_server_sends_is_printed_without_control_characters() -> None:
+    head, _ = parse_response_head(b"HTTP/1.1 403 \x1b]0;pwned\x07\x1b[2J\r\nServer: x\x1by\r\n\r\n")
+    assert "\x1b" not in head.reason
+    assert head.reason == "\\x1b]0;pwned\\x07\\x1b[2J"
+    assert head.get("server") == "x\\x1by"
+
+
+@pytest.mark.parametrize("value", ["x\r\nX-Injected: yes", "caf\u00e9", "a\x00b"])
+def test_a_value_that_could_smuggle_or_not_encode_is_refused(value: str) -> None:
+    with pytest.raises(UsageError, match="printable ASCII"):
+        check_value("--origin", value)
+    with pytest.raises(UsageError):
+        parse_header(f"X-Secret: {value}")
+
+
+@pytest.mark.parametrize("name", ["chat v2", "a;b", "", "caf\u00e9"])
+def test_a_subprotocol_is_a_token(name: str) -> None:
+    with pytest.raises(UsageError, match="is a token"):
+        check_subprotocol(name)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +271,7 @@ def test_a_server_refusing_http10_gets_its_own_finding() -> None:
 def test_a_server_failing_only_firefox_is_told_about_token_lists() -> None:
     ok, findings = text(outcomes(firefox=answered(FIREFOX, 400, "Bad Request")))
     assert ok
-    assert "fails Firefox's handshake" in findings
+    assert "refuses Firefox's handshake" in findings
     assert "400 Bad Request" in findings
     assert "HTTP/1.0" not in findings
 
@@ -251,7 +287,7 @@ def test_every_form_closed_after_101_is_the_chain_through_an_http10_proxy() -> N
     result[0].headers = (("Server", "nginx/1.22.1"),)
     ok, findings = text(result)
     assert not ok
-    assert "every handshake got 101 and the server ended it soon after" in findings
+    assert "every handshake got 101 and the connection was dropped" in findings
     assert "through Server: nginx/1.22.1" in findings
     assert "Probe the backend directly" in findings
 
@@ -287,3 +323,79 @@ def test_unanswered_pings_and_body_headers_in_101_are_noted() -> None:
     assert ok
     assert "no ping was answered" in findings
     assert "the 101 carries Content-Length" in findings
+
+
+# --- what the review found: nothing explained away, nothing blamed wrongly ----------------
+
+
+def test_http10_dropped_with_keep_alive_refused_is_still_a_finding_and_no_all_clear() -> None:
+    ok, findings = text(
+        outcomes(http10=closed(HTTP10), http10_ka=answered(HTTP10_KEEP_ALIVE, 400, "Bad Request"))
+    )
+    assert ok
+    assert "HTTP/1.0 handshakes fail while HTTP/1.1 holds" in findings
+    assert "400 Bad Request" in findings
+    assert "every form held" not in findings
+
+
+def test_refusals_for_load_are_not_blamed_on_the_form() -> None:
+    ok, findings = text(
+        outcomes(
+            firefox=answered(FIREFOX, 429, "Too Many Requests"),
+            http10=answered(HTTP10, 429, "Too Many Requests"),
+            http10_ka=answered(HTTP10_KEEP_ALIVE, 429, "Too Many Requests"),
+        )
+    )
+    assert ok
+    assert "3 of the probe's 5 concurrent handshakes got 429 Too Many Requests" in findings
+    assert "Firefox" not in findings
+    assert "HTTP/1.0" not in findings
+    assert "every form held" not in findings
+
+
+def test_a_protocol_error_is_named_not_called_held() -> None:
+    bad = held(STANDARD)
+    bad.protocol_error = "reserved opcode 0x3"
+    ok, findings = text(outcomes(standard=bad))
+    assert not ok
+    assert "frames that break RFC 6455 (reserved opcode 0x3)" in findings
+    assert "101, held" not in findings
+
+
+def test_a_close_frame_is_the_application_not_a_keep_alive_rule() -> None:
+    result = [closed(v, "close frame", after=1900) for v in VARIANTS]
+    for outcome in result:
+        outcome.close_code, outcome.close_reason = 4401, "unauthorized"
+    ok, findings = text(result)
+    assert not ok
+    assert "closed the session on purpose (server close 4401 'unauthorized'" in findings
+    assert "Swoole" not in findings
+
+
+def test_every_http11_form_dropped_and_http10_refused_is_not_the_http10_chain() -> None:
+    result = [
+        closed(STANDARD),
+        closed(DEFLATE),
+        closed(FIREFOX),
+        answered(HTTP10, 400, "Bad Request"),
+        answered(HTTP10_KEEP_ALIVE, 400, "Bad Request"),
+    ]
+    ok, findings = text(result)
+    assert not ok
+    assert "every handshake got 101" not in findings
+    assert "did not hold" in findings
+    assert "these forms failed too" in findings
+
+
+def test_a_late_close_without_a_frame_is_not_the_keep_alive_close() -> None:
+    ok, findings = text([closed(v, after=1900) for v in VARIANTS])
+    assert not ok
+    assert "Swoole" not in findings
+    assert "server FIN after 1900 ms" in findings
+
+
+def test_firefox_failing_for_another_reason_is_said_as_it_was() -> None:
+    ok, findings = text(outcomes(firefox=closed(FIREFOX, "close frame", after=500)))
+    assert ok
+    assert "Firefox's handshake, Connection: keep-alive, Upgrade, failed" in findings
+    assert "as a whole" not in findings

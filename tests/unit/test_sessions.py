@@ -146,8 +146,9 @@ def test_a_prompt_upstream_drop_points_at_an_http10_hop_behind_wsproxy() -> None
     [
         ("/ws", "wsproxy probe ws://127.0.0.1:1215/ws"),
         ("/ws?token=redacted", "wsproxy probe ws://127.0.0.1:1215/ws"),
-        ("/a;jsessionid=redacted#x", "wsproxy probe 'ws://127.0.0.1:1215/a;jsessionid=redacted'"),
+        ("/a;jsessionid=abc/b#x", "wsproxy probe ws://127.0.0.1:1215/a/b"),
         ("/$(touch%20x)`id`", "wsproxy probe 'ws://127.0.0.1:1215/$(touch%20x)`id`'"),
+        ("/a&b|c", "wsproxy probe 'ws://127.0.0.1:1215/a&b|c'"),
         ("/it's", """wsproxy probe 'ws://127.0.0.1:1215/it'"'"'s'"""),
         ("*", "wsproxy probe ws://127.0.0.1:1215/"),
     ],

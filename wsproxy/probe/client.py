@@ -40,8 +40,13 @@ from wsproxy.wsframes import FrameObserver, Opcode, allowed_rsv_bits, encode_clo
 CLOSE_WAIT = 1.0
 
 
+class ProbeError(Exception):
+    """Nothing to probe (the name does not resolve): one line, exit 1."""
+
+
 async def probe(target: Target, options: Options) -> list[Outcome]:
     """Every variant's outcome, in VARIANTS order."""
+    await _resolve(target, options)
     tls = _tls_context(options) if target.tls else None
     return list(
         await asyncio.gather(
@@ -53,6 +58,23 @@ async def probe(target: Target, options: Options) -> list[Outcome]:
             )
         )
     )
+
+
+async def _resolve(target: Target, options: Options) -> None:
+    """Once, before the variants, within ``--timeout``: a name that does not
+    resolve is one clear line, not five connection failures."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(options.timeout):
+            await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise ProbeError(
+            f"cannot resolve {target.host!r}: no answer within {options.timeout:g}s"
+        ) from None
+    except socket.gaierror as exc:
+        raise ProbeError(f"cannot resolve {target.host!r}: {exc.strerror}") from None
+    except UnicodeError:  # an empty or over-long label (IDNA)
+        raise ProbeError(f"cannot resolve {target.host!r}: not a valid host name") from None
 
 
 def _tls_context(options: Options) -> ssl.SSLContext:
@@ -68,7 +90,7 @@ async def _one(
     target: Target, variant: Variant, options: Options, tls: ssl.SSLContext | None
 ) -> Outcome:
     outcome = Outcome(variant)
-    where = f"{target.host}:{target.port}"
+    where = target.address
     try:
         async with asyncio.timeout(options.timeout):
             reader, writer = await asyncio.open_connection(target.host, target.port, limit=MAX_HEAD)
@@ -76,6 +98,8 @@ async def _one(
         return _fatal(outcome, f"{where} did not accept a connection within {options.timeout:g}s")
     except socket.gaierror as exc:
         return _fatal(outcome, f"cannot resolve {target.host!r}: {exc.strerror}")
+    except UnicodeError:
+        return _fatal(outcome, f"cannot resolve {target.host!r}: not a valid host name")
     except OSError as exc:
         return _fatal(outcome, f"cannot connect to {where}: {_reason(exc)}")
     if tls is not None:
@@ -139,6 +163,8 @@ async def _exchange(
                 if not chunk:
                     break
                 data += chunk
+                if not b"HTTP/".startswith(data[:5]):
+                    break  # not HTTP: said at once, not after the timeout
     except TimeoutError:
         outcome.error = (
             f"no response within {options.timeout:g}s"
@@ -213,6 +239,10 @@ async def _hold(
             return
         seen(chunk)
     outcome.protocol_error = observer.error
+    if observer.error is not None:
+        with contextlib.suppress(OSError):  # RFC 6455 §7.4.1: 1002, protocol error
+            writer.write(encode_close(1002, mask=_mask()))
+        return
     if observer.saw_close:
         outcome.closed_by = "close frame"
         outcome.closed_after_ms = elapsed()

@@ -26,13 +26,19 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from wsproxy.headers import connection_options, header_values, websocket_accept
+from wsproxy.sessions import redact_target
 from wsproxy.wsframes import Opcode
 
 #: The longest response head a probe reads (a server sending more is reported).
 MAX_HEAD: Final = 65536
+#: A drop without a close frame this soon after 101 is the keep-alive close
+#: (Swoole's takes well under a millisecond; a slow backend a few).
+PROMPT_DROP_MS: Final = 250.0
+#: Answers that say "not now", not "not this form".
+LIMIT_STATUSES: Final = frozenset({429, 503})
 #: What the probe sends in its ping and its message, to recognise the answers.
 PING_PAYLOAD: Final = b"wsproxy-probe"
 TEXT_PAYLOAD: Final = b"wsproxy probe"
@@ -54,57 +60,102 @@ class UsageError(ValueError):
 class Target:
     """Where to probe: from ``ws://``, ``wss://``, ``http://`` or ``https://``."""
 
+    #: The URL as shown in output: no credentials, query values redacted.
     url: str
     tls: bool
     host: str
     port: int
-    #: Path and query, as sent in the request line.
+    #: Path and query, as sent in the request line (non-ASCII percent-encoded).
     resource: str
 
     @property
     def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.tls else 80
-        return host if self.port == default else f"{host}:{self.port}"
+        return self.bracketed if self.port == default else self.address
+
+    @property
+    def bracketed(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for messages (an IPv6 host in brackets)."""
+        return f"{self.bracketed}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        if scheme not in ("ws", "wss", "http", "https"):
-            raise UsageError(
-                f"{url!r} is not a WebSocket URL (expected ws://, wss://, http:// or https://)"
-            )
-        if parts.username is not None:  # not repeated: it holds a secret
-            raise UsageError(
-                "credentials in the URL are not sent; use --header 'Authorization: ...'"
-            )
+        # Messages quote only what has no secret in it: never the URL as given.
         try:
+            parts = urlsplit(url.strip())
+            scheme = parts.scheme.lower()
+            if scheme not in ("ws", "wss", "http", "https"):
+                raise UsageError(
+                    "not a WebSocket URL (expected ws://, wss://, http:// or https://)"
+                )
+            if "@" in parts.netloc:
+                raise UsageError(
+                    "credentials in the URL are not sent; use --header 'Authorization: ...'"
+                )
             host, port = parts.hostname, parts.port
-        except ValueError:  # a port that is not a number, or out of range
-            raise UsageError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        except ValueError as exc:  # a bad port or IPv6 literal; UsageError too
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(
+                "not a valid URL (the port must be a number from 1 to 65535, an IPv6 "
+                "address in brackets)"
+            ) from None
         if not host:
-            raise UsageError(f"{url!r} has no host")
+            raise UsageError("the URL has no host")
         if port == 0:
-            raise UsageError(f"{url!r}: the port is not a number from 1 to 65535")
+            raise UsageError("the port is not a number from 1 to 65535")
+        if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in parts.path + parts.query):
+            raise UsageError("the URL's path has spaces or control characters")
         tls = scheme in ("wss", "https")
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in resource):
-            raise UsageError(f"{url!r}: the path has spaces or control characters")
-        return cls(url, tls, host, port or (443 if tls else 80), resource)
+        path = quote(parts.path or "/", safe=_URL_SAFE)
+        query = quote(parts.query, safe=_URL_SAFE)
+        resource = path + (f"?{query}" if query else "")
+        target = cls("", tls, host, port or (443 if tls else 80), resource)
+        shown = f"{scheme}://{target.host_header}{redact_target(resource)}"
+        return cls(shown, tls, target.host, target.port, resource)
+
+
+#: What a request target may carry as it is (RFC 3986 §2.2-2.3, and %).
+_URL_SAFE = "/:@!$&'()*+,;=-._~%?"
 
 
 def parse_header(text: str) -> tuple[str, str]:
-    """``Name: value`` from the command line; UsageError if it could smuggle."""
+    """``Name: value`` from the command line; UsageError if it could smuggle
+    (the value, which may be a secret, is not repeated)."""
     name, sep, value = text.partition(":")
     name, value = name.strip(), value.strip()
     if not sep or not _TOKEN.fullmatch(name):
-        raise UsageError(f"--header {text!r}: expected 'Name: value'")
-    if any(c in value for c in "\r\n\0"):
-        raise UsageError(f"--header {text!r}: the value has a line break")
+        raise UsageError("--header: expected 'Name: value' with a token for the name")
+    check_value(f"--header {name}", value)
     if name.lower() in _SET_BY_PROBE:
-        raise UsageError(f"--header {text!r}: the probe sets {name} itself (it varies it)")
+        raise UsageError(f"--header {name}: the probe sets {name} itself (it varies it)")
     return name, value
+
+
+def check_value(what: str, value: str) -> str:
+    """A header value from the command line: visible ASCII and spaces only
+    (no line break to smuggle a header, nothing latin-1 cannot carry)."""
+    if any(not (0x20 <= ord(c) < 0x7F or c == "\t") for c in value):
+        raise UsageError(f"{what}: the value must be printable ASCII (no line breaks)")
+    return value
+
+
+def check_subprotocol(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise UsageError(f"--subprotocol {name!r}: a subprotocol is a token (RFC 6455 §4.1)")
+    return name
+
+
+def printable(text: str) -> str:
+    """What a server sent, safe to print on a terminal: control characters
+    (an escape sequence could retitle or clear it) as ``\\xNN``."""
+    return "".join(
+        c if 0x20 <= ord(c) < 0x7F or ord(c) > 0x9F else f"\\x{ord(c):02x}" for c in text
+    )
 
 
 _SET_BY_PROBE = frozenset(
@@ -213,8 +264,8 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, bytes]:
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.fullmatch(name):
             raise BadResponse(f"a malformed header line {line[:80]!r}")
-        headers.append((name, value.strip()))
-    head = ResponseHead(match[1], int(match[2]), match[3] or "", tuple(headers))
+        headers.append((name, printable(value.strip())))
+    head = ResponseHead(match[1], int(match[2]), printable(match[3] or ""), tuple(headers))
     return head, data[end + 4 :]
 
 
@@ -287,6 +338,21 @@ class Outcome:
         """A valid 101, then the server ended the session inside the window."""
         return self.valid and self.closed_by is not None
 
+    @property
+    def dropped(self) -> bool:
+        """A valid 101, then the connection ended without a close frame
+        within ``PROMPT_DROP_MS``: the HTTP/1.0 keep-alive close's signature."""
+        return (
+            self.closed_early
+            and self.closed_by != "close frame"
+            and (self.closed_after_ms or 0.0) < PROMPT_DROP_MS
+        )
+
+    @property
+    def limited(self) -> bool:
+        """Refused for load, not for its form (the probe's concurrent handshakes)."""
+        return self.status in LIMIT_STATUSES
+
     def header(self, name: str) -> str | None:
         return ResponseHead(self.version, self.status or 0, self.reason, self.headers).get(name)
 
@@ -331,6 +397,8 @@ def _what_got(outcome: Outcome) -> str:
         return f"{outcome.status} {outcome.reason}".strip()
     if outcome.problems:
         return "101 with " + ", ".join(outcome.problems)
+    if outcome.protocol_error is not None:
+        return f"101, then frames that break RFC 6455 ({outcome.protocol_error})"
     if outcome.closed_early:
         return f"101, then {outcome.closing()}"
     return "101, held"
@@ -350,13 +418,32 @@ _KNOWN_PROXIES = ("nginx", "openresty", "haproxy", "envoy", "caddy", "traefik", 
 
 
 def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
-    """Findings in plain words, from comparing the variants."""
+    """Findings in plain words, from comparing the variants.
+
+    A form is blamed only when the comparison says so: a variant refused for
+    load (429, 503) proves nothing about its form; a close with a close frame
+    is the application's decision, not a keep-alive rule; anything that fits
+    no known pattern is reported as what it was, never explained away.
+    """
     by = {outcome.variant: outcome for outcome in outcomes}
     standard = by[STANDARD]
-    findings: list[str] = []
     window = f"{hold:g}s"
+    findings: list[str] = []
+    explained: set[Variant] = set()
 
-    if standard.error is not None:
+    limited = [o for o in outcomes if o.limited]
+    if limited:
+        findings.append(
+            f"{len(limited)} of the probe's {len(outcomes)} concurrent handshakes got "
+            + ", ".join(sorted({f"{o.status} {o.reason}".strip() for o in limited}))
+            + ": the server (or a proxy in front) limits connections per client or is "
+            "overloaded, so those forms were not judged; probe again when it is idle."
+        )
+        explained.update(o.variant for o in limited)
+
+    if standard.limited:
+        pass
+    elif standard.error is not None:
         findings.append(f"the standard handshake got no usable answer: {standard.error}.")
     elif not standard.switched:
         findings.append(
@@ -377,33 +464,40 @@ def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
                 else "."
             )
         )
-    elif standard.closed_early:
-        valid = [o for o in outcomes if o.valid]
-        if all(o.closed_early for o in valid):
-            through = _through(outcomes)
-            findings.append(
-                f"every handshake got 101 and the server ended it soon after "
-                f"({standard.closing()} for the standard form), whatever the HTTP version "
-                "or Connection form sent here. That is what a proxy in front speaking "
-                "HTTP/1.0 upstream does to a backend that decides keep-alive from the "
-                "request's HTTP version (as Swoole does)"
-                + (f"; the answers came through {through}" if through else "")
-                + ". Probe the backend directly (wsproxy probe ws://BACKEND/PATH): if it "
-                f"holds there, the proxy is the cause, and {_PROXY_FIX}. If it fails there "
-                "too, the backend closes every session itself: see its logs."
-            )
-        else:
-            held = ", ".join(f"HTTP/{o.variant.name}" for o in valid if o.holds)
-            findings.append(
-                f"the standard handshake got 101 and then {standard.closing()}, while "
-                f"{held or 'no other form'} held for {window}."
-            )
-    elif not standard.survived:
-        findings.append(f"the standard handshake got 101 but did not hold: {_what_got(standard)}.")
+    elif standard.dropped and all(o.dropped for o in outcomes if not o.limited):
+        through = _through(outcomes)
+        findings.append(
+            f"every handshake got 101 and the connection was dropped without a close frame "
+            f"soon after ({standard.closing()} for the standard form), whatever the HTTP "
+            "version or Connection form sent here. That is what a proxy in front speaking "
+            "HTTP/1.0 upstream does to a backend that decides keep-alive from the "
+            "request's HTTP version (as Swoole does)"
+            + (f"; the answers came through {through}" if through else "")
+            + ". Probe the backend directly (wsproxy probe ws://BACKEND/PATH): if it "
+            f"holds there, the proxy is the cause, and {_PROXY_FIX}. If it fails there "
+            "too, the backend closes every session itself: see its logs."
+        )
+        explained.update(by)
+    elif standard.closed_by == "close frame":
+        findings.append(
+            f"the server accepted the standard handshake, then closed the session on "
+            f"purpose ({standard.closing()}): the application ended it (authentication, "
+            "a subprotocol or an Origin it expects, or the probe's own ping or message?)."
+        )
+    elif not standard.holds:
+        findings.append(f"the standard handshake did not hold for {window}: {_what_got(standard)}.")
+    explained.add(STANDARD)
 
     if standard.holds:
-        findings.extend(_compare_forms(by, window))
+        findings.extend(_compare_forms(by, window, explained))
 
+    failed = [o for o in outcomes if not o.holds and o.variant not in explained]
+    if failed:
+        findings.append(
+            "these forms failed too: "
+            + "; ".join(f"{describe_variant(o.variant)}: {_what_got(o)}" for o in failed)
+            + "."
+        )
     for outcome in outcomes:
         if outcome.switched and outcome.body_headers:
             findings.append(
@@ -411,8 +505,8 @@ def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
                 "some clients fail on these (aiohttp#3798); the server or a proxy adds them."
             )
             break
-    unanswered = [o for o in outcomes if o.holds and o.pong_ms is None]
-    if unanswered and len(unanswered) == sum(o.holds for o in outcomes):
+    holding = [o for o in outcomes if o.holds]
+    if holding and hold > 0 and all(o.pong_ms is None for o in holding):
         findings.append(
             f"no ping was answered within {window} (RFC 6455 §5.5.2 requires a pong): "
             "clients that check liveness with pings will give up on this server."
@@ -423,7 +517,7 @@ def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
             f"the server's frames break RFC 6455 ({errors[0].protocol_error}): a client "
             "fails the connection."
         )
-    if standard.holds and not findings:
+    if not findings and len(holding) == len(outcomes):
         findings.append(
             f"every form held for {window} and answered the ping: this server keeps "
             "WebSocket sessions whatever the HTTP version or Connection form it receives; "
@@ -432,50 +526,91 @@ def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
     return Diagnosis(standard.holds, tuple(findings))
 
 
-def _compare_forms(by: dict[Variant, Outcome], window: str) -> list[str]:
-    """With the standard form holding: which other forms fail, and what that means."""
+def describe_variant(variant: Variant) -> str:
+    extra = ", permessage-deflate" if variant.deflate else ""
+    return f"{variant.version} with Connection: {variant.connection}{extra}"
+
+
+def _compare_forms(by: dict[Variant, Outcome], window: str, explained: set[Variant]) -> list[str]:
+    """With the standard form holding: which other forms fail, and what that
+    means.  Each variant a finding explains goes into ``explained``."""
     findings = []
     ten, ten_ka = by[HTTP10], by[HTTP10_KEEP_ALIVE]
-    if ten.closed_early and ten_ka.holds:
+    judged = [o for o in (ten, ten_ka) if not o.limited]
+    if ten.dropped and ten_ka.holds:
         findings.append(
             f"the server closes WebSocket sessions that arrive as HTTP/1.0 right after 101 "
             f"(HTTP/1.0 with Connection: Upgrade: {ten.closing()}; with keep-alive, Upgrade "
             f"it held {window}): keep-alive is decided from the request's HTTP version, as "
             f"Swoole does. Clients never send HTTP/1.0, but proxies do: {_PROXY_FIX}."
         )
-    elif ten.closed_early and ten_ka.closed_early:
+        explained.update((HTTP10, HTTP10_KEEP_ALIVE))
+    elif ten.dropped and ten_ka.dropped:
         findings.append(
-            f"the server closes every WebSocket session that arrives as HTTP/1.0 right after "
+            f"the server drops every WebSocket session that arrives as HTTP/1.0 right after "
             f"101 ({ten.closing()}), even with Connection: keep-alive. Clients never send "
             f"HTTP/1.0, but proxies do: {_PROXY_FIX}."
         )
-    elif not ten.holds and not ten.closed_early:
+        explained.update((HTTP10, HTTP10_KEEP_ALIVE))
+    elif judged and all(o.status is not None and not o.switched for o in judged):
         findings.append(
-            f"the server does not accept a WebSocket handshake over HTTP/1.0 "
-            f"({_what_got(ten)}); RFC 6455 requires HTTP/1.1, so that is allowed, but a proxy "
-            f"in front that speaks HTTP/1.0 upstream gets this answer: {_PROXY_FIX}."
+            "the server does not accept a WebSocket handshake over HTTP/1.0 ("
+            + "; ".join(sorted({_what_got(o) for o in judged}))
+            + "); RFC 6455 requires HTTP/1.1, so that is allowed, but a proxy in front "
+            f"that speaks HTTP/1.0 upstream gets this answer: {_PROXY_FIX}."
         )
-    elif ten.holds and not ten_ka.holds:
+        explained.update(o.variant for o in judged)
+    elif (
+        ten.holds
+        and ten_ka.status is not None
+        and 400 <= ten_ka.status < 500
+        and not ten_ka.limited
+        and by[FIREFOX].status == ten_ka.status
+    ):
+        pass  # the literal Connection comparison again: the Firefox finding says it
+    elif any(not o.holds for o in judged):
         findings.append(
-            f"HTTP/1.0 with Connection: keep-alive, Upgrade failed ({_what_got(ten_ka)}) "
-            "while HTTP/1.0 with Connection: Upgrade held: the server reads Connection as "
-            "one value, not a list of tokens (RFC 9110 §7.6.1)."
+            "HTTP/1.0 handshakes fail while HTTP/1.1 holds ("
+            + "; ".join(
+                f"HTTP/1.0 with Connection: {o.variant.connection}: {_what_got(o)}"
+                for o in judged
+                if not o.holds
+            )
+            + f"); clients never send HTTP/1.0, but proxies do: {_PROXY_FIX}."
         )
+        explained.update(o.variant for o in judged)
     firefox = by[FIREFOX]
-    if not firefox.holds:
+    if firefox.limited or firefox.holds:
+        pass
+    elif firefox.status is not None and 400 <= firefox.status < 500:
         findings.append(
-            f"the server fails Firefox's handshake, Connection: keep-alive, Upgrade "
+            f"the server refuses Firefox's handshake, Connection: keep-alive, Upgrade "
             f"({_what_got(firefox)}), while Connection: Upgrade holds: it compares the "
             "Connection header as a whole instead of as a list of tokens "
-            "(RFC 9110 §7.6.1), so Firefox users cannot connect. Fix the server's check, "
-            "or put a proxy in front that rewrites Connection (wsproxy sends "
-            "Connection: Upgrade upstream)."
+            "(RFC 9110 §7.6.1), so Firefox users cannot connect"
+            + (
+                " (HTTP/1.0 with the same Connection header is refused the same way)"
+                if ten.holds and ten_ka.status == firefox.status
+                else ""
+            )
+            + ". Fix the server's check, or put a proxy in front that rewrites Connection "
+            "(wsproxy sends Connection: Upgrade upstream)."
         )
+        explained.add(FIREFOX)
+        if ten.holds and ten_ka.status == firefox.status:
+            explained.add(HTTP10_KEEP_ALIVE)
+    else:
+        findings.append(
+            f"Firefox's handshake, Connection: keep-alive, Upgrade, failed "
+            f"({_what_got(firefox)}) while Connection: Upgrade held."
+        )
+        explained.add(FIREFOX)
     deflate = by[DEFLATE]
-    if not deflate.holds:
+    if not deflate.limited and not deflate.holds:
         findings.append(
             f"the server fails when permessage-deflate is offered ({_what_got(deflate)}), "
             "which every browser offers: check the server's compression settings, or strip "
             "Sec-WebSocket-Extensions in a proxy in front."
         )
+        explained.add(DEFLATE)
     return findings
