@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support.backends import Seen, recording
 from tests.support.browser import WAIT, chromium
+from tests.support.proxy import LISTENERS_ON_PORT_0
 from wsproxy.config import parse_config
 from wsproxy.demo import backend_app
 from wsproxy.server import ProxyServer
@@ -36,13 +37,7 @@ async def _drop(seen: Seen) -> None:
 
 def _config(echo: int, dropper: int) -> str:
     return f"""\
-listen:
-  - host: 127.0.0.1
-    port: 0
-admin:
-  host: 127.0.0.1
-  port: 0
-upstreams:
+{LISTENERS_ON_PORT_0}upstreams:
   echo:
     servers: ["127.0.0.1:{echo}"]
   legacy:
