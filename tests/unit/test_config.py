@@ -31,11 +31,10 @@ from wsproxy.config import (
     ShutdownSettings,
     Upstream,
     WebSocketSettings,
-    _boolean,
-    _Ctx,
     load_config,
     parse_config,
 )
+from wsproxy.config.walker import _boolean, _Ctx
 from wsproxy.units import format_duration, format_size, parse_duration, parse_size
 
 MINIMAL = """\
