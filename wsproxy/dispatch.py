@@ -38,6 +38,7 @@ from wsproxy.headers import (
 from wsproxy.http.front import Request
 from wsproxy.http.pool import PoolTimeout, Stale
 from wsproxy.observe import Exchange, Observability
+from wsproxy.origins import origin_allowed
 from wsproxy.routing import Router
 from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, parse_target
@@ -500,6 +501,17 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
+        rules = decision.route.websocket.allowed_origins
+        if rules:
+            origins = request.index.get("origin", _NONE)
+            if not origin_allowed(rules, origins):
+                # Cross-site WebSocket hijacking: a page from elsewhere, with
+                # the user's cookies (wsproxy.origins).
+                exchange.upgrade_result = "bad_handshake"
+                exchange.note("error", "origin not allowed")
+                exchange.note("origin", ", ".join(origins)[:200])
+                request.answer(403, "this origin may not open WebSockets here", [])
+                return
         limit = self.config.proxy.max_websockets_per_client
         if not limit:
             await self._handshake(request, decision, client, exchange)

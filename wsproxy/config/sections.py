@@ -67,6 +67,7 @@ from wsproxy.config.walker import (
     _string,
     _text,
 )
+from wsproxy.origins import parse_rule
 
 _PORT = _integer(0, 65535, what="port")
 _HOST = _text(_bind_host)
@@ -263,10 +264,14 @@ def _websocket(ctx: _Ctx, node: Node, path: str) -> WebSocketSettings | None:
     idle = m.get("idle_timeout", _duration(positive=True), d.idle_timeout)
     early = m.get("early_close_window", _duration(positive=False), d.early_close_window)
     lifetime = m.get("max_lifetime", _duration(positive=False), d.max_lifetime)
+    origins = m.get("allowed_origins", _ORIGINS, d.allowed_origins)
     m.finish()
-    if idle is None or early is None or lifetime is None or not m.ok:
+    if idle is None or early is None or lifetime is None or origins is None or not m.ok:
         return None
-    return WebSocketSettings(idle, early, lifetime)
+    return WebSocketSettings(idle, early, lifetime, origins)
+
+
+_ORIGINS = _list(_text(parse_rule), what="origin")
 
 
 def _upstream_ref(known: frozenset[str] | None) -> _Parser[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
+from wsproxy.origins import OriginRule
+
 Http10Upgrade = Literal["accept", "ignore"]
 
 _HOSTNAME_RE = re.compile(
@@ -151,6 +153,8 @@ class WebSocketSettings:
     early_close_window: float = 10.0
     #: Sessions older than this (±10% jitter) get 1001 at a frame boundary; 0: never.
     max_lifetime: float = 0.0
+    #: Handshakes from other origins get 403 (wsproxy.origins); empty: any origin.
+    allowed_origins: tuple[OriginRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
