@@ -25,6 +25,7 @@ list in one, are refused: a browser sends exactly one origin.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from typing import Final
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _ORIGIN = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9._~-]+)"
+    r"(?::(?P<port>0|[1-9][0-9]{0,4}))?"
 )
+#: RFC 9110 §5.6.3: the whitespace around a field value (not Python's wider set).
+_OWS = " \t"
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -51,10 +55,15 @@ class Origin:
 def parse_origin(text: str) -> Origin | None:
     """An ``Origin`` value as a browser serializes it, normalized; None if it
     is not one (or is ``null``)."""
-    match = _ORIGIN.fullmatch(text.strip().lower())
+    match = _ORIGIN.fullmatch(text.strip(_OWS).lower())
     if match is None:
         return None
     scheme, host = match["scheme"], match["host"]
+    if host.startswith("["):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1])}]"
+        except ValueError:
+            return None
     if match["port"] is not None:
         port = int(match["port"])
         if not 0 < port <= 65535:
@@ -81,7 +90,12 @@ class OriginRule:
         if origin.scheme != rule.scheme or origin.port != rule.port:
             return False
         if self.wildcard:
-            return origin.host.endswith("." + rule.host)
+            under, dot, suffix = origin.host.rpartition("." + rule.host)
+            return (
+                bool(dot)
+                and not suffix
+                and all(_LABEL.fullmatch(label) for label in under.split("."))
+            )
         return origin.host == rule.host
 
 
@@ -92,8 +106,11 @@ def parse_rule(text: str) -> OriginRule:
     if value.lower() == "null":
         return OriginRule("null", None)
     scheme, sep, _ = value.partition("://")
-    if sep and scheme.lower() not in DEFAULT_PORTS:
-        raise ValueError(f"invalid origin {text!r} (the scheme must be http, https, ws or wss)")
+    if sep and scheme.lower() not in ("http", "https"):
+        raise ValueError(
+            f"invalid origin {text!r} (the scheme must be http or https: a browser sends "
+            "the page's origin, never ws:// or wss://)"
+        )
     wildcard = "://*." in value
     candidate = value.replace("://*.", "://", 1) if wildcard else value
     origin = parse_origin(candidate)
@@ -104,6 +121,8 @@ def parse_rule(text: str) -> OriginRule:
             "no path)"
         )
     if wildcard and not all(_LABEL.fullmatch(label) for label in origin.host.split(".")):
+        raise ValueError(f"invalid origin pattern {text!r} ('*.' must precede a domain name)")
+    if wildcard and origin.host.rsplit(".", 1)[-1].isdigit():
         raise ValueError(f"invalid origin pattern {text!r} ('*.' must precede a domain name)")
     if wildcard and "." not in origin.host:
         raise ValueError(
@@ -122,9 +141,9 @@ def origin_allowed(rules: Sequence[OriginRule], values: Sequence[str]) -> bool:
     """Whether a handshake with these ``Origin`` field values may pass."""
     if not rules or not values:
         return True
-    if len(values) != 1 or " " in values[0].strip() or "," in values[0]:
+    value = values[0].strip(_OWS) if len(values) == 1 else ""
+    if not value or " " in value or "\t" in value or "," in value:
         return False
-    value = values[0].strip()
     origin = None if value.lower() == "null" else parse_origin(value)
     if origin is None and value.lower() != "null":
         return False

@@ -12,8 +12,9 @@ parser (or the TLS handshake) sees a byte.
 * ``None``: not enough bytes yet (never more than ``MAX_V2`` are needed);
 * a :class:`ProxyHeader`: the addresses and how many bytes the header took
   (the rest belongs to the connection: HTTP, or a TLS ClientHello);
-* or raises :class:`ProxyProtocolError` as soon as the bytes cannot become
-  a valid header: the connection is then dropped and counted.
+* or raises :class:`ProxyProtocolError` when the bytes cannot be a valid
+  header: at once for a wrong signature or v2 fixed part, at the line's end
+  (CRLF, or 107 bytes) for v1.  The connection is then dropped and counted.
 
 Theory of operation, from the specification (haproxy.org
 ``proxy-protocol.txt``):
@@ -143,8 +144,10 @@ def _v2(data: bytes) -> ProxyHeader | None:
     if command == 0:  # LOCAL: the balancer's own connection (a health check)
         return ProxyHeader(2, None, None, total)
     family, protocol = family_protocol >> 4, family_protocol & 0x0F
-    if family == 0:  # AF_UNSPEC: nothing said about the client
+    if family_protocol == 0:  # AF_UNSPEC, UNSPEC: nothing said about the client
         return ProxyHeader(2, None, None, total)
+    if family > 3 or protocol > 2 or family == 0 or protocol == 0:
+        raise ProxyProtocolError(f"an unspecified PROXY v2 family/protocol 0x{family_protocol:02x}")
     if protocol != 1:
         raise ProxyProtocolError("a PROXY v2 header for a protocol other than TCP")
     body = data[V2_FIXED:total]

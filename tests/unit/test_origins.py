@@ -35,10 +35,22 @@ RULES = (
         (["https://app.example.org", "https://app.example.org"], False),  # two fields
         (["https://app.example.org https://evil.example"], False),  # a list
         ([], True),  # no Origin: not a browser, not a hijack
+        (["https://.example.net"], False),  # not a host name under the domain
+        (["https://a..example.net"], False),
+        (["https://_.example.net"], False),
+        (["https://app.example.org\x85"], False),  # not HTTP whitespace
+        (["https://app.example.org:0443"], False),  # no leading zeros
+        ([" https://app.example.org\t"], True),  # HTTP whitespace around it
     ],
 )
 def test_origins(values: list[str], allowed: bool) -> None:
     assert origin_allowed(RULES, values) is allowed
+
+
+def test_ipv6_origins_are_compared_as_addresses() -> None:
+    rules = (parse_rule("https://[0:0:0:0:0:0:0:1]:8443"),)
+    assert origin_allowed(rules, ["https://[::1]:8443"])
+    assert not origin_allowed(rules, ["https://[::2]:8443"])
 
 
 def test_no_rules_allow_everything_and_null_only_when_listed() -> None:
@@ -54,7 +66,10 @@ def test_no_rules_allow_everything_and_null_only_when_listed() -> None:
         ("https://app.example.org/", "no path"),
         ("https://*.*.example.org", "expected scheme://host"),
         ("https://*.org", "too broad"),
-        ("ftp://example.org", "must be http, https, ws or wss"),
+        ("ftp://example.org", "must be http or https"),
+        ("wss://app.example.org", "must be http or https"),
+        ("https://*.1.2.3.4", "must precede a domain name"),
+        ("https://[:::]", "expected scheme://host"),
         ("https://app.example.org:0", "expected scheme://host"),
     ],
 )

@@ -120,6 +120,8 @@ def test_v2_ipv4_ipv6_local_and_unspec_with_tlvs_skipped() -> None:
         (v2(version=1), "version 1, not 2"),
         (v2(command=2), "unknown PROXY v2 command"),
         (v2(family=0x12), "other than TCP"),
+        (v2(family=0x05, addresses=b""), "unspecified PROXY v2 family/protocol 0x05"),
+        (v2(family=0x41, addresses=b""), "unspecified PROXY v2 family/protocol 0x41"),
         (v2(family=0x31, addresses=b"\x00" * 216), "other than IP"),
         (v2(addresses=b"\x00" * 4), "too short for IPv4"),
         (v2(family=0x21), "too short for IPv6"),
