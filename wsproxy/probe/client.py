@@ -71,10 +71,14 @@ async def _resolve(target: Target, options: Options) -> None:
         raise ProbeError(
             f"cannot resolve {target.host!r}: no answer within {options.timeout:g}s"
         ) from None
-    except socket.gaierror as exc:
-        raise ProbeError(f"cannot resolve {target.host!r}: {exc.strerror}") from None
-    except UnicodeError:  # an empty or over-long label (IDNA)
-        raise ProbeError(f"cannot resolve {target.host!r}: not a valid host name") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ProbeError(_unresolved(target, exc)) from None
+
+
+def _unresolved(target: Target, exc: socket.gaierror | UnicodeError) -> str:
+    if isinstance(exc, UnicodeError):  # an empty or over-long label (IDNA)
+        return f"cannot resolve {target.host!r}: not a valid host name"
+    return f"cannot resolve {target.host!r}: {exc.strerror}"
 
 
 def _tls_context(options: Options) -> ssl.SSLContext:
@@ -96,10 +100,8 @@ async def _one(
             reader, writer = await asyncio.open_connection(target.host, target.port, limit=MAX_HEAD)
     except TimeoutError:
         return _fatal(outcome, f"{where} did not accept a connection within {options.timeout:g}s")
-    except socket.gaierror as exc:
-        return _fatal(outcome, f"cannot resolve {target.host!r}: {exc.strerror}")
-    except UnicodeError:
-        return _fatal(outcome, f"cannot resolve {target.host!r}: not a valid host name")
+    except (socket.gaierror, UnicodeError) as exc:  # resolved once already: rare
+        return _fatal(outcome, _unresolved(target, exc))
     except OSError as exc:
         return _fatal(outcome, f"cannot connect to {where}: {_reason(exc)}")
     if tls is not None:
@@ -250,7 +252,7 @@ async def _hold(
         with contextlib.suppress(OSError):
             writer.write(encode_close(1000, mask=_mask()))
         return
-    outcome.survived = observer.error is None
+    outcome.survived = True
     with contextlib.suppress(OSError):  # done: a polite close, answered or not
         writer.write(encode_close(1000, mask=_mask()))
         async with asyncio.timeout(CLOSE_WAIT):

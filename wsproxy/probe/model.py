@@ -172,16 +172,25 @@ class Variant:
     version: str  # "HTTP/1.1" or "HTTP/1.0"
     connection: str
     deflate: bool
+    #: Who sends this form, when it is someone in particular (the table says it).
+    sender: str = ""
 
     @property
-    def keep_alive(self) -> bool:
-        return "keep-alive" in self.connection.lower()
+    def label(self) -> str:
+        """The variant as the table's first column shows it."""
+        extra = ", permessage-deflate" if self.deflate else ""
+        who = f" ({self.sender})" if self.sender else ""
+        return f"{self.version}, Connection: {self.connection}{extra}{who}"
 
 
 STANDARD: Final = Variant("1.1", "HTTP/1.1", "Upgrade", deflate=False)
 DEFLATE: Final = Variant("1.1 deflate", "HTTP/1.1", "Upgrade", deflate=True)
-FIREFOX: Final = Variant("1.1 keep-alive", "HTTP/1.1", "keep-alive, Upgrade", deflate=False)
-HTTP10: Final = Variant("1.0", "HTTP/1.0", "Upgrade", deflate=False)
+FIREFOX: Final = Variant(
+    "1.1 keep-alive", "HTTP/1.1", "keep-alive, Upgrade", deflate=False, sender="Firefox"
+)
+HTTP10: Final = Variant(
+    "1.0", "HTTP/1.0", "Upgrade", deflate=False, sender="nginx's default upstream"
+)
 HTTP10_KEEP_ALIVE: Final = Variant("1.0 keep-alive", "HTTP/1.0", "keep-alive, Upgrade", False)
 VARIANTS: Final = (STANDARD, DEFLATE, FIREFOX, HTTP10, HTTP10_KEEP_ALIVE)
 
@@ -239,8 +248,13 @@ class ResponseHead:
     headers: tuple[tuple[str, str], ...]
 
     def get(self, name: str) -> str | None:
-        values = header_values(self.headers, name.lower())
-        return ", ".join(values) if values else None
+        return _field(self.headers, name)
+
+
+def _field(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    """A field's values joined as one (RFC 9110 §5.3), or None if absent."""
+    values = header_values(headers, name.lower())
+    return ", ".join(values) if values else None
 
 
 class BadResponse(ValueError):
@@ -354,7 +368,12 @@ class Outcome:
         return self.status in LIMIT_STATUSES
 
     def header(self, name: str) -> str | None:
-        return ResponseHead(self.version, self.status or 0, self.reason, self.headers).get(name)
+        return _field(self.headers, name)
+
+    @property
+    def accept_wrong(self) -> bool:
+        """The 101's Sec-WebSocket-Accept is missing or not this key's."""
+        return any("Sec-WebSocket-Accept" in problem for problem in self.problems)
 
     def closing(self) -> str:
         """Who ended the session and how, in a few words."""
@@ -460,7 +479,7 @@ def diagnose(outcomes: Sequence[Outcome], hold: float) -> Diagnosis:
             + (
                 "; Sec-WebSocket-Accept must be base64(SHA-1(key + the RFC's GUID)) of this "
                 "request's key (a cached or rewritten response gives someone else's)."
-                if any("Accept" in p for p in standard.problems)
+                if standard.accept_wrong
                 else "."
             )
         )

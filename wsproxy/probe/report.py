@@ -14,17 +14,9 @@ WIDTH = 100
 _CODE = re.compile(r"`[^`]*`")
 _KEEP = "\x00"
 
-_DESCRIPTIONS = {
-    "1.1": "HTTP/1.1, Connection: Upgrade",
-    "1.1 deflate": "HTTP/1.1, Connection: Upgrade, permessage-deflate",
-    "1.1 keep-alive": "HTTP/1.1, Connection: keep-alive, Upgrade (Firefox)",
-    "1.0": "HTTP/1.0, Connection: Upgrade (nginx's default upstream)",
-    "1.0 keep-alive": "HTTP/1.0, Connection: keep-alive, Upgrade",
-}
-
 
 def describe(outcome: Outcome) -> str:
-    return _DESCRIPTIONS.get(outcome.variant.name, outcome.variant.name)
+    return outcome.variant.label
 
 
 def _row(outcome: Outcome) -> list[str]:
@@ -33,7 +25,7 @@ def _row(outcome: Outcome) -> list[str]:
     status = f"{outcome.status}"
     accept = "-"
     if outcome.switched:
-        accept = "wrong" if any("Accept" in p for p in outcome.problems) else "ok"
+        accept = "wrong" if outcome.accept_wrong else "ok"
         if outcome.problems and accept == "ok":
             accept = "bad 101"
         if outcome.body_headers:
@@ -96,7 +88,7 @@ def as_json(
                 "reason": o.reason or None,
                 "headers": [list(pair) for pair in o.headers],
                 "first_byte_ms": _round(o.first_byte_ms),
-                "accept_ok": None if not o.switched else not any("Accept" in p for p in o.problems),
+                "accept_ok": None if not o.switched else not o.accept_wrong,
                 "problems": o.problems,
                 "body_headers_in_101": o.body_headers,
                 "extensions": o.extensions,
