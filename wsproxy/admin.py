@@ -55,6 +55,12 @@ def admin_binding(host: str) -> dict[str, object]:
     return {"host": host, "loopback_only": loopback}
 
 
+def _status_response(status: dict[str, object], admin_host: str) -> web.Response:
+    """``/status.json``: the document, where the admin listener is bound, never cached."""
+    status["admin"] = admin_binding(admin_host)
+    return web.json_response(status, headers={"Cache-Control": "no-store"})
+
+
 def _add_page(app: web.Application) -> None:
     """``GET /`` and its script, with headers that keep it to itself."""
     page, script = _static("status.html"), _static("status.js")
@@ -136,10 +142,7 @@ def supervisor_app(view: SupervisorView) -> web.Application:
         return web.Response(status=200 if ready else 503, text=why + "\n")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(
-            {**await view.status(), "admin": admin_binding(view.admin_host)},
-            headers={"Cache-Control": "no-store"},
-        )
+        return _status_response(await view.status(), view.admin_host)
 
     app = web.Application()
     _add_page(app)
@@ -173,8 +176,7 @@ def admin_app(view: AdminView) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         now = time.monotonic()
         status = observability.status(now, view.upstreams.states(now), draining=view.draining)
-        status["admin"] = admin_binding(view.admin_host)
-        return web.json_response(status, headers={"Cache-Control": "no-store"})
+        return _status_response(status, view.admin_host)
 
     app = web.Application()
     _add_page(app)

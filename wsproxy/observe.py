@@ -28,7 +28,7 @@ from wsproxy.sessions import (
     probe_command,
     without_query,
 )
-from wsproxy.status import CloseTimeline, UpgradeCounts
+from wsproxy.status import CloseTimeline, upgrade_totals
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstreams.servers import Server
 from wsproxy.wsframes import FrameObserver
@@ -120,9 +120,8 @@ class Observability:
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
             maxlen=RECENT_EARLY_CLOSES
         )
-        #: For the status page: how sessions ended lately, handshakes by result.
+        #: For the status page: how sessions ended lately.
         self.timeline = CloseTimeline()
-        self.upgrade_counts = UpgradeCounts()
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new routes and servers in the metrics, the new log format."""
@@ -154,7 +153,6 @@ class Observability:
         self.metrics.http.record(exchange.route, exchange.method, status, duration)
         if exchange.upgrade_result is not None:
             self.metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
-            self.upgrade_counts.add(exchange.route, exchange.upgrade_result)
         if self._log_requests:
             self.access_log.write_http(exchange, status, duration)
 
@@ -164,7 +162,6 @@ class Observability:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
-        self.upgrade_counts.add(info.route, "accepted")
 
     def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
         report = build_report(info, tunnel)
@@ -215,6 +212,11 @@ class Observability:
             "active_sessions": sessions,
             "recent_early_closes": early,
             "upstreams": upstreams,
-            "upgrades": self.upgrade_counts.export(),
+            "upgrades": upgrade_totals(
+                (sample.labels["route"], sample.labels["result"], sample.value)
+                for family in self.metrics.upgrades.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            ),
             "closes": self.timeline.export(time.time()),
         }

@@ -5,8 +5,8 @@
   ``BUCKET_SECONDS``, so its size never depends on traffic.  Buckets start on
   multiples of ``BUCKET_SECONDS`` since the epoch, so the timelines of several
   workers add up bucket by bucket (``merge_timelines``).
-* ``UpgradeCounts``: WebSocket handshakes by route and result since start
-  (the same numbers as ``wsproxy_websocket_upgrades_total``).
+* ``upgrade_totals``: WebSocket handshakes by route and result since start,
+  read from ``wsproxy_websocket_upgrades_total`` (not counted twice).
 
 Nothing here holds a path, a header or a body: only configured route names,
 the fixed result and ``closed_by`` words, and close-code labels (bounded by
@@ -75,20 +75,15 @@ def merge_timelines(timelines: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-class UpgradeCounts:
-    __slots__ = ("_counts",)
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
-
-    def add(self, route: str, result: str) -> None:
-        self._counts[route, result] += 1
-
-    def export(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for (route, result), count in sorted(self._counts.items()):
-            out.setdefault(route, {})[result] = count
-        return out
+def upgrade_totals(samples: Iterable[tuple[str, str, float]]) -> dict[str, dict[str, int]]:
+    """Handshakes by route and result from ``(route, result, value)``: the
+    samples of ``wsproxy_websocket_upgrades_total``, which already counts
+    them (the series at zero are left out)."""
+    out: dict[str, dict[str, int]] = {}
+    for route, result, value in sorted(samples):
+        if value:
+            out.setdefault(route, {})[result] = int(value)
+    return out
 
 
 def merge_upgrades(exports: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:

@@ -6,9 +6,9 @@ from wsproxy.status import (
     BUCKET_SECONDS,
     BUCKETS,
     CloseTimeline,
-    UpgradeCounts,
     merge_timelines,
     merge_upgrades,
+    upgrade_totals,
 )
 
 T0 = 1_800_000_000.0  # a multiple of BUCKET_SECONDS
@@ -52,11 +52,14 @@ def test_workers_timelines_add_up_bucket_by_bucket() -> None:
 
 
 def test_upgrades_by_route_and_result_and_their_merge() -> None:
-    counts = UpgradeCounts()
-    for result in ("accepted", "accepted", "bad_handshake"):
-        counts.add("chat", result)
-    counts.add("api", "upstream_unavailable")
-    export = counts.export()
+    export = upgrade_totals(
+        [
+            ("chat", "accepted", 2.0),
+            ("chat", "bad_handshake", 1.0),
+            ("api", "upstream_unavailable", 1.0),
+            ("api", "accepted", 0.0),  # a series created at zero
+        ]
+    )
     assert export == {
         "api": {"upstream_unavailable": 1},
         "chat": {"accepted": 2, "bad_handshake": 1},
