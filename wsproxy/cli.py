@@ -115,8 +115,10 @@ def _setup_logging(worker: int | None = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
+        from wsproxy.tls import load as load_tls
+
         try:
-            load_config(args.config)
+            load_tls(load_config(args.config))  # the certificates it names must load too
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
@@ -196,9 +198,12 @@ def _serve(path: str) -> int:
         # supervisor or a Ctrl-C to the whole group must not kill it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from wsproxy.tls import load as load_tls
+
     try:
         if worker is None:
             config, data = read_config(path)
+            load_tls(config)  # a certificate that does not load: nothing starts
         else:
             # The supervisor's copy of the configuration in force, named
             # as the operator's file.

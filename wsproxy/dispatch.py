@@ -42,6 +42,8 @@ from wsproxy.origins import origin_allowed
 from wsproxy.routing import Router
 from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, parse_target
+from wsproxy.tls import TlsContexts
+from wsproxy.tls import load as load_tls
 from wsproxy.tunnel import turn_budget
 from wsproxy.upstreams.checks import Checker
 from wsproxy.upstreams.servers import Group, Server, Upstreams
@@ -133,10 +135,14 @@ class Proxy:
         #: Frames all WebSocket observers may parse per loop turn (set in open()).
         self.frame_budget: FrameBudget | None = None
 
-    async def open(self, frame_budget: FrameBudget | None = None) -> None:
+    async def open(
+        self, frame_budget: FrameBudget | None = None, tls: TlsContexts | None = None
+    ) -> None:
         """Start the health checks; ``frame_budget``: the server's, shared by
-        the sessions of every configuration (one budget per loop turn)."""
+        the sessions of every configuration (one budget per loop turn);
+        ``tls``: the contexts of this configuration (read when None)."""
         self.frame_budget = frame_budget or turn_budget(asyncio.get_running_loop())
+        self.upstreams.use_tls((tls or load_tls(self.config)).upstreams)
         self.checker.start()
 
     async def close(self) -> None:
@@ -260,7 +266,7 @@ class Proxy:
     def _client(self, request: Request) -> _Client:
         info = ClientInfo(
             peer_ip=request.peer_ip,
-            scheme="http",
+            scheme="https" if request.connection.arrival.tls else "http",
             trusted_proxies=self.config.proxy.trusted_proxies,
         )
         return _Client(info, forwarded_for_proto(info))

@@ -20,6 +20,16 @@ closing them, so a reload that changes ``max_connections`` refuses nobody:
 A connection counts from its accept until its socket closes; a WebSocket
 session keeps the client's socket, so it counts until the session ends (the
 front door hands its gate to the tunnel at the ``101``).
+
+What comes before HTTP (:class:`Preamble`): a listener with
+``proxy_protocol`` or ``tls`` accepts in its own loop too, and gives each
+connection a task that reads the PROXY protocol header (:func:`read_proxy_header`)
+and then runs the TLS handshake, before the HTTP front end exists.  The
+header is read with ``MSG_PEEK`` and only its own bytes are consumed, so
+the TLS ClientHello (or the first request) behind it stays in the socket for
+the layer that owns it: ``loop.start_tls`` cannot be handed bytes already
+read.  Both steps are bounded by ``proxy.client_header_timeout``; a
+connection that fails either is closed and reported (``on_refused``).
 """
 
 from __future__ import annotations
@@ -28,8 +38,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+
+from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse
 
 log = logging.getLogger("wsproxy")
 
@@ -128,21 +142,120 @@ def bind(
     return sockets
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What the listener learnt about a connection before HTTP."""
+
+    #: The client's address from a PROXY protocol header (None: the socket peer's).
+    source: tuple[str, int] | None = None
+    #: The connection came over TLS.
+    tls: bool = False
+
+
+PLAIN = Arrival()
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    """What a listener expects before HTTP on each connection."""
+
+    proxy_protocol: bool = False
+    tls: ssl.SSLContext | None = None
+    #: For the PROXY header and for the TLS handshake, each.
+    timeout: float = 30.0
+
+    @property
+    def needed(self) -> bool:
+        return self.proxy_protocol or self.tls is not None
+
+
 #: Builds the protocol for one accepted connection, given the listener's gate
-#: (which the connection releases when its socket closes).
-Factory = Callable[[Gate], asyncio.Protocol]
+#: (which the connection releases when its socket closes) and what came
+#: before HTTP.  A protocol whose ``connection_made`` never runs (a failed TLS
+#: handshake) does not release the gate: the listener does (``made``).
+Factory = Callable[[Gate, Arrival], asyncio.Protocol]
+
+#: Told why a connection was dropped before HTTP: ``proxy_protocol`` with
+#: ``invalid``, ``timeout`` or ``closed``, or ``tls`` with ``handshake`` or
+#: ``timeout``; and the peer's address.
+Refused = Callable[[str, str, str], None]
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await waiter
+    finally:
+        loop.remove_reader(fd)
+
+
+#: How much is peeked at once: a v1 header, a v2 header with its usual TLVs.
+_PEEK = 4096
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """Read exactly one PROXY protocol header from ``sock`` (non-blocking).
+
+    Whatever :func:`wsproxy.proxyproto.parse` still calls incomplete is all
+    header, so it is consumed; once it decides, only the header's remaining
+    bytes are.  ProxyProtocolError for an invalid header; EOFError when the
+    peer closes first.
+    """
+    got = b""
+    while True:
+        await _readable(sock)
+        try:
+            peeked = sock.recv(_PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            continue
+        if not peeked:
+            raise EOFError("closed before a PROXY protocol header")
+        data = got + peeked
+        header = parse(data)
+        if header is None:
+            got += sock.recv(len(peeked))  # all of it is header
+            continue
+        rest = header.length - len(got)
+        taken = sock.recv(rest)
+        if len(taken) != rest:  # the kernel holds what was peeked: cannot happen
+            raise ProxyProtocolError("short read of a peeked header")
+        return header
 
 
 class Listener:
     """One configured listen address: its sockets and what accepts on them."""
 
-    def __init__(self, sockets: list[socket.socket], factory: Factory, limit: int = 0) -> None:
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        factory: Factory,
+        limit: int = 0,
+        preamble: Preamble = Preamble(),
+        on_refused: Refused | None = None,
+    ) -> None:
         self.sockets = sockets
         self.gate = Gate(limit)
+        self.preamble = preamble
         self._factory = factory
+        self._on_refused = on_refused
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        #: Connections in their preamble (PROXY header, TLS handshake).
+        self._arriving: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @property
+    def _own_loop(self) -> bool:
+        """Whether accepting needs our loop (a limit or a preamble)."""
+        return bool(self.gate.limit) or self.preamble.needed
 
     async def start(self) -> None:
         """Accept on the sockets, as the limit says; on failure nothing is left half started."""
@@ -150,7 +263,7 @@ class Listener:
         servers: list[asyncio.Server] = []
         tasks: list[asyncio.Task[None]] = []
         try:
-            if self.gate.limit:
+            if self._own_loop:
                 for sock in self.sockets:
                     name = f"accept on {sock.getsockname()}"
                     tasks.append(asyncio.create_task(self._accept(sock), name=name))
@@ -170,21 +283,30 @@ class Listener:
         """One accepted connection: counted from here (also without a limit,
         so a reload that sets one counts the connections already open)."""
         self.gate.take()
-        return self._factory(self.gate)
+        return self._factory(self.gate, PLAIN)
 
-    async def set_limit(self, limit: int) -> None:
-        """A reload's ``max_connections``; the sockets stay open throughout."""
-        if bool(limit) == bool(self.gate.limit):
-            self.gate.set_limit(limit)
-            return
-        servers, tasks, before = self._servers, self._tasks, self.gate.limit
+    async def configure(self, limit: int, preamble: Preamble) -> None:
+        """A reload's ``max_connections``, PROXY protocol and TLS context;
+        the sockets stay open throughout.  Connections already accepted
+        keep what they started with."""
+        was_own = self._own_loop
+        before = (self.gate.limit, self.preamble)
         self.gate.set_limit(limit)
+        self.preamble = preamble
+        if self._own_loop == was_own:
+            return
+        servers, tasks = self._servers, self._tasks
         try:
             await self.start()  # the new way of accepting first, then the old one goes
         except BaseException:
-            self.gate.set_limit(before)  # the old way still accepts
+            self.gate.set_limit(before[0])  # the old way still accepts
+            self.preamble = before[1]
             raise
         await self._stop_accepting(servers, tasks)
+
+    async def set_limit(self, limit: int) -> None:
+        """A reload's ``max_connections`` alone."""
+        await self.configure(limit, self.preamble)
 
     def close(self) -> None:
         """Stop accepting; connections already accepted go on."""
@@ -195,6 +317,8 @@ class Listener:
             server.close()
         for task in self._tasks:
             task.cancel()
+        for task in self._arriving:
+            task.cancel()  # not served yet: dropped with the listener
         for sock in self.sockets:
             sock.close()
 
@@ -233,14 +357,78 @@ class Listener:
             # is room again.  Nothing is awaited between wait() and take().
             await gate.wait()
             gate.take()
+            preamble = self.preamble
+            if preamble.needed:
+                task = asyncio.create_task(self._arrive(conn, preamble))
+                self._arriving.add(task)
+                task.add_done_callback(self._arriving.discard)
+                continue
             made: list[asyncio.Protocol] = []
             try:
-                await loop.connect_accepted_socket(partial(self._made, made), conn)
+                await loop.connect_accepted_socket(partial(self._made, made, PLAIN), conn)
             except OSError:
                 if not made:
                     gate.release()  # no connection exists to release it
                 conn.close()
 
-    def _made(self, made: list[asyncio.Protocol]) -> asyncio.Protocol:
-        made.append(self._factory(self.gate))
+    async def _arrive(self, conn: socket.socket, preamble: Preamble) -> None:
+        """One connection's preamble, then its HTTP front end."""
+        loop = asyncio.get_running_loop()
+        made: list[asyncio.Protocol] = []
+        stage = "proxy_protocol"
+        peer = "unknown"
+        try:
+            with contextlib.suppress(OSError):
+                peer = _peer_text(conn.getpeername())
+            source = None
+            if preamble.proxy_protocol:
+                async with asyncio.timeout(preamble.timeout):
+                    header = await read_proxy_header(conn)
+                source = header.source
+            stage = "tls"
+            arrival = Arrival(source, preamble.tls is not None)
+            await loop.connect_accepted_socket(
+                partial(self._made, made, arrival),
+                conn,
+                ssl=preamble.tls,
+                ssl_handshake_timeout=preamble.timeout if preamble.tls is not None else None,
+            )
+            return
+        except asyncio.CancelledError:
+            self._drop(conn, made)
+            raise
+        except TimeoutError:
+            self._refused(stage, "timeout", peer)
+        except ProxyProtocolError as exc:
+            log.debug("connection from %s: invalid PROXY protocol header: %s", peer, exc)
+            self._refused(stage, "invalid", peer)
+        except EOFError:
+            self._refused(stage, "closed", peer)
+        except (OSError, ssl.SSLError) as exc:
+            # A reset, a refused handshake (unknown CA, wrong version), bytes
+            # that are not TLS: the client's problem, logged at debug.
+            log.debug("connection from %s: %s failed: %s", peer, stage, exc)
+            self._refused(stage, "handshake" if stage == "tls" else "closed", peer)
+        self._drop(conn, made)
+
+    def _drop(self, conn: socket.socket, made: list[asyncio.Protocol]) -> None:
+        # A protocol made but never connected (its TLS handshake failed)
+        # cannot release the gate itself.
+        if not made or not getattr(made[0], "connected", True):
+            self.gate.release()
+        conn.close()
+
+    def _refused(self, stage: str, reason: str, peer: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(stage, reason, peer)
+
+    def _made(self, made: list[asyncio.Protocol], arrival: Arrival) -> asyncio.Protocol:
+        made.append(self._factory(self.gate, arrival))
         return made[0]
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple):
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return "unknown"

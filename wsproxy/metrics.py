@@ -377,6 +377,19 @@ class Metrics:
             ["route", "direction"],
             registry=r,
         )
+        self.proxy_protocol_errors = Counter(
+            "wsproxy_proxy_protocol_errors",
+            "Connections dropped on a proxy_protocol listener for want of a valid "
+            "PROXY header (invalid, timeout, closed).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self.tls_handshake_errors = Counter(
+            "wsproxy_tls_handshake_errors",
+            "Connections dropped on a TLS listener whose handshake failed or timed out.",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.reloads = reload_counter(r)
         self.sessions = SessionCollector((route.name for route in config.routes), live)
         r.register(self.sessions)

@@ -129,6 +129,19 @@ class Observability:
         self.access_log.reconfigure(config.access_log)
         self._log_requests = self.access_log.enabled
 
+    def refused(self, listener: str, stage: str, reason: str, peer: str) -> None:
+        """A connection dropped before HTTP (listeners.Refused): counted, and
+        logged at debug (a scanner or a misconfigured balancer would flood
+        a higher level)."""
+        metrics = self.metrics
+        if stage == "proxy_protocol":
+            metrics.proxy_protocol_errors.labels(listener, reason).inc()
+        else:
+            metrics.tls_handshake_errors.labels(listener, reason).inc()
+        logging.getLogger("wsproxy").debug(
+            "listener %s: dropped %s before HTTP: %s (%s)", listener, peer, stage, reason
+        )
+
     # --- upstream health (upstreams.HealthEvents): told, not kept here ----
 
     def server_state(self, server: Server, up: bool, why: str) -> None:

@@ -27,9 +27,11 @@ from wsproxy.admin import admin_app
 from wsproxy.config import Address, Config, ConfigError, ListenSettings, load_config
 from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
-from wsproxy.listeners import Gate, Listener, bind
+from wsproxy.listeners import Arrival, Gate, Listener, Preamble, bind
 from wsproxy.observe import Observability
 from wsproxy.sessions import SessionInfo
+from wsproxy.tls import TlsContexts
+from wsproxy.tls import load as load_tls
 from wsproxy.tunnel import Tunnel, turn_budget
 from wsproxy.upstreams.servers import Upstreams
 from wsproxy.workers import WorkerRole
@@ -74,6 +76,8 @@ class ProxyServer:
         #: across reloads, so no connection is refused in between).
         self._listeners: dict[Address, Listener] = {}
         self._settings = front_settings(config)
+        #: The certificates in force (read at start and on every reload).
+        self.tls = TlsContexts()
         self._admin: web.AppRunner | None = None
         self._admin_site: web.BaseSite | None = None
         self._frame_budget: FrameBudget | None = None
@@ -132,7 +136,9 @@ class ProxyServer:
 
     async def start(self) -> None:
         self._frame_budget = turn_budget(asyncio.get_running_loop())
-        await self.proxy.open(self._frame_budget)
+        # ConfigError (wsproxy check and the supervisor already said so).
+        self.tls = load_tls(self.config)
+        await self.proxy.open(self._frame_budget, self.tls)
         self._admin = web.AppRunner(
             admin_app(self),
             access_log=None,
@@ -151,15 +157,27 @@ class ProxyServer:
             await self.stop()
             raise
 
-    def _connection(self, gate: Gate) -> ClientConnection:
+    def _connection(self, gate: Gate, arrival: Arrival) -> ClientConnection:
         """A new client connection, for the configuration in force now."""
-        return ClientConnection(self.proxy, self._settings, self.connections, gate)
+        return ClientConnection(self.proxy, self._settings, self.connections, gate, arrival)
 
-    async def _listen(self, listen: ListenSettings) -> Listener:
+    def _preamble(self, listen: ListenSettings, config: Config, tls: TlsContexts) -> Preamble:
+        return Preamble(
+            listen.proxy_protocol,
+            tls.listeners.get(listen.address),
+            config.proxy.client_header_timeout,
+        )
+
+    async def _listen(
+        self, listen: ListenSettings, config: Config | None = None, tls: TlsContexts | None = None
+    ) -> Listener:
+        label = str(listen.address)
         listener = Listener(
             bind(listen.host, listen.port, reuse_port=self.role is not None),
             self._connection,
             listen.max_connections,
+            self._preamble(listen, config or self.config, tls or self.tls),
+            lambda stage, reason, peer: self.observability.refused(label, stage, reason, peer),
         )
         try:
             await listener.start()
@@ -185,6 +203,7 @@ class ProxyServer:
             name = None if self.role is None else self.role.config_name
             try:
                 config = load_config(path, name=name)
+                tls = load_tls(config)  # a certificate that does not load fails the reload
             except ConfigError as exc:
                 for issue in exc.issues:
                     log.error("reload: %s", issue)
@@ -197,7 +216,7 @@ class ProxyServer:
                     reloads.labels("failure").inc()
                 return False
             try:
-                await self.reload(config)
+                await self.reload(config, tls)
             except OSError as exc:
                 log.error("reload: %s; kept the configuration in force", exc)
                 if reloads is not None:
@@ -214,7 +233,7 @@ class ProxyServer:
             )
             return True
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: Config, tls: TlsContexts | None = None) -> None:
         """Put ``config`` in force without dropping anything.
 
         * New listen addresses are bound first: if one cannot be, nothing
@@ -229,32 +248,39 @@ class ProxyServer:
           their old upstream connections, until they end (a removed route's
           sessions too).  Connections already open keep their header and
           timer limits until they close.
+        * Certificates (``tls``, read by the caller; read here when None) take
+          effect for new handshakes; a connection keeps the one it began with.
         """
         if self.draining:
             raise OSError("shutting down")
+        if tls is None:
+            tls = load_tls(config)
         # Everything that can fail comes first, and is undone if something does.
         added: dict[Address, Listener] = {}
         site = None
-        limits = {listen.address: listen.max_connections for listen in config.listen}
-        changed: list[tuple[Listener, int]] = []
+        wanted = {listen.address: listen for listen in config.listen}
+        changed: list[tuple[Listener, int, Preamble]] = []
         try:
             for listen in config.listen:
                 if listen.address not in self._listeners:
-                    added[listen.address] = await self._listen(listen)
+                    added[listen.address] = await self._listen(listen, config, tls)
             if self.role is None and config.admin != self.config.admin:
                 site = await self._admin_listen(config.admin)
             for address, listener in self._listeners.items():
-                limit = limits.get(address, listener.gate.limit)
-                if listener.gate.limit != limit:
-                    before = listener.gate.limit
-                    await listener.set_limit(limit)
-                    changed.append((listener, before))
+                kept = wanted.get(address)
+                if kept is None:
+                    continue  # closed below, once nothing can fail
+                limit, preamble = kept.max_connections, self._preamble(kept, config, tls)
+                if (listener.gate.limit, listener.preamble) != (limit, preamble):
+                    before = (listener.gate.limit, listener.preamble)
+                    await listener.configure(limit, preamble)
+                    changed.append((listener, *before))
         except BaseException:
-            for listener, before in reversed(changed):
+            for listener, limit, preamble in reversed(changed):
                 try:
-                    await listener.set_limit(before)
+                    await listener.configure(limit, preamble)
                 except OSError as exc:
-                    log.error("reload: could not restore a listener's limit: %s", exc)
+                    log.error("reload: could not restore a listener's settings: %s", exc)
             for listener in added.values():
                 listener.close()
                 await listener.wait_closed()
@@ -264,9 +290,10 @@ class ProxyServer:
         # From here nothing waits on the network or the file system.
         old = self.proxy
         proxy = Proxy(config, self.observability, self, reuse=old.upstreams)
-        await proxy.open(self._frame_budget)
+        await proxy.open(self._frame_budget, tls)
         self.proxy = proxy
         self.config = config
+        self.tls = tls
         self._settings = front_settings(config)
         for connection in self.connections:
             connection.app = proxy
@@ -275,7 +302,7 @@ class ProxyServer:
             connection.app_data = None
         self.observability.reconfigure(config)
         for address in list(self._listeners):
-            if address not in limits:
+            if address not in wanted:
                 self._listeners.pop(address).close()
         self._listeners.update(added)
         if site is not None:

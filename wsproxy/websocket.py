@@ -133,7 +133,13 @@ async def handle_websocket(
     with the upgrade).  A refusal is relayed like any response (``events``
     hears of it, with ``exchange`` as the relay's context).
     """
-    conn = await connect(server.address, upstream.connect_timeout, UpstreamConnection)
+    conn = await connect(
+        server.address,
+        upstream.connect_timeout,
+        UpstreamConnection,
+        server.pool.tls,
+        server.pool.server_hostname,
+    )
     relay = _HandshakeRelay(request, conn, exchange, events)
     try:
         await relay.run(request_head("GET", target, headers), upstream.read_timeout)

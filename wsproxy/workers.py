@@ -632,8 +632,13 @@ class Supervisor:
     async def reload(self) -> bool:
         """SIGHUP: check the file, then pass it to every worker."""
         assert self._reloads is not None
+        from wsproxy.tls import load as load_tls
+
         try:
             config, data = read_config(self.path)
+            # Each worker reads the certificates again; one that does not
+            # load here would fail in every worker.
+            load_tls(config)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("reload: %s", issue)

@@ -180,12 +180,12 @@ async def test_a_refused_handshake_gives_its_count_back() -> None:
 
 async def test_the_limit_holds_across_every_socket_of_a_listener() -> None:
     """A listen host that resolves to two addresses has two sockets and one limit."""
-    from wsproxy.listeners import Gate, Listener, bind
+    from wsproxy.listeners import Arrival, Gate, Listener, bind
 
     accepted: list[asyncio.Protocol] = []
 
     class Held(asyncio.Protocol):
-        def __init__(self, gate: Gate) -> None:
+        def __init__(self, gate: Gate, _arrival: Arrival) -> None:
             self.gate = gate
             accepted.append(self)
 

@@ -24,25 +24,34 @@ from wsproxy.config.settings import (
     Address,
     Balance,
     Config,
+    HeaderEdits,
     HealthCheck,
     Http10Upgrade,
     ListenSettings,
+    ListenTls,
     ProxySettings,
+    Rewrite,
     Route,
     ServerSettings,
     ShutdownSettings,
     Upstream,
+    UpstreamTls,
     WebSocketSettings,
     Workers,
 )
 from wsproxy.config.values import (
     _bind_host,
+    _file,
+    _header_name,
+    _header_value,
     _health_path,
     _network,
     _path_prefix,
     _route_host,
     _route_name,
     _server,
+    _server_name,
+    _upstream_host,
 )
 from wsproxy.config.walker import (
     _BOOL,
@@ -73,16 +82,38 @@ _PORT = _integer(0, 65535, what="port")
 _HOST = _text(_bind_host)
 
 
+_FILE = _text(_file)
+
+
+def _listen_tls(ctx: _Ctx, node: Node, path: str) -> ListenTls | None:
+    m = _Map(ctx, node, path)
+    cert = m.require("cert_file", _FILE)
+    key = m.require("key_file", _FILE)
+    m.finish()
+    if cert is None or key is None or not m.ok:
+        return None
+    return ListenTls(cert, key)
+
+
 def _listen_entry(ctx: _Ctx, node: Node, path: str) -> ListenSettings | None:
-    """A ``{host, port, max_connections}`` mapping."""
+    """A ``{host, port, max_connections, proxy_protocol, tls}`` mapping."""
     m = _Map(ctx, node, path)
     host = m.get("host", _HOST, "127.0.0.1")
     port = m.require("port", _PORT)
     limit = m.get("max_connections", _integer(0), 0)
+    proxy_protocol = m.get("proxy_protocol", _boolean, False)
+    tls = m.get("tls", _listen_tls, None)
     m.finish()
-    if host is None or port is None or limit is None or not m.ok:
+    if (
+        host is None
+        or port is None
+        or limit is None
+        or proxy_protocol is None
+        or (tls is None and m.node("tls") is not None)
+        or not m.ok
+    ):
         return None
-    return ListenSettings(host, port, limit)
+    return ListenSettings(host, port, limit, proxy_protocol, tls)
 
 
 def _admin(ctx: _Ctx, node: Node, path: str) -> Address | None:
@@ -186,6 +217,36 @@ def _health(ctx: _Ctx, node: Node, path: str) -> HealthCheck | None:
     return HealthCheck(check_path, interval, timeout, fails, passes)
 
 
+def _upstream_tls(ctx: _Ctx, node: Node, path: str) -> UpstreamTls | None:
+    d = UpstreamTls()
+    m = _Map(ctx, node, path)
+    ca_file = m.get("ca_file", _FILE, d.ca_file)
+    server_name = m.get("server_name", _text(_server_name), d.server_name)
+    cert = m.get("cert_file", _FILE, d.cert_file)
+    key = m.get("key_file", _FILE, d.key_file)
+    verify = m.get("verify", _boolean, d.verify)
+    m.finish()
+    if verify is None or not m.ok:
+        return None
+    if (cert is None) != (key is None):
+        given, missing = ("cert_file", "key_file") if key is None else ("key_file", "cert_file")
+        ctx.add(
+            m.node(given) or node,
+            _key_path(path, given),
+            f"{given} needs {missing} too (a client certificate is the pair)",
+        )
+        return None
+    if not verify and (ca_file is not None or server_name is not None):
+        given = "ca_file" if ca_file is not None else "server_name"
+        ctx.add(
+            m.node(given) or node,
+            _key_path(path, given),
+            f"{given} has no effect with verify: false (nothing is verified)",
+        )
+        return None
+    return UpstreamTls(ca_file, server_name, cert, key, verify)
+
+
 _BALANCE: _Parser[Balance] = _choice(
     {"round_robin": "round_robin", "least_conn": "least_conn", "ip_hash": "ip_hash"}
 )
@@ -206,9 +267,23 @@ def _upstream(name: str) -> _Parser[Upstream]:
         max_fails = m.get("max_fails", _integer(0, 100), d.max_fails)
         fail_timeout = m.get("fail_timeout", _duration(positive=True), d.fail_timeout)
         health = m.get("health", _health, None)
+        tls = m.get("tls", _upstream_tls, d.tls)
         m.finish()
         if (
+            tls is not None
+            and m.node("tls") is not None
+            and servers is not None
+            and not any(server.tls for server in servers)
+        ):
+            ctx.add(
+                m.node("tls") or node,
+                _key_path(path, "tls"),
+                "tls is set but no server uses it: write the servers as https://HOST:PORT",
+            )
+            return None
+        if (
             servers is None
+            or tls is None
             or connect is None
             or read is None
             or keepalive is None
@@ -231,6 +306,7 @@ def _upstream(name: str) -> _Parser[Upstream]:
             max_fails,
             fail_timeout,
             health,
+            tls,
         )
 
     return parse
@@ -274,6 +350,65 @@ def _websocket(ctx: _Ctx, node: Node, path: str) -> WebSocketSettings | None:
 _ORIGINS = _list(_text(parse_rule), what="origin")
 
 
+def _header_set(ctx: _Ctx, node: Node, path: str) -> tuple[tuple[str, str], ...] | None:
+    m = _Map(ctx, node, path)
+    if not m.valid:
+        return None
+    result: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, key_node, value_node in m.items():
+        sub = _key_path(path, name)
+        try:
+            _header_name(name)
+        except ValueError as exc:
+            ctx.add(key_node, sub, str(exc))
+            continue
+        if name.lower() in seen:
+            ctx.add(key_node, sub, f"header {name!r} is set twice (names are case-insensitive)")
+            continue
+        seen.add(name.lower())
+        value = _text(_header_value)(ctx, value_node, sub)
+        if value is not None:
+            result.append((name, value))
+    return tuple(result) if m.ok else None
+
+
+_HEADER_NAMES = _list(_text(_header_name), what="header name")
+
+
+def _header_edits(ctx: _Ctx, node: Node, path: str) -> HeaderEdits | None:
+    m = _Map(ctx, node, path)
+    no_fields: tuple[tuple[str, str], ...] = ()
+    no_names: tuple[str, ...] = ()
+    set_fields = m.get("set", _header_set, no_fields)
+    remove = m.get("remove", _HEADER_NAMES, no_names)
+    m.finish()
+    if set_fields is None or remove is None or not m.ok:
+        return None
+    removed = frozenset(name.lower() for name in remove)
+    both = [name for name, _ in set_fields if name.lower() in removed]
+    if both:
+        ctx.add(
+            m.node("remove") or node,
+            _key_path(path, "remove"),
+            f"header {both[0]!r} is both set and removed (set replaces it already)",
+        )
+        return None
+    return HeaderEdits(set_fields, removed)
+
+
+def _rewrite(ctx: _Ctx, node: Node, path: str) -> Rewrite | None:
+    m = _Map(ctx, node, path)
+    strip = m.get("strip_prefix", _boolean, False)
+    host = m.get("host", _text(_upstream_host), None)
+    request = m.get("request_headers", _header_edits, HeaderEdits())
+    response = m.get("response_headers", _header_edits, HeaderEdits())
+    m.finish()
+    if strip is None or request is None or response is None or not m.ok:
+        return None
+    return Rewrite(strip, host, request, response)
+
+
 def _upstream_ref(known: frozenset[str] | None) -> _Parser[str]:
     """An upstream name; checked against *known* unless that is unavailable
     (upstreams missing or broken, which is reported on its own)."""
@@ -307,6 +442,7 @@ def _route(known: frozenset[str] | None) -> _Parser[_RouteDraft]:
         prefix = m.get("path_prefix", _text(_path_prefix), "/")
         upstream = m.require("upstream", _upstream_ref(known))
         websocket = m.get("websocket", _websocket, _WEBSOCKET_DEFAULTS)
+        rewrite = m.get("rewrite", _rewrite, Rewrite())
         m.finish()
         if not m.valid:
             return None
@@ -322,8 +458,16 @@ def _route(known: frozenset[str] | None) -> _Parser[_RouteDraft]:
             and prefix is not None
             and upstream is not None
             and websocket is not None
+            and rewrite is not None
         ):
-            route = Route(name, host, prefix, upstream, websocket)
+            if rewrite.strip_prefix and prefix == "/":
+                ctx.add(
+                    m.node("rewrite") or node,
+                    f"{path}.rewrite.strip_prefix",
+                    "strip_prefix needs a path_prefix other than '/' (there is nothing to strip)",
+                )
+                return _RouteDraft(None, identity, name, m.node("name"))
+            route = Route(name, host, prefix, upstream, websocket, rewrite)
         return _RouteDraft(route, identity, name, m.node("name"))
 
     return parse

@@ -87,12 +87,25 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenTls:
+    """TLS termination on a listener: the files are read by wsproxy.tls (at
+    start and on every SIGHUP), not here."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
 class ListenSettings(Address):
-    """A front listener: where, and how many client connections at once."""
+    """A front listener: where, how many client connections at once, and
+    what comes before HTTP on each (a PROXY protocol header, TLS)."""
 
     #: Client connections open at once (WebSocket sessions included); past
     #: it new ones wait in the kernel's listen backlog.  0: no limit.
     max_connections: int = 0
+    #: A PROXY protocol v1/v2 header is required first on each connection.
+    proxy_protocol: bool = False
+    tls: ListenTls | None = None
 
     @property
     def address(self) -> Address:
@@ -112,6 +125,8 @@ class ServerSettings:
 
     address: Address
     weight: int = 1
+    #: Written ``https://HOST:PORT``: TLS to this server (Upstream.tls says how).
+    tls: bool = False
 
     def __str__(self) -> str:
         return str(self.address)
@@ -130,6 +145,20 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How wsproxy speaks TLS to an upstream's ``https://`` servers."""
+
+    #: CA bundle to verify servers with; None: the system's.
+    ca_file: str | None = None
+    #: Sent as SNI and checked against the certificate; None: the server's host.
+    server_name: str | None = None
+    #: A client certificate, for servers that ask for one.
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """A named group of servers that routes send requests to."""
 
@@ -145,6 +174,7 @@ class Upstream:
     max_fails: int = 1
     fail_timeout: float = 10.0
     health: HealthCheck | None = None
+    tls: UpstreamTls = UpstreamTls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +188,34 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Fields a route sets (replacing any of the same name) or removes."""
+
+    #: ``(name, value)`` in file order; names as written.
+    set: tuple[tuple[str, str], ...] = ()
+    #: Lower-case names.
+    remove: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What a route changes between the client and the upstream (wsproxy.rewrite)."""
+
+    #: Remove the route's ``path_prefix`` from the path sent upstream.
+    strip_prefix: bool = False
+    #: The ``Host`` sent upstream instead of the client's.
+    host: str | None = None
+    request_headers: HeaderEdits = HeaderEdits()
+    response_headers: HeaderEdits = HeaderEdits()
+
+    def __bool__(self) -> bool:
+        return bool(self.strip_prefix or self.host or self.request_headers or self.response_headers)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """``host`` is None (any host), an exact lower-case name or ``*.suffix``."""
 
@@ -166,6 +224,7 @@ class Route:
     path_prefix: str
     upstream: str
     websocket: WebSocketSettings = WebSocketSettings()
+    rewrite: Rewrite = Rewrite()
 
 
 @dataclass(frozen=True, slots=True)

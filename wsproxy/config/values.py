@@ -3,7 +3,9 @@ user reads (the walker puts it at the node)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
 from ipaddress import IPv4Network, IPv6Network
 
 from yaml.nodes import MappingNode, Node
@@ -92,25 +94,24 @@ def _route_name(text: str) -> str:
     return text
 
 
-def _server_address(text: str) -> Address:
-    """``HOST:PORT`` or ``http://HOST:PORT``."""
+def _server_address(text: str) -> tuple[Address, bool]:
+    """``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT``; the
+    address, and whether the server speaks TLS."""
     scheme, sep, rest = text.partition("://")
+    tls = False
     if sep:
-        if scheme.lower() == "https":
+        if scheme.lower() not in ("http", "https"):
             raise ValueError(
-                f"invalid server {text!r} (TLS to upstreams, https://, is not supported "
-                "in this version; use http:// or HOST:PORT)"
+                f"invalid server {text!r} (the scheme must be http:// or https://, "
+                "or none: HOST:PORT)"
             )
-        if scheme.lower() != "http":
-            raise ValueError(
-                f"invalid server {text!r} (the scheme must be http://, or none: HOST:PORT)"
-            )
+        tls = scheme.lower() == "https"
         if rest.endswith("/"):
             rest = rest[:-1]
         if "/" in rest:
             raise ValueError(f"invalid server {text!r} (a server is HOST:PORT, without a path)")
         text = rest
-    return Address.parse(text, what="server")
+    return Address.parse(text, what="server"), tls
 
 
 _WEIGHT = _integer(1, MAX_WEIGHT, what="weight")
@@ -120,14 +121,107 @@ def _server(ctx: _Ctx, node: Node, path: str) -> ServerSettings | None:
     """``"HOST:PORT"`` or ``{address: "HOST:PORT", weight: N}``."""
     if isinstance(node, MappingNode):
         m = _Map(ctx, node, path)
-        address = m.require("address", _text(_server_address))
+        target = m.require("address", _text(_server_address))
         weight = m.get("weight", _WEIGHT, 1)
         m.finish()
-        if address is None or weight is None or not m.ok:
+        if target is None or weight is None or not m.ok:
             return None
-        return ServerSettings(address, weight)
-    address = _text(_server_address)(ctx, node, path)
-    return ServerSettings(address) if address is not None else None
+        return ServerSettings(target[0], weight, target[1])
+    target = _text(_server_address)(ctx, node, path)
+    return ServerSettings(target[0], tls=target[1]) if target is not None else None
+
+
+def _file(text: str) -> str:
+    """A file name; whether it can be read is wsproxy.tls's question."""
+    if not text.strip() or "\x00" in text:
+        raise ValueError(f"invalid file name {text!r} (expected a path to a file)")
+    return text
+
+
+#: RFC 9110 §5.6.2 token.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+#: Fields a route may not set or remove: the framing and connection fields
+#: the proxy owns (hop-by-hop rules apply after rewrites whatever they say),
+#: ``Host`` (``rewrite.host`` sets it), the handshake's own fields, and the
+#: ``X-Forwarded-*`` fields ``proxy.trusted_proxies`` governs.
+_PROXY_OWNED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+
+
+def _header_name(text: str) -> str:
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"invalid header name {text!r} (letters, digits and !#$%&'*+.^_`|~- only)")
+    lower = text.lower()
+    if lower in _PROXY_OWNED or lower.startswith("sec-websocket-"):
+        raise ValueError(
+            f"header {text!r} cannot be set or removed by a rewrite (the proxy decides it"
+            + (
+                "; use rewrite.host)"
+                if lower == "host"
+                else "; see proxy.trusted_proxies)"
+                if lower.startswith("x-forwarded-")
+                else ")"
+            )
+        )
+    return text
+
+
+def _header_value(text: str) -> str:
+    if any(ch in text for ch in "\r\n\x00") or any(
+        ord(ch) > 0xFF or (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in text
+    ):
+        raise ValueError(
+            f"invalid header value {text!r} (no line breaks or control characters; "
+            "Latin-1 text only)"
+        )
+    if text != text.strip(" \t"):
+        raise ValueError(f"invalid header value {text!r} (no leading or trailing whitespace)")
+    return text
+
+
+def _server_name(text: str) -> str:
+    """``tls.server_name``: the name sent as SNI and checked against the
+    certificate (an IP address is checked, not sent)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(text))
+    checked = _hostname(text)
+    if checked is None:
+        raise ValueError(
+            f"invalid server_name {text!r} (expected a host name such as 'api.internal')"
+        )
+    return checked
+
+
+def _upstream_host(text: str) -> str:
+    """``rewrite.host``: a host name or address, with an optional port."""
+    hint = "expected HOST or HOST:PORT, e.g. 'app.internal' or 'app.internal:8443'"
+    if text.startswith("["):
+        try:
+            Address.parse(text if "]:" in text else text + ":1", what="host")
+        except ValueError:
+            raise ValueError(f"invalid host {text!r} ({hint})") from None
+        return text
+    host, colon, port = text.partition(":")
+    if _hostname(host) is None or (
+        colon and (not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)))
+    ):
+        raise ValueError(f"invalid host {text!r} ({hint})")
+    return text.lower()
 
 
 def _health_path(text: str) -> str:

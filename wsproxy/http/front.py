@@ -72,7 +72,7 @@ from wsproxy.http.wire import (
     own_answer,
     response_head,
 )
-from wsproxy.listeners import Gate
+from wsproxy.listeners import PLAIN, Arrival, Gate
 from wsproxy.tunnel import reset_transport
 
 log = logging.getLogger("wsproxy.front")
@@ -438,8 +438,14 @@ class ClientConnection(asyncio.Protocol):
         settings: FrontSettings,
         registry: set[ClientConnection] | None = None,
         gate: Gate | None = None,
+        arrival: Arrival = PLAIN,
     ) -> None:
         self.app = app
+        #: What the listener learnt before HTTP: a PROXY header's client
+        #: address, TLS.
+        self.arrival = arrival
+        #: ``connection_made`` ran (a failed TLS handshake never gets there).
+        self.connected = False
         #: The listener's connection count (listeners.Gate): released when
         #: the socket closes, or by the tunnel that takes the socket over.
         self.gate = gate
@@ -503,7 +509,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass: no isinstance.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        self.connected = True
+        # A PROXY protocol header names the client; the socket's peer is the
+        # load balancer in front.
+        peer = self.arrival.source or transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0])
             host = self.peer_ip

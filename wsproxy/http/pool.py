@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -451,13 +452,24 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 async def connect(
-    server: Address, timeout: float, factory: Callable[[], UpstreamConnection]
+    server: Address,
+    timeout: float,
+    factory: Callable[[], UpstreamConnection],
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> UpstreamConnection:
-    """Open a connection; a failure comes back as :class:`UpstreamFailure`."""
+    """Open a connection (and its TLS handshake when ``tls``); a failure
+    comes back as :class:`UpstreamFailure`."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            _transport, protocol = await loop.create_connection(factory, server.host, server.port)
+            _transport, protocol = await loop.create_connection(
+                factory,
+                server.host,
+                server.port,
+                ssl=tls,
+                server_hostname=server_hostname if tls is not None else None,
+            )
     except TimeoutError as exc:
         raise UpstreamFailure("timeout", "connect timed out", connecting=True) from exc
     except OSError as exc:
@@ -473,6 +485,11 @@ class ServerPool:
     def __init__(self, upstream: Upstream, server: Address) -> None:
         self.upstream = upstream
         self.server = server
+        #: For an ``https://`` server: the context in force (a reload that
+        #: rotates a CA or client certificate replaces it) and the name
+        #: checked against its certificate.
+        self.tls: ssl.SSLContext | None = None
+        self.server_hostname: str | None = None
         #: ``HOST:PORT``, the ``server`` label of metrics and logs.
         self.label = str(server)
         self.idle: list[UpstreamConnection] = []
@@ -539,7 +556,13 @@ class ServerPool:
             return conn
 
         try:
-            conn = await connect(self.server, self.upstream.connect_timeout, factory)
+            conn = await connect(
+                self.server,
+                self.upstream.connect_timeout,
+                factory,
+                self.tls,
+                self.server_hostname,
+            )
         except BaseException:
             if created:
                 # Cancelled between the factory and connection_made: asyncio

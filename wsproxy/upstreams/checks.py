@@ -41,7 +41,11 @@ async def probe(server: Server, path: str, timeout: float) -> str | None:
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                server.address.host, server.address.port, limit=_MAX_STATUS_LINE
+                server.address.host,
+                server.address.port,
+                limit=_MAX_STATUS_LINE,
+                ssl=server.pool.tls,
+                server_hostname=server.pool.server_hostname if server.pool.tls else None,
             )
             writer.write(request)
             line = await reader.readline()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 
 from wsproxy.config import Address, ServerSettings, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.http.pool import ServerPool
+from wsproxy.tls import server_hostname
 from wsproxy.upstreams.balancer import WeightedRoundRobin, least_loaded, rendezvous
 from wsproxy.upstreams.health import Health, HealthEvents, ServerHealth
 
@@ -24,6 +26,7 @@ class Server:
         "name",
         "pool",
         "settings",
+        "tls",
         "tunnels",
         "weight",
     )
@@ -34,6 +37,8 @@ class Server:
         self.group = settings.name
         self.address = server.address
         self.weight = server.weight
+        #: Written ``https://``: spoken to over TLS (``use_tls``).
+        self.tls = server.tls
         #: ``HOST:PORT``, the ``server`` label of metrics and logs.
         self.label = str(server.address)
         self.name = self.label.encode()
@@ -134,16 +139,18 @@ class Upstreams:
         health table is the same object across reloads: requests still in
         flight on the old configuration report to it too."""
         self.health: Health = reuse.health if reuse is not None else Health(events)
-        kept: dict[tuple[str, Address], Server] = {}
+        # A server that changes between http:// and https:// is a new one:
+        # its pooled connections speak the other protocol.
+        kept: dict[tuple[str, Address, bool], Server] = {}
         if reuse is not None:
             for group in reuse.groups.values():
                 for server in group.servers:
-                    kept[(group.name, server.address)] = server
+                    kept[(group.name, server.address, server.tls)] = server
         self.groups: dict[str, Group] = {}
         for name, settings in upstreams.items():
             servers = []
             for spec in settings.servers:
-                found = kept.pop((name, spec.address), None)
+                found = kept.pop((name, spec.address, spec.tls), None)
                 if found is None:
                     found = Server(settings, spec)
                 else:
@@ -157,6 +164,17 @@ class Upstreams:
         self.dropped = list(kept.values())
         for server in self.dropped:
             self.health.watch.discard(server)
+
+    def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:
+        """The TLS contexts of this configuration (wsproxy.tls), for every
+        ``https://`` server's new connections."""
+        for group in self.groups.values():
+            for server in group.servers:
+                if server.tls:
+                    server.pool.tls = contexts[group.name]
+                    server.pool.server_hostname = server_hostname(
+                        group.settings.tls, server.address.host
+                    )
 
     @property
     def servers(self) -> list[Server]:
