@@ -87,6 +87,11 @@ def classify(exc: BaseException) -> UpstreamFailure:
     """Map an exception from connecting to or talking with an upstream."""
     if isinstance(exc, UpstreamFailure):
         return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # "unable to get local issuer certificate", "Hostname mismatch,
+        # certificate is not valid for 'x'": the names are the configuration's.
+        why = exc.verify_message or exc.reason or "rejected"
+        return UpstreamFailure("tls", f"certificate verify failed: {why}")
     if isinstance(exc, ssl.SSLError):
         reason = getattr(exc, "reason", None)
         return UpstreamFailure("tls", f"TLS failed ({reason})" if reason else "TLS failed")

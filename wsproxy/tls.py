@@ -82,16 +82,17 @@ def client_context(settings: UpstreamTls) -> ssl.SSLContext:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
-        # "[SSL] PEM lib (_ssl.c:3917)" says little; the reason code says more.
-        reason = (exc.reason or "").replace("_", " ").lower()
-        if reason == "pem lib":
-            return "not a PEM certificate or key, or they do not match"
-        if reason in ("key values mismatch", "x509 lib"):
+        # OpenSSL's words ("[SSL] PEM lib (_ssl.c:3926)") say little.
+        reason = exc.reason or ""
+        if reason == "KEY_VALUES_MISMATCH":
             return "the key does not match the certificate"
-        return reason or str(exc)
+        if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+            return "no PEM certificate in the file"
+        if "PEM lib" in str(exc):
+            return "not a PEM certificate or key (or a key protected by a passphrase)"
+        return reason.replace("_", " ").lower() or str(exc)
     if isinstance(exc, OSError) and exc.strerror:
-        name = f" {exc.filename}" if exc.filename else ""
-        return f"cannot read{name}: {exc.strerror}"
+        return f"cannot read: {exc.strerror}"
     return str(exc)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ class Seen:
 class RawBackend:
     """An asyncio server that hands every request head to ``handler``."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        #: Serve over TLS with this context (an ``https://`` upstream).
+        self.tls = tls
         self.server: asyncio.Server | None = None
         self.port = 0
         self.seen: list[Seen] = []
@@ -39,7 +42,9 @@ class RawBackend:
         self.new_connection = asyncio.Event()
 
     async def __aenter__(self) -> RawBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=2**24)
+        self.server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, limit=2**24, ssl=self.tls
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -120,7 +125,7 @@ async def echo_frames(
         await writer.drain()
 
 
-def swoole_like() -> RawBackend:
+def swoole_like(tls: ssl.SSLContext | None = None) -> RawBackend:
     """Answers ``101`` and then applies Swoole's keep-alive rule to the handshake.
 
     With HTTP/1.0 and no ``Connection: keep-alive`` it closes the connection
@@ -156,7 +161,7 @@ def swoole_like() -> RawBackend:
             seen.closed_at = time.monotonic()
         return False
 
-    backend = RawBackend(handler)
+    backend = RawBackend(handler, tls)
     return backend
 
 
