@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from wsproxy.config import Config, Route, Upstream
+from wsproxy.config import Config, Rewrite, Route, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import Relay, forward_http, retryable, upstream_head, upstream_head_fast
 from wsproxy.headers import (
@@ -39,6 +39,8 @@ from wsproxy.http.front import Request
 from wsproxy.http.pool import PoolTimeout, Stale
 from wsproxy.observe import Exchange, Observability
 from wsproxy.origins import origin_allowed
+from wsproxy.rewrite import RawResponseEdits, strip_prefix
+from wsproxy.rewrite import request_headers as rewrite_request
 from wsproxy.routing import Router
 from wsproxy.sessions import redact_target
 from wsproxy.target import BadTarget, parse_target
@@ -87,6 +89,8 @@ class _Forward:
     logged_path: str | None
     #: ``X-Forwarded-Host: <the client's Host>\r\n`` (the fast head; "" without Host).
     forwarded_host: str
+    #: The route's response rewrite, prepared once (None without one).
+    response_edits: RawResponseEdits | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +100,8 @@ class _Client:
     info: ClientInfo
     #: ``X-Forwarded-For`` and ``-Proto`` lines for a request that sent neither.
     forwarded: str
+    #: The peer is one of ``proxy.trusted_proxies``: its X-Forwarded-For names the client.
+    trusted: bool = False
 
 
 #: The versions llhttp accepts, as the access log writes them.
@@ -124,6 +130,12 @@ class Proxy:
         self.servers_down = self.upstreams.health.watch
         self.checker = Checker(self.upstreams.servers, self.upstreams.health)
         self.router = Router(config.routes)
+        #: Each route's response rewrite, prepared once per configuration.
+        self._response_edits = {
+            route.name: RawResponseEdits(route.rewrite.response_headers)
+            for route in config.routes
+            if route.rewrite.response_headers
+        }
         #: Recent dispatch decisions (_decide), bounded by _DECISIONS.
         self._decisions: dict[tuple[object, ...], _Refusal | _Forward] = {}
         # Request IDs: a random per-process prefix and a counter, unique and
@@ -185,9 +197,17 @@ class Proxy:
             return None
         assert isinstance(decision, _Forward)
         exchange.route = decision.route.name
+        exchange.response_edits = decision.response_edits
         client = request.connection.app_data
         if client is None:  # once per connection
             client = request.connection.app_data = self._client(request)
+        if client.trusted:
+            # Logs and the status page name the client the trusted proxy
+            # names (nginx's realip), and keep the peer beside it.
+            resolved = client_address(client.info, request.index.get("x-forwarded-for", _NONE))
+            if resolved is not None and resolved != request.peer_ip:
+                exchange.note("peer", exchange.client)
+                exchange.client = resolved
         index = request.index
         if "upgrade" in index:
             if self._is_websocket(request):
@@ -269,7 +289,7 @@ class Proxy:
             scheme="https" if request.connection.arrival.tls else "http",
             trusted_proxies=self.config.proxy.trusted_proxies,
         )
-        return _Client(info, forwarded_for_proto(info))
+        return _Client(info, forwarded_for_proto(info), info.peer_is_trusted())
 
     # --- forward.RelayEvents: a relay's context is the request's Exchange ---
 
@@ -377,7 +397,7 @@ class Proxy:
         exchange: Exchange,
     ) -> bytes:
         """The upstream request head for ``server``."""
-        if untouched(request.index):
+        if untouched(request.index) and not decision.route.rewrite.request_rewritten:
             # Nothing to drop or replace (the common case): the client's
             # fields as they came, then this hop's own.
             return upstream_head_fast(
@@ -388,7 +408,9 @@ class Proxy:
                 exchange.request_id,
                 chunked=request.chunked,
             )
-        headers = self._upstream_headers(request, client.info, server.label, exchange)
+        headers = self._upstream_headers(
+            request, client.info, server.label, exchange, decision.route.rewrite
+        )
         return upstream_head(request, decision.origin_form, headers)
 
     def _decide(
@@ -412,13 +434,26 @@ class Proxy:
         if route is None:
             return _Refusal(404, "no route matches this request", logged_path=logged_path)
         upstream = self.config.upstreams[route.upstream]
+        origin_form = target.origin_form
+        if route.rewrite.strip_prefix:
+            stripped = strip_prefix(route.path_prefix, origin_form)
+            if stripped is None:
+                # Matched only through the lenient reading (//api, /api%2F):
+                # neither stripped nor forwarded as it is (wsproxy.rewrite).
+                return _Refusal(
+                    400,
+                    "bad request target: not under the route's prefix as written",
+                    logged_path=logged_path,
+                )
+            origin_form = stripped
         return _Forward(
-            target.origin_form,
+            origin_form,
             route,
             upstream,
             self.upstreams.groups[upstream.name],
             logged_path,
             forwarded_host_field(hosts),
+            self._response_edits.get(route.name),
         )
 
     def _upstream_headers(
@@ -427,6 +462,7 @@ class Proxy:
         client: ClientInfo,
         server: str,
         exchange: Exchange,
+        rewrite: Rewrite,
         *,
         websocket: bool = False,
     ) -> list[tuple[str, str]]:
@@ -449,6 +485,8 @@ class Proxy:
                 exchange.request_id,
                 ", ".join(name[:64] for name in dropped),
             )
+        if rewrite.request_rewritten:
+            return rewrite_request(headers, rewrite)
         return headers
 
     def _pick(
@@ -572,7 +610,7 @@ class Proxy:
         tried: set[Server] = set()
         while server is not None:
             headers = self._upstream_headers(
-                request, client.info, server.label, exchange, websocket=True
+                request, client.info, server.label, exchange, route.rewrite, websocket=True
             )
             try:
                 await handle_websocket(

@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence, Sized
 from typing import Any, Protocol
 
 from wsproxy.errors import UpstreamFailure
-from wsproxy.headers import NotableField, client_response_fields
+from wsproxy.headers import NotableField, client_response_fields, notable_fields
 from wsproxy.http.front import Request
 from wsproxy.http.pool import ServerPool, Stale, UpstreamConnection
 from wsproxy.http.wire import LAST_CHUNK, chunk, client_framing, request_head
+from wsproxy.rewrite import RawResponseEdits
 
 log = logging.getLogger("wsproxy.upstream")
 
@@ -84,6 +85,7 @@ class Relay:
         "head_sent",
         "on_body",
         "request",
+        "response_edits",
         "switched",
     )
 
@@ -100,6 +102,8 @@ class Relay:
         self.flush: Callable[[], None] = request.connection.flush
         self.context = context
         self.events = events
+        #: The route's response rewrite (wsproxy.rewrite), carried by the context.
+        self.response_edits: RawResponseEdits | None = getattr(context, "response_edits", None)
         self.head = b""
         self.head_sent = False
         self.switched: tuple[int, bytes, list[tuple[str, str]], bytes] | None = None
@@ -215,11 +219,18 @@ class Relay:
         events = self.events
         if events.servers_down:  # only then can a head be news (the common case is not)
             events.answered(self)
+        edits = self.response_edits
+        if edits is not None:
+            kept = edits.without(headers)
+            if kept is not None:
+                headers, notable = kept, notable_fields(kept)
         if self._plain and has_length and status != 204 and status != 304:
             # What client_framing and send_head decide for the plain case
             # (Framing.LENGTH, nothing of the proxy's own), without them;
             # False when the client connection is closing after all.
             fields = client_response_fields(headers, notable)
+            if edits is not None:
+                fields += edits.lines
             if request.hold_plain_head(status, reason, fields):
                 self.head_sent = True
                 return
@@ -234,6 +245,8 @@ class Relay:
         # RFC 9110 §8.6: no Content-Length in a 204; one that says non-zero
         # would make a client wait for a body.
         relayed = client_response_fields(headers, notable, drop_length=status == 204)
+        if edits is not None:
+            relayed += edits.lines
         request.send_head(status, reason, relayed, framing, flush=False)
         self.head_sent = True
 

@@ -19,6 +19,7 @@ from wsproxy.accesslog import AccessLog, format_text, timestamp
 from wsproxy.config import Config
 from wsproxy.errors import UpstreamFailure
 from wsproxy.metrics import Metrics
+from wsproxy.rewrite import RawResponseEdits
 from wsproxy.sessions import (
     DirectionStats,
     SessionInfo,
@@ -59,6 +60,8 @@ class Exchange:
     upgrade_result: str | None = None  # set for WebSocket handshake attempts
     extra: dict[str, object] | None = None  # more access-log fields (note())
     bytes_to_client: int = 0  # body bytes (or the whole answer, for our own)
+    #: The route's response rewrite (routes[].rewrite.response_headers), if any.
+    response_edits: RawResponseEdits | None = None
 
     def note(self, name: str, value: object) -> None:
         """One more access-log field."""

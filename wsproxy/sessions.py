@@ -90,6 +90,10 @@ class SessionInfo:
     upstream_version: str  # the request line version the upstream received
     upstream_connection: str  # the Connection header the upstream received
     early_close_window: float
+    #: The target the upstream received (a rewrite may strip a prefix); "": ``path``.
+    upstream_path: str = ""
+    #: The upstream server is spoken to over TLS (an ``https://`` server).
+    upstream_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +196,11 @@ def probe_command(info: SessionInfo) -> str:
     path, without the query (its names may be secrets too, even redacted).
     Quoted for a shell: the path came from a client, and an operator will
     paste this line into a terminal."""
-    path = without_query(info.path)
+    path = without_query(info.upstream_path or info.path)
     if not path.startswith("/"):
         path = "/"
-    return "wsproxy probe " + shlex.quote(f"ws://{info.server}{path}")
+    scheme = "wss" if info.upstream_tls else "ws"
+    return "wsproxy probe " + shlex.quote(f"{scheme}://{info.server}{path}")
 
 
 def without_query(target: str) -> str:

@@ -38,6 +38,7 @@ from wsproxy.http.front import Request
 from wsproxy.http.pool import Stale, UpstreamConnection, connect
 from wsproxy.http.wire import request_head, response_head
 from wsproxy.observe import Exchange
+from wsproxy.rewrite import response_headers as rewrite_response
 from wsproxy.sessions import SessionInfo
 from wsproxy.tunnel import Tunnel
 from wsproxy.upstreams.servers import Server, Upstreams
@@ -170,6 +171,8 @@ async def handle_websocket(
         upstream_version="HTTP/1.1",  # what the request line said (wire.request_head)
         upstream_connection=", ".join(header_values(headers, "connection")),
         early_close_window=settings.early_close_window,
+        upstream_path=target,
+        upstream_tls=server.tls,
     )
     _tunnel(
         request,
@@ -212,9 +215,10 @@ def _tunnel(
     request.response_started = request.response_done = True
     request.status = 101
     try:
-        request.connection.write(
-            response_head(101, reason, switching_protocols_headers(response_headers))
-        )
+        relayed = switching_protocols_headers(response_headers)
+        if exchange.response_edits is not None:
+            relayed = rewrite_response(relayed, exchange.response_edits.edits)
+        request.connection.write(response_head(101, reason, relayed))
         client_transport, client_tail = request.connection.take_over(tunnel.client_side)
     except BaseException:
         tunnel.close("error", reset=True)

@@ -214,6 +214,11 @@ class Rewrite:
     def __bool__(self) -> bool:
         return bool(self.strip_prefix or self.host or self.request_headers or self.response_headers)
 
+    @property
+    def request_rewritten(self) -> bool:
+        """Whether the request's fields change (not only its path)."""
+        return self.host is not None or bool(self.request_headers)
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
