@@ -292,7 +292,7 @@ def test_pure_modules_import_neither_asyncio_nor_aiohttp() -> None:
         "import sys, wsproxy.headers, wsproxy.routing, wsproxy.target, wsproxy.wsframes,"
         " wsproxy.sessions, wsproxy.upstreams.balancer, wsproxy.upstreams.health,"
         " wsproxy.probe.model, wsproxy.probe.report, wsproxy.config, wsproxy.status,"
-        " wsproxy.origins, wsproxy.proxyproto;"
+        " wsproxy.origins, wsproxy.proxyproto, wsproxy.rewrite, wsproxy.tls;"
         "bad = [m for m in ('asyncio', 'aiohttp') if m in sys.modules];"
         "print(','.join(bad))"
     )
