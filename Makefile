@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test test-soak lint clean screenshots bench bench-quick bench-observer bench-flood \
+.PHONY: demo test test-soak lint clean screenshots bench bench-quick bench-tls bench-observer bench-flood \
 	image-wheels image-base image image-test image-clean
 
 $(BIN)/python:
@@ -59,6 +59,11 @@ bench: $(STAMP_BENCH)
 bench-quick: $(STAMP_BENCH)
 	bench/install.sh
 	cd bench && ../$(BIN)/python run.py --quick --out /tmp/wsproxy-bench-quick
+
+# TLS termination side by side with nginx, HAProxy and Caddy (bench/tls.py).
+bench-tls: $(STAMP_BENCH)
+	bench/install.sh
+	cd bench && ../$(BIN)/python tls.py
 
 # Tunnel throughput and proxy CPU per message, frame observer on versus off.
 bench-observer: $(STAMP_RUN)

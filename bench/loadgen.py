@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -96,12 +97,26 @@ class Idle(WSListener):
     pass
 
 
+def _tls_context(url: str) -> ssl.SSLContext | None:
+    """wss:// on loopback, to the bench's own self-signed certificate:
+    encrypted, not verified (bench/tls.py measures the proxies' TLS cost)."""
+    if not url.startswith("wss://"):
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def connect_all(url: str, factory: object, count: int, batch: int = 200) -> list[object]:
     listeners: list[object] = []
+    context = _tls_context(url)
     for start in range(0, count, batch):
         pairs = await asyncio.gather(
             *(
-                ws_connect(factory, url, max_frame_size=64 * 1024 * 1024)  # type: ignore[arg-type]
+                ws_connect(  # type: ignore[call-overload]
+                    factory, url, max_frame_size=64 * 1024 * 1024, ssl_context=context
+                )
                 for _ in range(min(batch, count - start))
             )
         )
