@@ -404,11 +404,17 @@ class Listener:
             self._refused(stage, "invalid", peer)
         except EOFError:
             self._refused(stage, "closed", peer)
+        except ConnectionAbortedError:
+            # How asyncio and uvloop end a handshake past ssl_handshake_timeout.
+            self._refused(stage, "timeout" if stage == "tls" else "closed", peer)
         except (OSError, ssl.SSLError) as exc:
             # A reset, a refused handshake (unknown CA, wrong version), bytes
             # that are not TLS: the client's problem, logged at debug.
             log.debug("connection from %s: %s failed: %s", peer, stage, exc)
             self._refused(stage, "handshake" if stage == "tls" else "closed", peer)
+        except Exception:
+            # A bug of ours: the connection goes, the listener and its count stay right.
+            log.exception("connection from %s: %s failed", peer, stage)
         self._drop(conn, made)
 
     def _drop(self, conn: socket.socket, made: list[asyncio.Protocol]) -> None:

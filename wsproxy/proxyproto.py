@@ -114,6 +114,15 @@ def _address(text: bytes, family: int) -> str:
         raise ProxyProtocolError("a PROXY v1 address that is not an IP address") from None
     if address.version != family:
         raise ProxyProtocolError(f"a PROXY v1 address that is not IPv{family}")
+    return _text(address)
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An IPv4-mapped IPv6 address (a dual-stack balancer's) as the IPv4
+    address it is, so trusted_proxies, ip_hash and the per-client limit see
+    one client, not two."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
     return str(address)
 
 
@@ -161,6 +170,6 @@ def _v2(data: bytes) -> ProxyHeader | None:
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", body)
     else:
         raise ProxyProtocolError("a PROXY v2 header for an address family other than IP")
-    source = str(ipaddress.ip_address(src)), sport
-    destination = str(ipaddress.ip_address(dst)), dport
+    source = _text(ipaddress.ip_address(src)), sport
+    destination = _text(ipaddress.ip_address(dst)), dport
     return ProxyHeader(2, source, destination, total)

@@ -58,11 +58,15 @@ def request_headers(headers: Sequence[tuple[str, str]], rewrite: Rewrite) -> Hea
     """The upstream request's fields (already through the proxy's rules) with
     the route's ``host`` and ``request_headers`` applied."""
     edits = rewrite.request_headers
-    drop = edits.remove | {name.lower() for name, _ in edits.set}
+    drop = {
+        name.replace("_", "-") for name in edits.remove | {name.lower() for name, _ in edits.set}
+    }
     result: HeaderList = []
     for name, value in headers:
         lower = name.lower()
-        if lower in drop:
+        # With proxy.allow_underscore_headers, "X_User" reaches CGI, PHP or
+        # WSGI as the same variable as the "X-User" set here: dropped too.
+        if (lower.replace("_", "-") if "_" in lower else lower) in drop:
             continue
         if lower == "host" and rewrite.host is not None:
             value = rewrite.host

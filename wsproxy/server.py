@@ -95,6 +95,19 @@ class ProxyServer:
         ]
 
     @property
+    def listening(self) -> list[tuple[str, str, int]]:
+        """(scheme, host, port) of each listening socket, for the start's log lines."""
+        return [
+            (
+                "https" if listener.preamble.tls is not None else "http",
+                str(sock.getsockname()[0]),
+                int(sock.getsockname()[1]),
+            )
+            for listener in self._listeners.values()
+            for sock in listener.sockets
+        ]
+
+    @property
     def upstreams(self) -> Upstreams:
         return self.proxy.upstreams
 
@@ -440,8 +453,8 @@ async def serve(
     with stop_signals() as stop, reload_signal() as reload:
         try:
             await server.start()
-            for host, port in server.addresses:
-                log.info("listening on http://%s:%d", host, port)
+            for scheme, host, port in server.listening:
+                log.info("listening on %s://%s:%d", scheme, host, port)
             if role is None:
                 log.info(
                     "admin on http://%s:%d (/ the status page, /metrics, /healthz, /readyz)",

@@ -51,6 +51,16 @@ class TlsContexts:
     upstreams: Mapping[str, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
 
 
+class _Encrypted(Exception):
+    """The key asks for a passphrase (not supported: nobody could type it)."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL asks on the terminal: a reload would block
+    # the event loop reading it.
+    raise _Encrypted
+
+
 def server_context(settings: ListenTls) -> ssl.SSLContext:
     """A context that terminates TLS with ``settings``' certificate (OSError,
     ssl.SSLError when a file does not load)."""
@@ -58,7 +68,7 @@ def server_context(settings: ListenTls) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(ALPN)
-    context.load_cert_chain(settings.cert_file, settings.key_file)
+    context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
     return context
 
 
@@ -76,11 +86,13 @@ def client_context(settings: UpstreamTls) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if settings.cert_file is not None and settings.key_file is not None:
-        context.load_cert_chain(settings.cert_file, settings.key_file)
+        context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
     return context
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, _Encrypted):
+        return "the key is protected by a passphrase; write it without one (openssl pkey -in KEY)"
     if isinstance(exc, ssl.SSLError):
         # OpenSSL's words ("[SSL] PEM lib (_ssl.c:3926)") say little.
         reason = exc.reason or ""
@@ -89,7 +101,7 @@ def _reason(exc: Exception) -> str:
         if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
             return "no PEM certificate in the file"
         if "PEM lib" in str(exc):
-            return "not a PEM certificate or key (or a key protected by a passphrase)"
+            return "not a PEM certificate or key"
         return reason.replace("_", " ").lower() or str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot read: {exc.strerror}"
@@ -110,7 +122,7 @@ def load(config: Config) -> TlsContexts:
             continue
         try:
             listeners[listen.address] = server_context(listen.tls)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, _Encrypted) as exc:
             issue(
                 f"listen[{index}].tls",
                 f"cert_file {listen.tls.cert_file!r} with key_file {listen.tls.key_file!r}",
@@ -122,7 +134,7 @@ def load(config: Config) -> TlsContexts:
         settings = upstream.tls
         try:
             upstreams[name] = client_context(settings)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, _Encrypted) as exc:
             files = ", ".join(
                 f"{key} {value!r}"
                 for key, value in (

@@ -123,6 +123,15 @@ def set_keepalive(transport: asyncio.BaseTransport, idle: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
+def half_closable(transport: asyncio.BaseTransport) -> bool:
+    """Whether ``eof_received`` may keep ``transport`` open: plain TCP can
+    half-close; asyncio's and uvloop's TLS transports close after an EOF
+    whatever the protocol returns (and log a warning when it returns True).
+    Asked while the transport is open: a closed asyncio TLS transport fails
+    ``get_extra_info``."""
+    return transport.get_extra_info("sslcontext") is None
+
+
 def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
     sock = transport.get_extra_info("socket")
@@ -158,6 +167,7 @@ class Tunnel:
         "_upstream_lost",
         "c2u",
         "client_eof",
+        "client_half_close",
         "client_side",
         "client_transport",
         "close_code",
@@ -171,6 +181,7 @@ class Tunnel:
         "started",
         "u2c",
         "upstream_eof",
+        "upstream_half_close",
         "upstream_side",
         "upstream_transport",
     )
@@ -187,6 +198,9 @@ class Tunnel:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.upstream_transport = upstream_transport
+        #: Each side's transport can stay open after its EOF (not TLS).
+        self.upstream_half_close = half_closable(upstream_transport)
+        self.client_half_close = True
         kind = FrameObserver if observe_frames else ByteCounter
         #: client-to-upstream and upstream-to-client observers.
         self.c2u = kind(client_side=True, allowed_rsv=allowed_rsv, budget=budget)
@@ -244,6 +258,7 @@ class Tunnel:
         """Go live: forward what each side sent early, then let bytes flow."""
         self.started = time.monotonic()
         self.client_transport = client
+        self.client_half_close = half_closable(client)
         client.set_write_buffer_limits(high=self._buffer_limit, low=self._buffer_limit // 4)
         self.upstream_transport.set_protocol(self.upstream_side)
         if client_tail:
@@ -650,7 +665,7 @@ class ClientSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("client")
-        return True
+        return self._tunnel.client_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._tunnel.on_lost("client", exc)
@@ -678,7 +693,7 @@ class UpstreamSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("upstream")
-        return True
+        return self._tunnel.upstream_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._tunnel.on_lost("upstream", exc)
@@ -730,7 +745,8 @@ class ClosingSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._tunnel._closing_eof(self._side)
-        return True
+        tunnel = self._tunnel
+        return tunnel.client_half_close if self._side == "client" else tunnel.upstream_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._tunnel.on_lost(self._side, exc)

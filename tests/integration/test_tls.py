@@ -5,7 +5,10 @@ session stays open; ``https://`` upstreams, verified by default."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -272,3 +275,83 @@ async def test_a_client_certificate_for_an_upstream_that_asks_for_one(tmp_path: 
         )
         async with observed_proxy(https_upstream(backend.port, with_cert)) as obs:
             assert await _get(obs) == (200, "version=HTTP/1.1\n")
+
+
+def test_a_key_with_a_passphrase_is_refused_without_asking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issued = issue(tmp_path)
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        [
+            "openssl", "pkey", "-in", str(issued.key_file), "-out", str(encrypted),
+            "-aes256", "-passout", "pass:secret",
+        ],
+        check=True,
+    )  # fmt: skip
+    issued.key_file.write_bytes(encrypted.read_bytes())
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(behind_tls(issued, 9))
+    # Without a terminal OpenSSL would fail obscurely; with one it would wait
+    # for a passphrase, and a reload would freeze the event loop.
+    assert main(["check", "-c", str(config)]) == 2
+    assert "the key is protected by a passphrase" in capsys.readouterr().err
+
+
+async def test_a_handshake_that_never_comes_times_out_and_is_counted(tmp_path: Path) -> None:
+    issued = issue(tmp_path)
+    extra = "proxy:\n  client_header_timeout: 0.3s\n"
+    async with (
+        swoole_like() as backend,
+        observed_proxy(behind_tls(issued, backend.port, extra)) as obs,
+    ):
+        reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
+        writer.write(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        labels = {"listener": "127.0.0.1:0", "reason": "timeout"}
+        scrape = await obs.sample("wsproxy_tls_handshake_errors_total", **labels)
+        assert scrape.value("wsproxy_tls_handshake_errors_total", **labels) == 1
+
+
+async def test_tls_sessions_end_without_asyncio_warnings(
+    tmp_path: Path,
+    tls_backend: tuple[Issued, int, list[object]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Both sides over TLS: the client to wsproxy, wsproxy to the backend.
+    issued, port, _seen = tls_backend
+    ca = write_authority(issued.authority, tmp_path / "ca.pem")
+    text = https_upstream(port, f"    tls:\n      ca_file: {ca}\n")
+    text = tls_listener(issued) + text[text.index("upstreams:") :]
+    async with observed_proxy(text) as obs:
+        for _ in range(3):
+            async with connect(
+                f"wss://localhost:{obs.port}/ws", ssl=issued.client_context()
+            ) as session:
+                await session.send("x")
+                assert await session.recv() == "x"
+        await obs.sessions_ended()
+    warnings_seen = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in warnings_seen if "eof_received" in m], warnings_seen
+
+
+async def test_a_reload_that_tightens_upstream_tls_reaches_pooled_connections(
+    tmp_path: Path, tls_backend: tuple[Issued, int, list[object]]
+) -> None:
+    _issued, port, _seen = tls_backend
+    loose = https_upstream(port, "    tls:\n      verify: false\n").replace(
+        "routes:", "    keepalive_timeout: 60s\nroutes:", 1
+    )
+    other = write_authority(trustme.CA(), tmp_path / "other-ca.pem")
+    strict = loose.replace("verify: false", f"ca_file: {other}")
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(loose)
+    async with observed_proxy(loose) as obs:
+        assert (await _get(obs))[0] == 200  # a pooled connection now exists
+        config.write_text(strict)
+        assert await obs.server.reload_from(str(config))
+        # The CA that signed the backend is no longer trusted: not even the
+        # connection pooled before the reload may serve another request.
+        assert (await _get(obs))[0] == 502

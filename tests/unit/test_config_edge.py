@@ -126,6 +126,7 @@ def test_https_servers_and_upstream_tls() -> None:
             "{verify: false, ca_file: ca.pem}",
             "upstreams.app.tls.ca_file: ca_file has no effect with verify: false",
         ),
+        ("{verify: false, server_name: 'a b'}", "invalid server_name 'a b'"),
         ("{server_name: 'a b'}", "upstreams.app.tls.server_name: invalid server_name 'a b'"),
         ("{verify: maybe}", "upstreams.app.tls.verify: expected true or false"),
         ("{ca: x}", "upstreams.app.tls.ca: unknown key"),
@@ -138,6 +139,17 @@ def test_bad_upstream_tls(tls: str, message: str) -> None:
     )
     (got,) = errors(text)
     assert message in got
+
+
+def test_server_name_with_verify_false_is_still_sent_as_sni() -> None:
+    text = (
+        'upstreams:\n  app:\n    servers: ["https://10.0.0.1:443"]\n'
+        "    tls: {verify: false, server_name: app.example.org}\n"
+        "routes:\n  - upstream: app\n"
+    )
+    assert parse(text).upstreams["app"].tls == UpstreamTls(
+        server_name="app.example.org", verify=False
+    )
 
 
 def test_upstream_tls_without_an_https_server_is_an_error() -> None:
@@ -189,6 +201,8 @@ def test_rewrite() -> None:
         ("{request_headers: {set: {X-Forwarded-For: 1.2.3.4}}}", "proxy.trusted_proxies"),
         ("{response_headers: {set: {Sec-WebSocket-Accept: x}}}", "cannot be set or removed"),
         ("{response_headers: {set: {Transfer-Encoding: chunked}}}", "cannot be set or removed"),
+        ("{request_headers: {remove: [Expect]}}", "cannot be set or removed"),
+        ("{request_headers: {set: {X-Request-ID: x}}}", "cannot be set or removed"),
         ("{request_headers: {set: {'a b': x}}}", "invalid header name 'a b'"),
         ('{request_headers: {set: {X-A: "a\\r\\nX-B: b"}}}', "invalid header value"),
         ("{request_headers: {set: {X-A: ' x'}}}", "no leading or trailing whitespace"),

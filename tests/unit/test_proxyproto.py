@@ -158,3 +158,15 @@ def test_what_follows_a_header_is_never_taken(rest: bytes) -> None:
     result2 = parse(v2() + rest)
     assert result2 is not None
     assert result2.length == len(v2())
+
+
+def test_an_ipv4_mapped_source_is_the_ipv4_address() -> None:
+    v1 = b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 4000 443\r\n"
+    header = parse(v1)
+    assert header is not None
+    assert header.source == ("192.0.2.7", 4000)
+    mapped = ipaddress.IPv6Address("::ffff:198.51.100.1").packed
+    body = mapped + ipaddress.IPv6Address("2001:db8::1").packed + struct.pack("!HH", 5, 443)
+    header = parse(v2(family=0x21, addresses=body))
+    assert header is not None
+    assert header.source == ("198.51.100.1", 5)

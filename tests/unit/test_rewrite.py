@@ -56,3 +56,13 @@ def test_response_edits_text_and_raw_agree() -> None:
     assert raw.without(fields) == [(b"Content-Type", b"t")]
     assert raw.without([(b"Content-Type", b"t")]) is None
     assert raw.lines == b"X-Frame-Options: DENY\r\n"
+
+
+def test_underscore_twins_of_rewritten_names_are_dropped() -> None:
+    # With proxy.allow_underscore_headers, X_User would reach a CGI, PHP or
+    # WSGI backend as the same variable as the X-User the operator sets.
+    rewrite = Rewrite(
+        request_headers=HeaderEdits((("X-User", "operator"),), frozenset({"x-secret"}))
+    )
+    headers = [("X_User", "evil"), ("x_secret", "s"), ("X_Other", "kept")]
+    assert request_headers(headers, rewrite) == [("X_Other", "kept"), ("X-User", "operator")]

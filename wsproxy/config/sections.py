@@ -236,12 +236,11 @@ def _upstream_tls(ctx: _Ctx, node: Node, path: str) -> UpstreamTls | None:
             f"{given} needs {missing} too (a client certificate is the pair)",
         )
         return None
-    if not verify and (ca_file is not None or server_name is not None):
-        given = "ca_file" if ca_file is not None else "server_name"
+    if not verify and ca_file is not None:
         ctx.add(
-            m.node(given) or node,
-            _key_path(path, given),
-            f"{given} has no effect with verify: false (nothing is verified)",
+            m.node("ca_file") or node,
+            _key_path(path, "ca_file"),
+            "ca_file has no effect with verify: false (nothing is verified)",
         )
         return None
     return UpstreamTls(ca_file, server_name, cert, key, verify)

@@ -155,6 +155,8 @@ _PROXY_OWNED = frozenset(
         "transfer-encoding",
         "upgrade",
         "content-length",
+        "expect",
+        "x-request-id",
         "host",
         "x-forwarded-for",
         "x-forwarded-proto",

@@ -588,6 +588,11 @@ class ClientConnection(asyncio.Protocol):
             return None
         if active is None and not self._queue:
             return None  # idle: close
+        if self.arrival.tls:
+            # TLS has no half-close here: asyncio's and uvloop's TLS
+            # transports close after the client's close_notify, whatever
+            # this returns; what is in flight is the client's loss.
+            return None
         # A half-closed client still gets the answers to what it sent.
         self._no_more_requests = True
         return True

@@ -49,6 +49,7 @@ import httptools
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, parser_reason
 from wsproxy.headers import NOTABLE_LENGTHS, NOTABLE_RESPONSE_FIELDS, NotableField
+from wsproxy.tunnel import half_closable
 
 #: Longest upstream response head accepted (status line plus headers).
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -122,6 +123,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: ServerPool | None = None) -> None:
         self.pool = pool
+        #: The pool's TLS generation when this connection was made (ServerPool.renew).
+        self.generation = pool.generation if pool is not None else 0
+        self.half_close = True
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -149,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        #: Not TLS: may stay open after the server's EOF (a tunnel's half-close).
+        self.half_close = half_closable(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -199,7 +205,8 @@ class UpstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         if self.switched:
-            return True  # the tunnel decides
+            # The tunnel decides (where TLS lets a transport stay open).
+            return self.half_close
         if self.receiver is not None and self._until_close and self._head_done:
             self._message_complete()  # a body delimited by the close
         self.broken = True
@@ -490,6 +497,8 @@ class ServerPool:
         #: checked against its certificate.
         self.tls: ssl.SSLContext | None = None
         self.server_hostname: str | None = None
+        #: Bumped when the TLS settings change: older connections are not reused.
+        self.generation = 0
         #: ``HOST:PORT``, the ``server`` label of metrics and logs.
         self.label = str(server)
         self.idle: list[UpstreamConnection] = []
@@ -578,7 +587,12 @@ class ServerPool:
     def release(self, conn: UpstreamConnection) -> None:
         """A response ended: keep the connection for the next request, or close it."""
         conn.receiver = None
-        if self._closed or not conn.keep_alive or not self.upstream.keepalive_timeout:
+        if (
+            self._closed
+            or not conn.keep_alive
+            or not self.upstream.keepalive_timeout
+            or conn.generation != self.generation
+        ):
             conn.close()
             return
         # The last read may have paused it for a slow client; that client's
@@ -624,6 +638,18 @@ class ServerPool:
             self._sweeper = asyncio.get_running_loop().call_later(
                 self.upstream.keepalive_timeout / 2, self._sweep
             )
+
+    def renew(self, tls: ssl.SSLContext, server_hostname: str) -> None:
+        """New TLS settings (a reload): new connections use them, and no
+        connection made with the old ones is used again (a CA withdrawn or a
+        name changed must not live on in the pool)."""
+        if self.tls is not None:
+            self.generation += 1
+            for conn in list(self.idle):
+                conn.close()
+            self.idle.clear()
+        self.tls = tls
+        self.server_hostname = server_hostname
 
     def close(self) -> None:
         self._closed = True

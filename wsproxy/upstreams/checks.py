@@ -32,7 +32,11 @@ _MAX_STATUS_LINE = 1024
 
 async def probe(server: Server, path: str, timeout: float) -> str | None:
     """One check: None when it passed, else what failed (for the log line)."""
-    host = f"[{server.address.host}]" if ":" in server.address.host else server.address.host
+    # Over TLS the Host matches the name checked and sent as SNI (a backend
+    # may answer 421 to a Host that differs from its SNI).
+    name = server.pool.server_hostname if server.pool.tls is not None else None
+    host = name or server.address.host
+    host = f"[{host}]" if ":" in host else host
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{server.address.port}\r\n"
         "User-Agent: wsproxy-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"

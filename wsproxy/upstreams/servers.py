@@ -171,9 +171,9 @@ class Upstreams:
         for group in self.groups.values():
             for server in group.servers:
                 if server.tls:
-                    server.pool.tls = contexts[group.name]
-                    server.pool.server_hostname = server_hostname(
-                        group.settings.tls, server.address.host
+                    server.pool.renew(
+                        contexts[group.name],
+                        server_hostname(group.settings.tls, server.address.host),
                     )
 
     @property
