@@ -91,6 +91,8 @@ class _Forward:
     forwarded_host: str
     #: The route's response rewrite, prepared once (None without one).
     response_edits: RawResponseEdits | None = None
+    #: The route changes the request's fields (rewrite.host, request_headers).
+    rewrites_request: bool = False
 
 
 @dataclass(slots=True)
@@ -197,7 +199,8 @@ class Proxy:
             return None
         assert isinstance(decision, _Forward)
         exchange.route = decision.route.name
-        exchange.response_edits = decision.response_edits
+        if decision.response_edits is not None:
+            exchange.response_edits = decision.response_edits
         client = request.connection.app_data
         if client is None:  # once per connection
             client = request.connection.app_data = self._client(request)
@@ -397,7 +400,7 @@ class Proxy:
         exchange: Exchange,
     ) -> bytes:
         """The upstream request head for ``server``."""
-        if untouched(request.index) and not decision.route.rewrite.request_rewritten:
+        if not decision.rewrites_request and untouched(request.index):
             # Nothing to drop or replace (the common case): the client's
             # fields as they came, then this hop's own.
             return upstream_head_fast(
@@ -454,6 +457,7 @@ class Proxy:
             logged_path,
             forwarded_host_field(hosts),
             self._response_edits.get(route.name),
+            route.rewrite.request_rewritten,
         )
 
     def _upstream_headers(
