@@ -197,6 +197,9 @@ async def _readable(sock: socket.socket) -> None:
         loop.remove_reader(fd)
 
 
+#: How long a TLS connection's close waits for the peer's close_notify.
+TLS_SHUTDOWN_TIMEOUT = 5.0
+
 #: How much is peeked at once: a v1 header, a v2 header with its usual TLVs.
 _PEEK = 4096
 
@@ -392,6 +395,9 @@ class Listener:
                 conn,
                 ssl=preamble.tls,
                 ssl_handshake_timeout=preamble.timeout if preamble.tls is not None else None,
+                # A peer that never answers our close_notify must not hold its
+                # slot (and the drain) for asyncio's default 30 s.
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT if preamble.tls is not None else None,
             )
             return
         except asyncio.CancelledError:
