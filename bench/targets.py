@@ -307,6 +307,11 @@ http://127.0.0.1:{port} {{
 }}
 """
     )
+    return spawn_caddy(workdir, conf, port)
+
+
+def spawn_caddy(workdir: Path, conf: Path, port: int) -> Target:
+    """Caddy on one thread, its state kept in ``workdir``."""
     env = {
         "GOMAXPROCS": "1",
         "HOME": str(workdir),

@@ -42,6 +42,7 @@ from targets import (  # type: ignore[import-not-found]
     Target,
     _spawn,
     need,
+    spawn_caddy,
     start_backend,
     start_origin,
 )
@@ -179,14 +180,7 @@ https://127.0.0.1:{port}, https://localhost:{port} {{
 }}
 """
     )
-    env = {
-        "GOMAXPROCS": "1",
-        "HOME": str(workdir),
-        "XDG_DATA_HOME": str(workdir / "caddy-data"),
-        "XDG_CONFIG_HOME": str(workdir / "caddy-config"),
-    }
-    argv = [need("caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"]
-    return _spawn("caddy", argv, port, workdir, env)
+    return spawn_caddy(workdir, conf, port)
 
 
 def start_wsproxy(workdir: Path, ws: int, http: int, cert: Path, key: Path) -> Target:

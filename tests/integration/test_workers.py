@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,14 @@ class Workers:
 
 
 @contextlib.asynccontextmanager
-async def two_workers(tmp_path: Path, upstream_port: int) -> AsyncIterator[Workers]:
+async def two_workers(
+    tmp_path: Path, upstream_port: int, make_config: Callable[[int, int, int], str] = config
+) -> AsyncIterator[Workers]:
+    """``wsproxy serve`` with ``make_config(upstream_port, port, admin)``,
+    once every worker is ready."""
     port, admin = free_port(), free_port()
     path = tmp_path / "proxy.yaml"
-    path.write_text(config(upstream_port, port, admin))
+    path.write_text(make_config(upstream_port, port, admin))
     async with (
         aiohttp.ClientSession() as http,
         spawn(

@@ -12,6 +12,7 @@ from yaml.nodes import MappingNode, Node
 
 from wsproxy.config.settings import MAX_WEIGHT, Address, ServerSettings, _hostname
 from wsproxy.config.walker import _Ctx, _integer, _Map, _text
+from wsproxy.headers import FORWARDED_HEADERS, HOP_BY_HOP
 from wsproxy.target import BadTarget, normalize_prefix
 
 
@@ -145,24 +146,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: the proxy owns (hop-by-hop rules apply after rewrites whatever they say),
 #: ``Host`` (``rewrite.host`` sets it), the handshake's own fields, and the
 #: ``X-Forwarded-*`` fields ``proxy.trusted_proxies`` governs.
-_PROXY_OWNED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "expect",
-        "x-request-id",
-        "host",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-    }
-)
+_PROXY_OWNED = HOP_BY_HOP | FORWARDED_HEADERS | {"content-length", "expect", "x-request-id", "host"}
 
 
 def _header_name(text: str) -> str:
