@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 
 from tests.support.backends import swoole_like
@@ -281,15 +281,14 @@ def test_a_key_with_a_passphrase_is_refused_without_asking(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     issued = issue(tmp_path)
-    encrypted = tmp_path / "encrypted.key"
-    subprocess.run(
-        [
-            "openssl", "pkey", "-in", str(issued.key_file), "-out", str(encrypted),
-            "-aes256", "-passout", "pass:secret",
-        ],
-        check=True,
-    )  # fmt: skip
-    issued.key_file.write_bytes(encrypted.read_bytes())
+    key = serialization.load_pem_private_key(issued.key_file.read_bytes(), password=None)
+    issued.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     config = tmp_path / "wsproxy.yaml"
     config.write_text(behind_tls(issued, 9))
     # Without a terminal OpenSSL would fail obscurely; with one it would wait
