@@ -156,7 +156,7 @@ class Proxy:
         the sessions of every configuration (one budget per loop turn);
         ``tls``: the contexts of this configuration (read when None)."""
         self.frame_budget = frame_budget or turn_budget(asyncio.get_running_loop())
-        self.upstreams.use_tls((tls or load_tls(self.config)).upstreams)
+        self.upstreams.use_tls(tls or load_tls(self.config))
         self.checker.start()
 
     async def close(self) -> None:

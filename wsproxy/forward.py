@@ -349,10 +349,15 @@ async def forward_http(
             log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
             conn = await pool.connect_new()
         except BaseException:
+            # The client left or a timer ended it: the upstream did nothing
+            # wrong, and its connection's loss must not be reported as its
+            # failure (as Relay.abort does).
+            conn.receiver = None
             conn.abort()
             raise
         finally:
             if not relay._finished:
+                conn.receiver = None
                 conn.abort()
 
 

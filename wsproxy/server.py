@@ -374,10 +374,17 @@ class ProxyServer:
             for handle in spread:
                 handle.cancel()
         leftovers = [tunnel.finished for tunnel in self.sessions]
+        # One connection that cannot be reset must not stop the rest of the drain.
         for tunnel in list(self.sessions):
-            tunnel.close("drain", reset=True)
+            try:
+                tunnel.close("drain", reset=True)
+            except Exception:
+                log.exception("drain: resetting a WebSocket session failed")
         for connection in list(self.connections):
-            connection.reset()
+            try:
+                connection.reset()
+            except Exception:
+                log.exception("drain: resetting a client connection failed")
         leftovers += [connection.closed for connection in self.connections]
         if leftovers:  # a reset is reported on the next loop turns
             await asyncio.wait(leftovers, timeout=0.5)

@@ -29,6 +29,7 @@ Choices, and what other proxies do:
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class TlsContexts:
         default_factory=lambda: MappingProxyType({})
     )
     upstreams: Mapping[str, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
+    #: Per upstream, a digest of its TLS settings and the files they name: a
+    #: reload that changes it retires the pooled connections made before.
+    fingerprints: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class _Encrypted(Exception):
@@ -113,6 +117,7 @@ def load(config: Config) -> TlsContexts:
     issues: list[ConfigIssue] = []
     listeners: dict[Address, ssl.SSLContext] = {}
     upstreams: dict[str, ssl.SSLContext] = {}
+    fingerprints: dict[str, bytes] = {}
 
     def issue(path: str, files: str, exc: Exception) -> None:
         issues.append(ConfigIssue(config.source, 0, 0, path, f"{files}: {_reason(exc)}"))
@@ -134,6 +139,7 @@ def load(config: Config) -> TlsContexts:
         settings = upstream.tls
         try:
             upstreams[name] = client_context(settings)
+            fingerprints[name] = _fingerprint(settings)
         except (OSError, ValueError, _Encrypted) as exc:
             files = ", ".join(
                 f"{key} {value!r}"
@@ -147,7 +153,18 @@ def load(config: Config) -> TlsContexts:
             issue(f"upstreams.{name}.tls", files or "the system's CA store", exc)
     if issues:
         raise ConfigError(issues)
-    return TlsContexts(MappingProxyType(listeners), MappingProxyType(upstreams))
+    return TlsContexts(
+        MappingProxyType(listeners), MappingProxyType(upstreams), MappingProxyType(fingerprints)
+    )
+
+
+def _fingerprint(settings: UpstreamTls) -> bytes:
+    digest = hashlib.sha256(repr(settings).encode())
+    for path in (settings.ca_file, settings.cert_file, settings.key_file):
+        if path is not None:
+            with open(path, "rb") as stream:  # just loaded: readable
+                digest.update(stream.read())
+    return digest.digest()
 
 
 def server_hostname(settings: UpstreamTls, host: str) -> str:

@@ -132,9 +132,20 @@ def half_closable(transport: asyncio.BaseTransport) -> bool:
     return transport.get_extra_info("sslcontext") is None
 
 
+def close_transport(transport: asyncio.BaseTransport) -> None:
+    """``close()`` once: asyncio's TLS transport closed twice loses its
+    protocol, and every later call on it (a reset, ``get_extra_info``) fails
+    or does nothing, so the connection could be neither reset nor freed."""
+    if not transport.is_closing():
+        transport.close()
+
+
 def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST instead of FIN, so the peer learns it was an error."""
-    sock = transport.get_extra_info("socket")
+    try:
+        sock = transport.get_extra_info("socket")
+    except AttributeError:  # an asyncio TLS transport closed twice: nothing to reach
+        sock = None
     if sock is not None:
         # A socket already closed raises OSError (asyncio) or ValueError
         # ("negative file descriptor", uvloop): then there is nothing to reset.
@@ -597,7 +608,7 @@ class Tunnel:
 
     def _close_gently(self, transport: asyncio.Transport) -> None:
         """FIN once the buffer drains; a reset if it has not within CLOSE_TIMEOUT."""
-        transport.close()
+        close_transport(transport)
         self._arm_linger()
 
     def _arm_linger(self) -> None:

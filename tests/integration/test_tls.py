@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import struct
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,11 +19,18 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 
-from tests.support.backends import swoole_like
+from tests.support.backends import RawBackend, switching_protocols, swoole_like
 from tests.support.certs import Issued, issue, server_context, write_authority
-from tests.support.observe_helpers import Observed, observed_proxy
+from tests.support.observe_helpers import Observed, eventually, observed_proxy
 from tests.support.proxy import config_text
+from tests.support.tls_client import RawTls
+from tests.support.wire import Head
+from tests.support.ws_helpers import request_bytes, ws_headers
+from wsproxy import tunnel
 from wsproxy.cli import main
+from wsproxy.config import Address, ServerSettings, Upstream, UpstreamTls
+from wsproxy.http.pool import ServerPool
+from wsproxy.tls import client_context
 
 LOOPBACK = "127.0.0.1"
 
@@ -354,3 +362,138 @@ async def test_a_reload_that_tightens_upstream_tls_reaches_pooled_connections(
         # The CA that signed the backend is no longer trusted: not even the
         # connection pooled before the reload may serve another request.
         assert (await _get(obs))[0] == 502
+
+
+async def test_a_tls_client_that_sends_close_notify_and_stops_reading_is_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client half-closes its TLS session and reads nothing more while the
+    backend floods, then closes: the tunnel closes the client gently, then
+    resets it. asyncio's TLS transport closed twice could no longer be reset
+    (the session, its slot and the drain hung, with loop errors)."""
+    monkeypatch.setattr(tunnel, "CLOSE_TIMEOUT", 0.5)
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(str(context.get("message"))))
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head) -> bool:
+        writer.write(switching_protocols(head))
+        frame = b"\x82\x7e" + struct.pack("!H", 60000) + b"y" * 60000
+        for _ in range(50):  # 3 MB: more than the socket buffers hold
+            writer.write(frame)
+        await writer.drain()
+        while await reader.read(65536):
+            pass
+        return False  # the proxy's EOF came: the backend closes
+
+    issued = issue(tmp_path)
+    async with (
+        RawBackend(flood) as backend,
+        observed_proxy(behind_tls(issued, backend.port)) as obs,
+    ):
+        client = RawTls(issued.client_context(), rcvbuf=4096)
+        await client.connect(obs.port)
+        await client.send(request_bytes("GET /ws HTTP/1.1", ws_headers(obs.port)))
+        assert b" 101 " in (await client.recv_head())[:16]
+        await obs.sessions_open(1)
+        await client.close_notify()
+        await obs.sessions_ended()
+        (listener,) = obs.server._listeners.values()
+        await eventually(
+            lambda: _true_when(listener.gate.open == 0), "the connection's slot to be freed"
+        )
+        client.close()
+    assert errors == []
+
+
+async def _true_when(condition: bool) -> bool | None:
+    return True if condition else None
+
+
+async def test_a_relay_cut_by_its_client_does_not_blame_the_upstream(
+    tls_backend: tuple[Issued, int, list[object]],
+) -> None:
+    del tls_backend  # the plain backend below is what matters
+
+    async def slow_body(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1000):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        return False
+
+    async with RawBackend(slow_body) as backend, observed_proxy(config_text(backend.port)) as obs:
+        reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(65536)
+        writer.transport.abort()  # the client leaves in the middle of the body
+        await obs.log_has(1)
+        (record,) = obs.log_records()
+        assert record["status"] == 200
+        scrape = await obs.scrape()
+        server = f"127.0.0.1:{backend.port}"
+        assert scrape.value("wsproxy_upstream_server_up", upstream="app", server=server) == 1
+        for kind in ("reset", "timeout", "protocol"):
+            assert not scrape.value(
+                "wsproxy_upstream_errors_total", upstream="app", server=server, kind=kind
+            )
+
+
+async def test_a_reload_that_leaves_upstream_tls_alone_keeps_pooled_connections(
+    tmp_path: Path,
+) -> None:
+    issued = issue(tmp_path, "backend")
+    connections = 0
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(counted, LOOPBACK, 0, ssl=server_context(issued))
+    port = server.sockets[0].getsockname()[1]
+    ca = write_authority(issued.authority, tmp_path / "ca.pem")
+    text = https_upstream(port, f"    tls:\n      ca_file: {ca}\n").replace(
+        "routes:", "    keepalive_timeout: 60s\nroutes:", 1
+    )
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(text)
+    try:
+        async with observed_proxy(text) as obs:
+            assert (await _get(obs))[0] == 200
+            assert await obs.server.reload_from(str(config))  # the same file
+            assert (await _get(obs))[0] == 200
+            assert connections == 1  # one TLS handshake for both requests
+            issue(tmp_path, "backend", authority=issued.authority)  # a new certificate...
+            write_authority(issued.authority, ca)  # ...and the CA file rewritten
+            ca.write_bytes(ca.read_bytes() + b"\n")  # its bytes changed
+            assert await obs.server.reload_from(str(config))
+            assert (await _get(obs))[0] == 200
+            assert connections == 2  # the files changed: a new connection
+    finally:
+        server.close()
+
+
+async def test_a_connection_being_made_during_a_reload_keeps_its_old_generation(
+    tls_backend: tuple[Issued, int, list[object]],
+) -> None:
+    _issued, port, _seen = tls_backend
+    settings = Upstream("app", (ServerSettings(Address(LOOPBACK, port), tls=True),))
+    pool = ServerPool(settings, Address(LOOPBACK, port))
+    loose = client_context(UpstreamTls(verify=False))
+    pool.renew(loose, LOOPBACK, b"loose")
+    making = asyncio.ensure_future(pool.connect_new())
+    await asyncio.sleep(0)  # the connect has begun, with the loose context
+    pool.renew(client_context(UpstreamTls()), LOOPBACK, b"strict")
+    conn = await making
+    # Made with the old settings: never pooled for a request under the new ones.
+    assert conn.generation != pool.generation
+    pool.release(conn)
+    assert pool.idle == []
+    pool.close()

@@ -152,7 +152,9 @@ _PROXY_OWNED = HOP_BY_HOP | FORWARDED_HEADERS | {"content-length", "expect", "x-
 def _header_name(text: str) -> str:
     if not _TOKEN.fullmatch(text):
         raise ValueError(f"invalid header name {text!r} (letters, digits and !#$%&'*+.^_`|~- only)")
-    lower = text.lower()
+    # Compared as a CGI-style backend reads it: a rewrite drops underscore
+    # spellings too (wsproxy.rewrite), so "Content_Length" is Content-Length.
+    lower = text.lower().replace("_", "-")
     if lower in _PROXY_OWNED or lower.startswith("sec-websocket-"):
         raise ValueError(
             f"header {text!r} cannot be set or removed by a rewrite (the proxy decides it"

@@ -73,7 +73,7 @@ from wsproxy.http.wire import (
     response_head,
 )
 from wsproxy.listeners import PLAIN, Arrival, Gate
-from wsproxy.tunnel import reset_transport
+from wsproxy.tunnel import close_transport, reset_transport
 
 log = logging.getLogger("wsproxy.front")
 
@@ -970,7 +970,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         if self.transport is not None and not self._lost:
-            self.transport.close()
+            close_transport(self.transport)
 
     def _close_after_answer(self, request: Request) -> None:
         """Close once the answer is out; unread request bytes are drained first.
@@ -984,7 +984,7 @@ class ClientConnection(asyncio.Protocol):
             return
         unread = not request.body_done or self._tail is not None or self._parsing is not None
         if not unread or not transport.can_write_eof():
-            transport.close()
+            close_transport(transport)
             return
         self._lingering = True
         self._holds = 0

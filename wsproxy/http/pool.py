@@ -499,6 +499,7 @@ class ServerPool:
         self.server_hostname: str | None = None
         #: Bumped when the TLS settings change: older connections are not reused.
         self.generation = 0
+        self.fingerprint = b""
         #: ``HOST:PORT``, the ``server`` label of metrics and logs.
         self.label = str(server)
         self.idle: list[UpstreamConnection] = []
@@ -558,19 +559,20 @@ class ServerPool:
     async def connect_new(self) -> UpstreamConnection:
         self.open += 1
         created: list[UpstreamConnection] = []
+        # The settings this connection is made with: a renew() before the
+        # factory runs (asyncio calls it after the TCP connect) must not
+        # stamp it with the new generation.
+        tls, server_hostname, generation = self.tls, self.server_hostname, self.generation
 
         def factory() -> UpstreamConnection:
             conn = UpstreamConnection(self)
+            conn.generation = generation
             created.append(conn)
             return conn
 
         try:
             conn = await connect(
-                self.server,
-                self.upstream.connect_timeout,
-                factory,
-                self.tls,
-                self.server_hostname,
+                self.server, self.upstream.connect_timeout, factory, tls, server_hostname
             )
         except BaseException:
             if created:
@@ -639,17 +641,22 @@ class ServerPool:
                 self.upstream.keepalive_timeout / 2, self._sweep
             )
 
-    def renew(self, tls: ssl.SSLContext, server_hostname: str) -> None:
-        """New TLS settings (a reload): new connections use them, and no
-        connection made with the old ones is used again (a CA withdrawn or a
-        name changed must not live on in the pool)."""
-        if self.tls is not None:
+    def renew(self, tls: ssl.SSLContext, server_hostname: str, fingerprint: bytes) -> None:
+        """A configuration's TLS context (start, reload): new connections use
+        it.  When the settings or their files changed (``fingerprint``), no
+        connection made with the old ones is used again: a CA withdrawn or a
+        name changed must not live on in the pool."""
+        if self.tls is not None and (fingerprint, server_hostname) != (
+            self.fingerprint,
+            self.server_hostname,
+        ):
             self.generation += 1
             for conn in list(self.idle):
                 conn.close()
             self.idle.clear()
         self.tls = tls
         self.server_hostname = server_hostname
+        self.fingerprint = fingerprint
 
     def close(self) -> None:
         self._closed = True

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Iterable, Mapping
 
 from wsproxy.config import Address, ServerSettings, Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.http.pool import ServerPool
-from wsproxy.tls import server_hostname
+from wsproxy.tls import TlsContexts, server_hostname
 from wsproxy.upstreams.balancer import WeightedRoundRobin, least_loaded, rendezvous
 from wsproxy.upstreams.health import Health, HealthEvents, ServerHealth
 
@@ -165,15 +164,16 @@ class Upstreams:
         for server in self.dropped:
             self.health.watch.discard(server)
 
-    def use_tls(self, contexts: Mapping[str, ssl.SSLContext]) -> None:
+    def use_tls(self, contexts: TlsContexts) -> None:
         """The TLS contexts of this configuration (wsproxy.tls), for every
         ``https://`` server's new connections."""
         for group in self.groups.values():
             for server in group.servers:
                 if server.tls:
                     server.pool.renew(
-                        contexts[group.name],
+                        contexts.upstreams[group.name],
                         server_hostname(group.settings.tls, server.address.host),
+                        contexts.fingerprints[group.name],
                     )
 
     @property
