@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse
+from wsproxy.tunnel import TLS_SHUTDOWN_TIMEOUT
 
 log = logging.getLogger("wsproxy")
 
@@ -196,9 +197,6 @@ async def _readable(sock: socket.socket) -> None:
     finally:
         loop.remove_reader(fd)
 
-
-#: How long a TLS connection's close waits for the peer's close_notify.
-TLS_SHUTDOWN_TIMEOUT = 5.0
 
 #: How much is peeked at once: a v1 header, a v2 header with its usual TLVs.
 _PEEK = 4096

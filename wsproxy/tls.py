@@ -138,8 +138,10 @@ def load(config: Config) -> TlsContexts:
             continue
         settings = upstream.tls
         try:
-            upstreams[name] = client_context(settings)
+            # Digest first: a file replaced between the two reads then costs
+            # one needless retire at the next reload, never a missed one.
             fingerprints[name] = _fingerprint(settings)
+            upstreams[name] = client_context(settings)
         except (OSError, ValueError, _Encrypted) as exc:
             files = ", ".join(
                 f"{key} {value!r}"

@@ -132,6 +132,11 @@ def half_closable(transport: asyncio.BaseTransport) -> bool:
     return transport.get_extra_info("sslcontext") is None
 
 
+#: How long a TLS connection's close waits for the peer's close_notify
+#: (asyncio's default, 30 s, would hold a connection slot and the drain).
+TLS_SHUTDOWN_TIMEOUT = 5.0
+
+
 def close_transport(transport: asyncio.BaseTransport) -> None:
     """``close()`` once: asyncio's TLS transport closed twice loses its
     protocol, and every later call on it (a reset, ``get_extra_info``) fails

@@ -497,3 +497,54 @@ async def test_a_connection_being_made_during_a_reload_keeps_its_old_generation(
     pool.release(conn)
     assert pool.idle == []
     pool.close()
+
+
+async def test_a_handshake_cut_by_its_client_does_not_blame_the_upstream() -> None:
+    async def refuse_slowly(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
+    ) -> bool:
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1000):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        return False
+
+    async with (
+        RawBackend(refuse_slowly) as backend,
+        observed_proxy(config_text(backend.port)) as obs,
+    ):
+        reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
+        writer.write(request_bytes("GET /ws HTTP/1.1", ws_headers(obs.port)))
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(65536)
+        writer.transport.abort()  # the client leaves during the refusal's body
+        await obs.log_has(1)
+        scrape = await obs.scrape()
+        server = f"127.0.0.1:{backend.port}"
+        assert scrape.value("wsproxy_upstream_server_up", upstream="app", server=server) == 1
+        assert not scrape.value(
+            "wsproxy_upstream_errors_total", upstream="app", server=server, kind="reset"
+        )
+
+
+async def test_a_connection_handed_over_just_before_a_renew_is_not_used(
+    tls_backend: tuple[Issued, int, list[object]],
+) -> None:
+    _issued, port, _seen = tls_backend
+    settings = Upstream(
+        "app", (ServerSettings(Address(LOOPBACK, port), tls=True),), max_connections=1
+    )
+    pool = ServerPool(settings, Address(LOOPBACK, port))
+    pool.renew(client_context(UpstreamTls(verify=False)), LOOPBACK, b"loose")
+    first = await pool.connect_new()
+    waiting = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)  # queued: the only slot is taken
+    first._keep_alive = True  # as after a kept-alive response
+    pool.release(first)  # handed to the waiter...
+    pool.renew(client_context(UpstreamTls(verify=False)), LOOPBACK, b"changed")  # ...then a reload
+    second = await waiting
+    assert second is not first
+    assert second.generation == pool.generation
+    second.close()
+    pool.close()

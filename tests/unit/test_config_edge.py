@@ -211,6 +211,7 @@ def test_rewrite() -> None:
         ("{request_headers: {set: {X-A: ' x'}}}", "no leading or trailing whitespace"),
         ("{request_headers: {set: {X-A: 1}}}", "expected a string"),
         ("{request_headers: {set: {X-A: a, x-a: b}}}", "is set twice"),
+        ("{request_headers: {set: {X-A: a, X_A: b}}}", "is set twice"),
         ("{request_headers: {set: {X-A: a}, remove: [x-a]}}", "both set and removed"),
         ("{host: 'a/b'}", "invalid host 'a/b'"),
         ("{host: 'a:99999'}", "invalid host 'a:99999'"),

@@ -362,10 +362,11 @@ def _header_set(ctx: _Ctx, node: Node, path: str) -> tuple[tuple[str, str], ...]
         except ValueError as exc:
             ctx.add(key_node, sub, str(exc))
             continue
-        if name.lower() in seen:
+        spelled = name.lower().replace("_", "-")  # X_User is X-User to a CGI backend
+        if spelled in seen:
             ctx.add(key_node, sub, f"header {name!r} is set twice (names are case-insensitive)")
             continue
-        seen.add(name.lower())
+        seen.add(spelled)
         value = _text(_header_value)(ctx, value_node, sub)
         if value is not None:
             result.append((name, value))

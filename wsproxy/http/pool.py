@@ -49,7 +49,7 @@ import httptools
 from wsproxy.config import Address, Upstream
 from wsproxy.errors import UpstreamFailure, classify, parser_reason
 from wsproxy.headers import NOTABLE_LENGTHS, NOTABLE_RESPONSE_FIELDS, NotableField
-from wsproxy.tunnel import half_closable
+from wsproxy.tunnel import TLS_SHUTDOWN_TIMEOUT, close_transport, half_closable
 
 #: Longest upstream response head accepted (status line plus headers).
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -378,7 +378,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.lost:
-            self.transport.close()
+            close_transport(self.transport)  # once: see tunnel.close_transport
 
     def abort(self) -> None:
         self.broken = True
@@ -476,6 +476,9 @@ async def connect(
                 server.port,
                 ssl=tls,
                 server_hostname=server_hostname if tls is not None else None,
+                # An upstream that ignores our close_notify must not hold
+                # its slot (max_connections) for asyncio's default 30 s.
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT if tls is not None else None,
             )
     except TimeoutError as exc:
         raise UpstreamFailure("timeout", "connect timed out", connecting=True) from exc
@@ -552,8 +555,10 @@ class ServerPool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             if conn is not None:
-                conn.reused = True
-                return conn
+                if conn.generation == self.generation:
+                    conn.reused = True
+                    return conn
+                conn.close()  # handed over just before a renew(): not for this request
         return await self.connect_new()
 
     async def connect_new(self) -> UpstreamConnection:
