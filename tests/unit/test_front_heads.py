@@ -88,3 +88,32 @@ async def test_the_plain_head_steps_aside_when_the_connection_closes(
     assert not request.hold_plain_head(200, b"OK", b"Content-Length: 2\r\n")
     assert request.connection._held_head is None
     assert not request.response_started
+
+
+class _StuckTransport(_Transport):
+    """close() waits for a buffer the client never reads; abort() is final."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.aborted = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # and connection_lost never comes: the buffer waits
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_close_that_cannot_flush_is_reset_after_send_timeout() -> None:
+    connection = ClientConnection(_App(), FrontSettings(send_timeout=0.05))
+    transport = _StuckTransport()
+    connection.connection_made(transport)
+    connection.shutdown()  # idle: closes now
+    assert transport.closing
+    assert not transport.aborted
+    await asyncio.sleep(0.2)
+    assert transport.aborted

@@ -971,6 +971,18 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and not self._lost:
             close_transport(self.transport)
+            # close() waits for the write buffer to drain: a client that stops
+            # reading with less than the high-water mark unsent (send_timeout
+            # watches only blocked writes) would hold the connection forever.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(self.settings.send_timeout, self._close_overdue)
+
+    def _close_overdue(self) -> None:
+        self._timer = None
+        if not self._lost and self.transport is not None:
+            log.info("client %s read nothing of the last answer: connection reset", self.peer)
+            self.reset()
 
     def _close_after_answer(self, request: Request) -> None:
         """Close once the answer is out; unread request bytes are drained first.
