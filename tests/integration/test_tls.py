@@ -410,22 +410,25 @@ async def _true_when(condition: bool) -> bool | None:
     return True if condition else None
 
 
-async def test_a_relay_cut_by_its_client_does_not_blame_the_upstream(
-    tls_backend: tuple[Issued, int, list[object]],
-) -> None:
-    del tls_backend  # the plain backend below is what matters
+def endless_body(status_line: bytes) -> RawBackend:
+    """Answers ``status_line`` with a 100 MB body, written as the client reads."""
 
-    async def slow_body(
+    async def answer(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
     ) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        writer.write(status_line + b"\r\nContent-Length: 100000000\r\n\r\n")
         with contextlib.suppress(ConnectionError):
             for _ in range(1000):
                 writer.write(b"x" * 65536)
                 await writer.drain()
         return False
 
-    async with RawBackend(slow_body) as backend, observed_proxy(config_text(backend.port)) as obs:
+    return RawBackend(answer)
+
+
+async def test_a_relay_cut_by_its_client_does_not_blame_the_upstream() -> None:
+    backend = endless_body(b"HTTP/1.1 200 OK")
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
         reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
         writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
@@ -500,20 +503,8 @@ async def test_a_connection_being_made_during_a_reload_keeps_its_old_generation(
 
 
 async def test_a_handshake_cut_by_its_client_does_not_blame_the_upstream() -> None:
-    async def refuse_slowly(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head
-    ) -> bool:
-        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100000000\r\n\r\n")
-        with contextlib.suppress(ConnectionError):
-            for _ in range(1000):
-                writer.write(b"x" * 65536)
-                await writer.drain()
-        return False
-
-    async with (
-        RawBackend(refuse_slowly) as backend,
-        observed_proxy(config_text(backend.port)) as obs,
-    ):
+    backend = endless_body(b"HTTP/1.1 403 Forbidden")
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
         reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
         writer.write(request_bytes("GET /ws HTTP/1.1", ws_headers(obs.port)))
         await reader.readuntil(b"\r\n\r\n")
