@@ -90,8 +90,26 @@ class Gate:
             waiter.set_result(None)
 
 
+def system_backlog() -> int:
+    """The kernel's cap on a listen backlog (``net.core.somaxconn``): the
+    default, so a burst of connections waits in the queue instead of being
+    dropped (their clients would retry only after a 1-second SYN timeout).
+    Python's ``socket.SOMAXCONN`` is a compile-time constant, not the
+    running kernel's value."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as stream:
+            return max(1, int(stream.read().strip()))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
 def bind(
-    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    listen: bool = True,
+    backlog: int = 0,
 ) -> list[socket.socket]:
     """Listening sockets for every address ``host`` resolves to (OSError if
     one cannot be bound: then none is left open).
@@ -101,6 +119,8 @@ def bind(
     them (by a hash of the connection's addresses).  Off for a single
     process: a second program on the same port is then an error, not a
     silent share.
+
+    ``backlog``: the listen queue's length (0: :func:`system_backlog`).
 
     ``listen=False``: bound only, to check that an address is free.  With
     SO_REUSEADDR, Linux still refuses the bind where a socket listens, and a
@@ -134,7 +154,7 @@ def bind(
                     f"{(exc.strerror or '').lower()}",
                 ) from None
             if listen:
-                sock.listen(socket.SOMAXCONN)
+                sock.listen(backlog or system_backlog())
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:
@@ -241,8 +261,11 @@ class Listener:
         limit: int = 0,
         preamble: Preamble = Preamble(),
         on_refused: Refused | None = None,
+        backlog: int = 0,
     ) -> None:
         self.sockets = sockets
+        #: The listen queue's length (0: the system's); create_server listens again with it.
+        self.backlog = backlog
         self.gate = Gate(limit)
         self.preamble = preamble
         self._factory = factory
@@ -272,7 +295,9 @@ class Listener:
                 for sock in self.sockets:
                     servers.append(
                         await loop.create_server(
-                            self._connection, sock=sock.dup(), backlog=socket.SOMAXCONN
+                            self._connection,
+                            sock=sock.dup(),
+                            backlog=self.backlog or system_backlog(),
                         )
                     )
         except BaseException:
@@ -304,6 +329,14 @@ class Listener:
             self.preamble = before[1]
             raise
         await self._stop_accepting(servers, tasks)
+
+    def set_backlog(self, backlog: int) -> None:
+        """A reload's ``backlog``: Linux takes a new length from ``listen()``
+        on a socket that already listens, and keeps its queue."""
+        if backlog != self.backlog:
+            self.backlog = backlog
+            for sock in self.sockets:
+                sock.listen(backlog or system_backlog())
 
     async def set_limit(self, limit: int) -> None:
         """A reload's ``max_connections`` alone."""

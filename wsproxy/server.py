@@ -27,7 +27,7 @@ from wsproxy.admin import admin_app
 from wsproxy.config import Address, Config, ConfigError, ListenSettings, load_config
 from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
-from wsproxy.listeners import Arrival, Gate, Listener, Preamble, bind
+from wsproxy.listeners import Arrival, Gate, Listener, Preamble, bind, system_backlog
 from wsproxy.observe import Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tls import TlsContexts
@@ -185,12 +185,26 @@ class ProxyServer:
         self, listen: ListenSettings, config: Config | None = None, tls: TlsContexts | None = None
     ) -> Listener:
         label = str(listen.address)
+        cap = system_backlog()
+        if listen.backlog > cap:
+            log.warning(
+                "listen %s: backlog %d is cut to %d by the kernel (net.core.somaxconn)",
+                label,
+                listen.backlog,
+                cap,
+            )
         listener = Listener(
-            bind(listen.host, listen.port, reuse_port=self.role is not None),
+            bind(
+                listen.host,
+                listen.port,
+                reuse_port=self.role is not None,
+                backlog=listen.backlog,
+            ),
             self._connection,
             listen.max_connections,
             self._preamble(listen, config or self.config, tls or self.tls),
             lambda stage, reason, peer: self.observability.refused(label, stage, reason, peer),
+            listen.backlog,
         )
         try:
             await listener.start()
@@ -308,6 +322,9 @@ class ProxyServer:
         self.config = config
         self.tls = tls
         self._settings = front_settings(config)
+        for address, listener in self._listeners.items():
+            if address in wanted:
+                listener.set_backlog(wanted[address].backlog)
         for connection in self.connections:
             connection.app = proxy
             # Its client info (trusted_proxies, the X-Forwarded-* lines) is

@@ -235,3 +235,12 @@ def test_strip_prefix_needs_a_prefix() -> None:
     assert "routes[0].rewrite.strip_prefix: strip_prefix needs a path_prefix other than '/'" in (
         message
     )
+
+
+def test_listen_backlog() -> None:
+    routes = "routes:\n  - upstream: app\n"
+    text = "listen:\n  - port: 8080\n    backlog: 8192\n" + UPSTREAMS + routes
+    assert parse(text).listen[0].backlog == 8192
+    assert parse(UPSTREAMS + routes).listen[0].backlog == 0
+    (message,) = errors(text.replace("8192", "0"))
+    assert "listen[0].backlog: invalid backlog '0' (expected an integer from 1 to 65535)" in message

@@ -103,17 +103,19 @@ def _listen_entry(ctx: _Ctx, node: Node, path: str) -> ListenSettings | None:
     limit = m.get("max_connections", _integer(0), 0)
     proxy_protocol = m.get("proxy_protocol", _boolean, False)
     tls = m.get("tls", _listen_tls, None)
+    backlog = m.get("backlog", _integer(1, 65535, what="backlog"), 0)
     m.finish()
     if (
         host is None
         or port is None
         or limit is None
+        or backlog is None
         or proxy_protocol is None
         or (tls is None and m.node("tls") is not None)
         or not m.ok
     ):
         return None
-    return ListenSettings(host, port, limit, proxy_protocol, tls)
+    return ListenSettings(host, port, limit, proxy_protocol, tls, backlog)
 
 
 def _admin(ctx: _Ctx, node: Node, path: str) -> Address | None:

@@ -106,6 +106,8 @@ class ListenSettings(Address):
     #: A PROXY protocol v1/v2 header is required first on each connection.
     proxy_protocol: bool = False
     tls: ListenTls | None = None
+    #: The kernel's listen queue for this address; 0: net.core.somaxconn.
+    backlog: int = 0
 
     @property
     def address(self) -> Address:
