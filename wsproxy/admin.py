@@ -26,7 +26,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-from wsproxy.observe import Observability
+from wsproxy.observe import LISTED_SESSIONS, MAX_LISTED_SESSIONS, Observability
 from wsproxy.upstreams.servers import Upstreams
 
 #: Pinned, not CONTENT_TYPE_LATEST: newer prometheus-client releases announce
@@ -119,7 +119,7 @@ class SupervisorView(Protocol):
 
     async def ready(self) -> tuple[bool, str]: ...
 
-    async def status(self) -> dict[str, object]: ...
+    async def status(self, listed: int) -> dict[str, object]: ...
 
 
 def supervisor_app(view: SupervisorView) -> web.Application:
@@ -142,7 +142,7 @@ def supervisor_app(view: SupervisorView) -> web.Application:
         return web.Response(status=200 if ready else 503, text=why + "\n")
 
     async def status(request: web.Request) -> web.Response:
-        return _status_response(await view.status(), view.admin_host)
+        return _status_response(await view.status(listed_sessions(request)), view.admin_host)
 
     app = web.Application()
     _add_page(app)
@@ -151,6 +151,19 @@ def supervisor_app(view: SupervisorView) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status.json", status)
     return app
+
+
+def listed_sessions(request: web.Request) -> int:
+    """``?sessions=N``: how many of the newest and of the oldest sessions
+    /status.json lists (HTTPBadRequest outside 0..MAX_LISTED_SESSIONS)."""
+    text = request.query.get("sessions")
+    if text is None:
+        return LISTED_SESSIONS
+    if not text.isdigit() or int(text) > MAX_LISTED_SESSIONS:
+        raise web.HTTPBadRequest(
+            text=f"sessions must be a number from 0 to {MAX_LISTED_SESSIONS}\n"
+        )
+    return int(text)
 
 
 def admin_app(view: AdminView) -> web.Application:
@@ -174,8 +187,11 @@ def admin_app(view: AdminView) -> web.Application:
         return web.Response(text="ready\n")
 
     async def status(request: web.Request) -> web.Response:
+        listed = listed_sessions(request)
         now = time.monotonic()
-        status = observability.status(now, view.upstreams.states(now), draining=view.draining)
+        status = observability.status(
+            now, view.upstreams.states(now), draining=view.draining, listed=listed
+        )
         return _status_response(status, view.admin_host)
 
     app = web.Application()

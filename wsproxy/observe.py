@@ -8,12 +8,13 @@ warning and the data the status endpoint shows.  Nothing here runs per chunk.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TextIO, cast
 
 from wsproxy.accesslog import AccessLog, format_text, timestamp
 from wsproxy.config import Config
@@ -39,6 +40,12 @@ upstream_log = logging.getLogger("wsproxy.upstream")
 
 #: Early closes the status endpoint remembers (those logged at WARNING).
 RECENT_EARLY_CLOSES = 50
+#: Sessions /status.json lists at most, twice: the newest and the oldest
+#: (``?sessions=N`` asks for up to MAX_LISTED_SESSIONS of each). The counts
+#: by route are always whole: the document stays a few hundred KB at most
+#: whatever the number of open sessions.
+LISTED_SESSIONS = 50
+MAX_LISTED_SESSIONS = 1000
 
 
 @dataclass(slots=True)
@@ -125,6 +132,8 @@ class Observability:
         )
         #: For the status page: how sessions ended lately.
         self.timeline = CloseTimeline()
+        #: Open sessions by route, kept as they start and end (no walk).
+        self.open_by_route: dict[str, int] = {}
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new routes and servers in the metrics, the new log format."""
@@ -178,8 +187,14 @@ class Observability:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
+        self.open_by_route[info.route] = self.open_by_route.get(info.route, 0) + 1
 
     def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
+        left = self.open_by_route.get(info.route, 0) - 1
+        if left > 0:
+            self.open_by_route[info.route] = left
+        else:
+            self.open_by_route.pop(info.route, None)
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
         self.timeline.add(time.time(), report.closed_by, report.code)
@@ -196,8 +211,20 @@ class Observability:
     # --- the status endpoint ----------------------------------------------
 
     def status(
-        self, now: float, upstreams: dict[str, dict[str, str]], *, draining: bool
+        self,
+        now: float,
+        upstreams: dict[str, dict[str, str]],
+        *,
+        draining: bool,
+        listed: int = LISTED_SESSIONS,
     ) -> dict[str, object]:
+        """What the status page shows. Sessions: the counts by route, and at
+        most ``listed`` of the newest plus ``listed`` of the oldest (the live
+        table is in start order, so both ends cost ``listed`` steps, not one
+        per open session)."""
+        live = cast(dict[Tunnel, SessionInfo], self.live)
+        chosen = dict.fromkeys(itertools.islice(reversed(live), listed))
+        chosen.update(dict.fromkeys(itertools.islice(live, listed)))
         sessions = [
             {
                 "request_id": info.request_id,
@@ -211,7 +238,8 @@ class Observability:
                 "messages_client_to_upstream": tunnel.c2u.messages,
                 "messages_upstream_to_client": tunnel.u2c.messages,
             }
-            for tunnel, info in list(self.live.items())
+            for tunnel in chosen
+            if (info := live.get(tunnel)) is not None
         ]
         early = [
             {
@@ -225,6 +253,9 @@ class Observability:
         ]
         return {
             "draining": draining,
+            "open_sessions": len(live),
+            "open_by_route": dict(self.open_by_route),
+            "sessions_listed_per_end": listed,
             "active_sessions": sessions,
             "recent_early_closes": early,
             "upstreams": upstreams,

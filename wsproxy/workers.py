@@ -515,9 +515,11 @@ class Supervisor:
                 return False, f"worker {worker.index}: {str(text).strip()}"
         return True, "ready"
 
-    async def status(self) -> dict[str, object]:
+    async def status(self, listed: int) -> dict[str, object]:
         """Every worker's /status.json in one (sessions and early closes say
-        their worker; a server is down when any worker holds it out)."""
+        their worker; a server is down when any worker holds it out). Each
+        worker lists its ``listed`` newest and oldest sessions; of those, the
+        ``listed`` newest and oldest overall are kept."""
         from wsproxy.observe import RECENT_EARLY_CLOSES
         from wsproxy.status import merge_timelines, merge_upgrades
 
@@ -527,8 +529,10 @@ class Supervisor:
         early: list[dict[str, Any]] = []
         upstreams: dict[str, dict[str, str]] = {}
         workers: list[dict[str, object]] = []
+        open_sessions = 0
+        by_route: dict[str, int] = {}
         for worker, answer in zip(
-            self.workers, await self._ask_all("GET", "/status.json"), strict=True
+            self.workers, await self._ask_all("GET", f"/status.json?sessions={listed}"), strict=True
         ):
             workers.append(
                 {
@@ -544,6 +548,9 @@ class Supervisor:
             if answer is None or not isinstance(answer[1], dict):
                 continue
             status = answer[1]
+            open_sessions += int(status.get("open_sessions", 0))
+            for route, count in status.get("open_by_route", {}).items():
+                by_route[route] = by_route.get(route, 0) + int(count)
             for session in status.get("active_sessions", []):
                 sessions.append({"worker": worker.index, **session})
             for close in status.get("recent_early_closes", []):
@@ -555,9 +562,15 @@ class Supervisor:
                 for server, state in servers.items():
                     merged[server] = "down" if "down" in (state, merged.get(server)) else state
         early.sort(key=lambda close: str(close.get("at", "")), reverse=True)
+        sessions.sort(key=lambda session: float(session.get("age_seconds", 0)))
+        if len(sessions) > 2 * listed:
+            sessions = sessions[:listed] + sessions[-listed:] if listed else []
         return {
             "draining": self.draining,
             "workers": workers,
+            "open_sessions": open_sessions,
+            "open_by_route": by_route,
+            "sessions_listed_per_end": listed,
             "active_sessions": sessions,
             "recent_early_closes": early[:RECENT_EARLY_CLOSES],
             "upstreams": upstreams,

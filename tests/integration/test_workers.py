@@ -203,6 +203,13 @@ async def test_both_workers_serve_one_port_and_the_metrics_add_up(
         assert document["upstreams"] == {"app": {f"127.0.0.1:{backend}": "up"}}
         # The status page's summaries, added over the workers.
         assert document["upgrades"] == {"/": {"accepted": len(sockets)}}
+        assert document["open_sessions"] == len(sockets)
+        assert document["open_by_route"] == {"/": len(sockets)}
+        # Bounded over the workers too: one newest and one oldest overall.
+        status, text = await workers.admin_get("/status.json?sessions=1")
+        listed = json.loads(text)["active_sessions"]
+        assert status == 200
+        assert len(listed) == min(2, len(sockets))
         assert len(document["closes"]["buckets"]) == 30
         assert document["admin"] == {"host": "127.0.0.1", "loopback_only": True}
         async with workers.http.get(f"http://127.0.0.1:{workers.admin}/") as page:

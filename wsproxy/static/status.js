@@ -57,7 +57,7 @@ function drawBinding(admin) {
   }
 }
 
-function drawSessions(sessions) {
+function drawSessions(sessions, openByRoute, open, perEnd) {
   if (!sessions.length) return replace("sessions", el("p", { class: "muted" }, "None."));
   const byRoute = new Map();
   for (const s of sessions) {
@@ -78,8 +78,14 @@ function drawSessions(sessions) {
       if (withWorker) cells.push(s.worker);
       return { cells, attrs: { "data-request-id": s.request_id } };
     });
-    parts.push(el("h3", {}, "route " + route + ": " + list.length + " open"));
+    const count = openByRoute[route] !== undefined ? openByRoute[route] : list.length;
+    const shown = count > list.length ? " (" + list.length + " shown)" : "";
+    parts.push(el("h3", {}, "route " + route + ": " + count + " open" + shown));
     parts.push(table(headers, rows, [4, 5, 6, 7, 8]));
+  }
+  if (open > sessions.length) {
+    parts.push(el("p", { class: "muted" }, "Listed: the " + perEnd + " newest and the " + perEnd +
+      " oldest of " + open + " open sessions (status.json?sessions=N lists up to 1000 of each)."));
   }
   parts.push(el("p", { class: "muted" }, "→ client to upstream, ← upstream to client."));
   replace("sessions", ...parts);
@@ -167,15 +173,16 @@ async function refresh() {
     if (!response.ok) throw new Error("HTTP " + response.status);
     const status = await response.json();
     drawBinding(status.admin || { host: "?", loopback_only: false });
-    drawSessions(status.active_sessions || []);
+    const listed = status.active_sessions || [];
+    const open = status.open_sessions !== undefined ? status.open_sessions : listed.length;
+    drawSessions(listed, status.open_by_route || {}, open, status.sessions_listed_per_end || 0);
     drawUpgrades(status.upgrades || {});
     drawCloses(status.closes || { buckets: [], bucket_seconds: 10 });
     drawUpstreams(status.upstreams || {});
     drawEarly(status.recent_early_closes || []);
     const workers = status.workers ? "; " + status.workers.length + " workers" : "";
     document.getElementById("summary").textContent =
-      (status.draining ? "DRAINING; " : "") + (status.active_sessions || []).length +
-      " open sessions" + workers + "; updated " + new Date().toLocaleTimeString() +
+      (status.draining ? "DRAINING; " : "") + open + " open sessions" + workers + "; updated " + new Date().toLocaleTimeString() +
       ", every " + REFRESH_MS / 1000 + " s";
     document.getElementById("error").textContent = "";
     document.body.dataset.updated = String(Date.now());
