@@ -94,7 +94,12 @@ class Stream(WSListener):
 
 
 class Idle(WSListener):
-    pass
+    """Holds its session; closed by ``idle`` once stdin closes."""
+
+    transport: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
 
 
 def _tls_context(url: str) -> ssl.SSLContext | None:
@@ -149,7 +154,8 @@ async def pingpong(args: argparse.Namespace) -> dict[str, object]:
     elapsed = time.monotonic() - started
     messages = sum(c.messages for c in clients)  # type: ignore[attr-defined]
     for client in clients:
-        client.transport.disconnect()  # type: ignore[attr-defined]
+        if client.transport is not None:  # type: ignore[attr-defined]
+            client.transport.disconnect()  # type: ignore[attr-defined]
     latencies.sort()
     return {
         "messages": messages,
@@ -174,7 +180,8 @@ async def stream(args: argparse.Namespace) -> dict[str, object]:
     elapsed = time.monotonic() - started
     received = sum(c.received for c in clients)  # type: ignore[attr-defined]
     for client in clients:
-        client.transport.disconnect()  # type: ignore[attr-defined]
+        if client.transport is not None:  # type: ignore[attr-defined]
+            client.transport.disconnect()  # type: ignore[attr-defined]
     return {
         "bytes": received,
         "messages": received // args.size,
@@ -189,7 +196,8 @@ async def idle(args: argparse.Namespace) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
     for client in clients:
-        client.transport.disconnect()  # type: ignore[attr-defined]
+        if client.transport is not None:  # type: ignore[attr-defined]
+            client.transport.disconnect()  # type: ignore[attr-defined]
     return {"connections": len(clients)}
 
 
