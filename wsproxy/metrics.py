@@ -42,7 +42,7 @@ from prometheus_client.utils import floatToGoString
 from wsproxy.config import Config
 from wsproxy.sessions import SessionInfo, SessionReport, method_label
 from wsproxy.tunnel import Tunnel
-from wsproxy.wsframes import OPCODE_NAMES, FrameObserver
+from wsproxy.wsframes import OPCODE_NAMES
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 #: Cached label children; the key holds the raw method, which clients choose,
@@ -57,46 +57,86 @@ SESSION_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 4320
 
 
 class SessionCollector(Collector):
-    """Active sessions, frames, messages and bytes: folded totals plus live counts."""
+    """Active sessions, frames, messages and bytes, at a cost that does not
+    grow with the number of open sessions.
 
-    def __init__(self, routes: Iterable[str], live: Mapping[Tunnel, SessionInfo]) -> None:
+    Each session counts in its own observers (plain integers, no call per
+    frame).  A session with new bytes puts itself in :attr:`dirty`
+    (tunnel.Tunnel.dirty, one set insertion per read); a scrape folds only
+    the dirty sessions' counts since their last fold into the per-route
+    totals, and a session's end folds the rest.  So a scrape visits the
+    sessions that moved since the last one, never the idle thousands, and
+    is still exact.  Open sessions per route are counted as sessions start
+    and end (``open_by_route``, kept by observe.Observability).
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[str],
+        live: Mapping[Tunnel, SessionInfo],
+        open_by_route: Mapping[str, int] | None = None,
+    ) -> None:
         #: Routes whose active-session gauge shows even at 0.
         self.routes = tuple(routes)
         self._live = live  # open session -> what it is
+        self.open_by_route: Mapping[str, int] = open_by_route if open_by_route is not None else {}
+        #: Sessions with counts not folded into the totals yet.
+        self.dirty: set[Tunnel] = set()
+        #: Each folded session's counts at its last fold (what the totals hold of it).
+        self._folded: dict[Tunnel, tuple[int, ...]] = {}
         self._frames: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
 
-    def fold(self, route: str, session: Tunnel) -> None:
-        """Add an ended session's counts to the totals (then drop it from live)."""
-        for direction, observer in zip(DIRECTIONS, (session.c2u, session.u2c), strict=True):
-            self._add(route, direction, observer, self._frames, self._messages, self._bytes)
+    def started(self, session: Tunnel) -> None:
+        """A new session: it reports its own reads from now on."""
+        session.dirty = self.dirty
+        self.dirty.add(session)
 
-    @staticmethod
-    def _add(
-        route: str,
-        direction: str,
-        observer: FrameObserver,
-        frames: defaultdict[tuple[str, str, str], int],
-        messages: defaultdict[tuple[str, str], int],
-        byte_counts: defaultdict[tuple[str, str], int],
-    ) -> None:
-        for opcode, count in enumerate(observer.frames):
-            if count:
-                frames[(route, direction, OPCODE_NAMES[opcode])] += count
-        messages[(route, direction)] += observer.messages
-        byte_counts[(route, direction)] += observer.bytes
+    def fold(self, route: str, session: Tunnel) -> None:
+        """A session ended: the rest of its counts go into the totals."""
+        self._fold(route, session)
+        self._folded.pop(session, None)
+        self.dirty.discard(session)
+        session.dirty = None
+
+    def _fold(self, route: str, session: Tunnel) -> None:
+        """Add what ``session`` counted since its last fold."""
+        now = _counts(session)
+        before = self._folded.get(session)
+        if before == now or (before is None and not any(now)):
+            return  # nothing new (an idle session keeps no copy at all)
+        self._folded[session] = now
+        width = 2 + len(session.c2u.frames)
+        for index, direction in enumerate(DIRECTIONS):
+            base = index * width
+            old = before[base : base + width] if before is not None else None
+            new = now[base : base + width]
+            if old is None:
+                self._bytes[(route, direction)] += new[0]
+                self._messages[(route, direction)] += new[1]
+                for opcode, count in enumerate(new[2:]):
+                    if count:
+                        self._frames[(route, direction, OPCODE_NAMES[opcode])] += count
+                continue
+            self._bytes[(route, direction)] += new[0] - old[0]
+            self._messages[(route, direction)] += new[1] - old[1]
+            for opcode, (was, count) in enumerate(zip(old[2:], new[2:], strict=True)):
+                if count != was:
+                    self._frames[(route, direction, OPCODE_NAMES[opcode])] += count - was
 
     def collect(self) -> Iterator[Metric]:
-        frames = defaultdict(int, self._frames)
-        messages = defaultdict(int, self._messages)
-        byte_counts = defaultdict(int, self._bytes)
+        live = self._live
+        for session in list(self.dirty):
+            info = live.get(session)
+            if info is None:
+                continue  # ended meanwhile: folded by its end
+            self._fold(info.route, session)
+            if not (session.c2u.parsing or session.u2c.parsing):
+                self.dirty.discard(session)  # a backlog still to parse keeps it dirty
+        frames, messages, byte_counts = self._frames, self._messages, self._bytes
         active: dict[str, int] = dict.fromkeys(self.routes, 0)
-        for session, info in list(self._live.items()):
-            route = info.route
-            active[route] = active.get(route, 0) + 1
-            for direction, observer in zip(DIRECTIONS, (session.c2u, session.u2c), strict=True):
-                self._add(route, direction, observer, frames, messages, byte_counts)
+        active.update(self.open_by_route)
 
         gauge = GaugeMetricFamily(
             "wsproxy_websocket_active_connections",
@@ -125,6 +165,12 @@ class SessionCollector(Collector):
             ["route", "direction"],
             byte_counts.items(),
         )
+
+
+def _counts(session: Tunnel) -> tuple[int, ...]:
+    """Bytes, messages and frames by opcode, client to upstream then back."""
+    c2u, u2c = session.c2u, session.u2c
+    return (c2u.bytes, c2u.messages, *c2u.frames, u2c.bytes, u2c.messages, *u2c.frames)
 
 
 #: The ``le`` labels as prometheus-client writes them ("0.001", "1.0", ...).
@@ -323,7 +369,12 @@ class Metrics:
     """Every wsproxy metric, on a registry of its own (one per server)."""
 
     def __init__(
-        self, config: Config, live: Mapping[Tunnel, SessionInfo], *, multiprocess: bool = False
+        self,
+        config: Config,
+        live: Mapping[Tunnel, SessionInfo],
+        *,
+        multiprocess: bool = False,
+        open_by_route: Mapping[str, int] | None = None,
     ) -> None:
         #: A worker among several (prometheus-client's multiprocess mode).
         self.multiprocess = multiprocess
@@ -391,7 +442,9 @@ class Metrics:
             registry=r,
         )
         self.reloads = reload_counter(r)
-        self.sessions = SessionCollector((route.name for route in config.routes), live)
+        self.sessions = SessionCollector(
+            (route.name for route in config.routes), live, open_by_route
+        )
         r.register(self.sessions)
         #: Several workers: writes the two collectors' counts to the files.
         self.publisher = Publisher((self.http, self.sessions)) if multiprocess else None

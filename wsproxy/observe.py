@@ -124,7 +124,11 @@ class Observability:
         self.live = live
         #: This process's number when several workers share the listeners.
         self.worker = worker
-        self.metrics = Metrics(config, live, multiprocess=worker is not None)
+        #: Open sessions by route, kept as they start and end (no walk).
+        self.open_by_route: dict[str, int] = {}
+        self.metrics = Metrics(
+            config, live, multiprocess=worker is not None, open_by_route=self.open_by_route
+        )
         self.access_log = AccessLog(config.access_log, stream, worker)
         self._log_requests = self.access_log.enabled
         self.recent_early_closes: deque[tuple[float, SessionReport]] = deque(
@@ -132,8 +136,6 @@ class Observability:
         )
         #: For the status page: how sessions ended lately.
         self.timeline = CloseTimeline()
-        #: Open sessions by route, kept as they start and end (no walk).
-        self.open_by_route: dict[str, int] = {}
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new routes and servers in the metrics, the new log format."""
@@ -183,8 +185,9 @@ class Observability:
 
     # --- WebSocket sessions ------------------------------------------------
 
-    def session_started(self, info: SessionInfo, method: str) -> None:
+    def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
         """A 101 was relayed: count the handshake now, not when the session ends."""
+        self.metrics.sessions.started(tunnel)
         self.metrics.http.request(info.route, method, 101)
         self.metrics.upgrades.labels(info.route, "accepted").inc()
         self.open_by_route[info.route] = self.open_by_route.get(info.route, 0) + 1

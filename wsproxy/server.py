@@ -133,7 +133,7 @@ class ProxyServer:
 
     def session_started(self, tunnel: Tunnel, info: SessionInfo, method: str) -> None:
         self.sessions[tunnel] = info
-        self.observability.session_started(info, method)
+        self.observability.session_started(tunnel, info, method)
 
     def session_ended(self, tunnel: Tunnel) -> None:
         info = self.sessions.pop(tunnel, None)

@@ -190,6 +190,7 @@ class Tunnel:
         "close_reason",
         "closed_at",
         "closed_by",
+        "dirty",
         "ended",
         "finished",
         "how",
@@ -229,6 +230,10 @@ class Tunnel:
         # and early closes are often sub-millisecond.
         self.started = self.ended = self.closed_at = time.monotonic()
         self.client_transport: asyncio.Transport | None = None
+        #: Where this session says it has counts the metrics have not folded
+        #: yet (metrics.SessionCollector.dirty), so a scrape visits only the
+        #: sessions that moved; None: nobody collects (tests).
+        self.dirty: set[Tunnel] | None = None
         self.on_finished: Callable[[Tunnel], None] | None = None
         self.client_side = ClientSide(self)
         self.upstream_side = UpstreamSide(self)
@@ -503,6 +508,8 @@ class Tunnel:
 
     def _closing_data(self, source: Literal["client", "upstream"], data: bytes) -> None:
         """``data`` from ``source`` once shutdown() began (ClosingSide)."""
+        if self.dirty is not None:
+            self.dirty.add(self)
         closing = self._closing
         assert closing is not None
         dest: asyncio.Transport | None
@@ -676,8 +683,12 @@ class ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._upstream.write(data)
+        tunnel = self._tunnel
+        dirty = tunnel.dirty
+        if dirty is not None:
+            dirty.add(tunnel)
         if not self._observer.feed(data):
-            self._tunnel.catch_up_later(self._observer)
+            tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("client")
@@ -703,9 +714,13 @@ class UpstreamSide(asyncio.Protocol):
         self._observer = tunnel.u2c
 
     def data_received(self, data: bytes) -> None:
-        self._tunnel.client_transport.write(data)  # type: ignore[union-attr]
+        tunnel = self._tunnel
+        tunnel.client_transport.write(data)  # type: ignore[union-attr]
+        dirty = tunnel.dirty
+        if dirty is not None:
+            dirty.add(tunnel)
         if not self._observer.feed(data):
-            self._tunnel.catch_up_later(self._observer)
+            tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
         self._tunnel.on_eof("upstream")
