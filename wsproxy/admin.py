@@ -19,6 +19,7 @@ supervisor's scrape that follows is exact.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from importlib import resources
 from typing import Protocol
@@ -153,13 +154,17 @@ def supervisor_app(view: SupervisorView) -> web.Application:
     return app
 
 
+_COUNT = re.compile(r"[0-9]{1,4}")
+
+
 def listed_sessions(request: web.Request) -> int:
     """``?sessions=N``: how many of the newest and of the oldest sessions
     /status.json lists (HTTPBadRequest outside 0..MAX_LISTED_SESSIONS)."""
     text = request.query.get("sessions")
     if text is None:
         return LISTED_SESSIONS
-    if not text.isdigit() or int(text) > MAX_LISTED_SESSIONS:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not _COUNT.fullmatch(text) or int(text) > MAX_LISTED_SESSIONS:
         raise web.HTTPBadRequest(
             text=f"sessions must be a number from 0 to {MAX_LISTED_SESSIONS}\n"
         )

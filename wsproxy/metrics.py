@@ -82,8 +82,6 @@ class SessionCollector(Collector):
         self.open_by_route: Mapping[str, int] = open_by_route if open_by_route is not None else {}
         #: Sessions with counts not folded into the totals yet.
         self.dirty: set[Tunnel] = set()
-        #: Each folded session's counts at its last fold (what the totals hold of it).
-        self._folded: dict[Tunnel, tuple[int, ...]] = {}
         self._frames: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -96,17 +94,17 @@ class SessionCollector(Collector):
     def fold(self, route: str, session: Tunnel) -> None:
         """A session ended: the rest of its counts go into the totals."""
         self._fold(route, session)
-        self._folded.pop(session, None)
+        session.folded = None
         self.dirty.discard(session)
         session.dirty = None
 
     def _fold(self, route: str, session: Tunnel) -> None:
         """Add what ``session`` counted since its last fold."""
         now = _counts(session)
-        before = self._folded.get(session)
+        before = session.folded
         if before == now or (before is None and not any(now)):
             return  # nothing new (an idle session keeps no copy at all)
-        self._folded[session] = now
+        session.folded = now
         width = 2 + len(session.c2u.frames)
         for index, direction in enumerate(DIRECTIONS):
             base = index * width
@@ -130,7 +128,8 @@ class SessionCollector(Collector):
         for session in list(self.dirty):
             info = live.get(session)
             if info is None:
-                continue  # ended meanwhile: folded by its end
+                self.dirty.discard(session)  # ended meanwhile: folded by its end
+                continue
             self._fold(info.route, session)
             if not (session.c2u.parsing or session.u2c.parsing):
                 self.dirty.discard(session)  # a backlog still to parse keeps it dirty

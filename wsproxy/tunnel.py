@@ -193,6 +193,7 @@ class Tunnel:
         "dirty",
         "ended",
         "finished",
+        "folded",
         "how",
         "on_finished",
         "started",
@@ -234,6 +235,9 @@ class Tunnel:
         #: yet (metrics.SessionCollector.dirty), so a scrape visits only the
         #: sessions that moved; None: nobody collects (tests).
         self.dirty: set[Tunnel] | None = None
+        #: The counts the metrics totals already hold of this session (None:
+        #: none yet); kept here, not in a table, to cost one slot.
+        self.folded: tuple[int, ...] | None = None
         self.on_finished: Callable[[Tunnel], None] | None = None
         self.client_side = ClientSide(self)
         self.upstream_side = UpstreamSide(self)

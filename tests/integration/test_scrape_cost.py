@@ -58,7 +58,8 @@ async def test_a_scrape_folds_only_the_sessions_that_moved(
             back = {"route": "/", "direction": "upstream_to_client"}
             assert moved.value("wsproxy_websocket_bytes_total", **back) == len(frame) - 4
             # The idle ones keep no copy of their counts.
-            assert len(obs.server.observability.metrics.sessions._folded) == 1
+            copies = [t for t in obs.server.sessions if t.folded is not None]
+            assert len(copies) == 1
         finally:
             for writer in writers:
                 writer.close()
@@ -67,4 +68,4 @@ async def test_a_scrape_folds_only_the_sessions_that_moved(
         assert ended.value("wsproxy_websocket_active_connections", route="/") == 0
         labels = {"route": "/", "direction": "client_to_upstream"}
         assert ended.value("wsproxy_websocket_messages_total", **labels) == 1
-        assert obs.server.observability.metrics.sessions._folded == {}
+        assert obs.server.observability.metrics.sessions.dirty == set()

@@ -43,7 +43,7 @@ async def test_the_status_document_lists_the_ends_and_counts_the_rest() -> None:
             # The document does not grow with the sessions it does not list.
             assert small < 10_000, small
 
-            for bad in ("-1", "1001", "x"):
+            for bad in ("-1", "1001", "x", "²", "+5", "9" * 5000):
                 async with obs.http.get(obs.admin_url + f"/status.json?sessions={bad}") as response:
                     assert response.status == 400
                     assert "sessions must be a number from 0 to 1000" in await response.text()

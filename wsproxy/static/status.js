@@ -58,8 +58,10 @@ function drawBinding(admin) {
 }
 
 function drawSessions(sessions, openByRoute, open, perEnd) {
-  if (!sessions.length) return replace("sessions", el("p", { class: "muted" }, "None."));
+  if (!open && !sessions.length) return replace("sessions", el("p", { class: "muted" }, "None."));
   const byRoute = new Map();
+  // Every route with open sessions, listed or not (only the ends are listed).
+  for (const route of Object.keys(openByRoute)) byRoute.set(route, []);
   for (const s of sessions) {
     if (!byRoute.has(s.route)) byRoute.set(s.route, []);
     byRoute.get(s.route).push(s);
@@ -81,7 +83,7 @@ function drawSessions(sessions, openByRoute, open, perEnd) {
     const count = openByRoute[route] !== undefined ? openByRoute[route] : list.length;
     const shown = count > list.length ? " (" + list.length + " shown)" : "";
     parts.push(el("h3", {}, "route " + route + ": " + count + " open" + shown));
-    parts.push(table(headers, rows, [4, 5, 6, 7, 8]));
+    if (rows.length) parts.push(table(headers, rows, [4, 5, 6, 7, 8]));
   }
   if (open > sessions.length) {
     parts.push(el("p", { class: "muted" }, "Listed: the " + perEnd + " newest and the " + perEnd +
