@@ -4,15 +4,13 @@ counts stay exact."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.support.backends import swoole_like
 from tests.support.observe_helpers import observed_proxy
 from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
-from tests.support.ws_helpers import LOOPBACK, handshake
+from tests.support.ws_helpers import open_sessions
 from wsproxy.metrics import SessionCollector
 
 SESSIONS = 60
@@ -29,15 +27,11 @@ async def test_a_scrape_folds_only_the_sessions_that_moved(
         original(self, route, session)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SessionCollector, "_fold", counted)
-    writers: list[asyncio.StreamWriter] = []
-    readers: list[asyncio.StreamReader] = []
     async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        sessions = await open_sessions(obs.port, SESSIONS)
+        readers = [reader for reader, _ in sessions]
+        writers = [writer for _, writer in sessions]
         try:
-            for _ in range(SESSIONS):
-                reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
-                await handshake(reader, writer, obs.port)
-                readers.append(reader)
-                writers.append(writer)
             await obs.sessions_open(SESSIONS)
             first = await obs.scrape()  # every new session is looked at once
             assert first.value("wsproxy_websocket_active_connections", route="/") == SESSIONS

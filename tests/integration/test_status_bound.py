@@ -4,25 +4,20 @@ counts by route, and only the newest and the oldest sessions listed
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from tests.support.backends import swoole_like
 from tests.support.observe_helpers import observed_proxy
 from tests.support.proxy import config_text
-from tests.support.ws_helpers import LOOPBACK, handshake
+from tests.support.ws_helpers import open_sessions
 
 SESSIONS = 120
 
 
 async def test_the_status_document_lists_the_ends_and_counts_the_rest() -> None:
-    writers: list[asyncio.StreamWriter] = []
     async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        writers = [writer for _, writer in await open_sessions(obs.port, SESSIONS)]
         try:
-            for _ in range(SESSIONS):
-                reader, writer = await asyncio.open_connection(LOOPBACK, obs.port)
-                await handshake(reader, writer, obs.port)
-                writers.append(writer)
             await obs.sessions_open(SESSIONS)
             started = [info.request_id for info in obs.server.sessions.values()]
 

@@ -221,3 +221,16 @@ def scripted(script: Script) -> tuple[RawBackend, list[Session]]:
         return False
 
     return RawBackend(handler), sessions
+
+
+async def open_sessions(
+    port: int, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` raw WebSocket sessions through the proxy on ``port``, one
+    after the other (so they start in this order); the caller closes them."""
+    sessions = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        sessions.append((reader, writer))
+        await handshake(reader, writer, port)
+    return sessions
