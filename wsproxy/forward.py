@@ -143,8 +143,7 @@ class Relay:
     def abort(self) -> None:
         """The front door ended the request (client gone, a timer): drop the upstream."""
         self._finished = True
-        self.conn.receiver = None
-        self.conn.abort()
+        self.conn.abandon()
         self._settle(None)
 
     def _settle(self, failure: UpstreamFailure | Stale | None, *, whole: bool = False) -> None:
@@ -349,16 +348,12 @@ async def forward_http(
             log.debug("upstream %s closed a pooled connection; retrying once", pool.server)
             conn = await pool.connect_new()
         except BaseException:
-            # The client left or a timer ended it: the upstream did nothing
-            # wrong, and its connection's loss must not be reported as its
-            # failure (as Relay.abort does).
-            conn.receiver = None
-            conn.abort()
+            # The client left or a timer ended it: the upstream did nothing wrong.
+            conn.abandon()
             raise
         finally:
             if not relay._finished:
-                conn.receiver = None
-                conn.abort()
+                conn.abandon()
 
 
 def retryable(request: Request) -> bool:

@@ -103,6 +103,11 @@ def system_backlog() -> int:
         return socket.SOMAXCONN
 
 
+def listen_length(backlog: int) -> int:
+    """The length ``listen()`` gets for a configured ``backlog`` (0: the system's)."""
+    return backlog or system_backlog()
+
+
 def bind(
     host: str,
     port: int,
@@ -154,7 +159,7 @@ def bind(
                     f"{(exc.strerror or '').lower()}",
                 ) from None
             if listen:
-                sock.listen(backlog or system_backlog())
+                sock.listen(listen_length(backlog))
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:
@@ -297,7 +302,7 @@ class Listener:
                         await loop.create_server(
                             self._connection,
                             sock=sock.dup(),
-                            backlog=self.backlog or system_backlog(),
+                            backlog=listen_length(self.backlog),
                         )
                     )
         except BaseException:
@@ -336,7 +341,7 @@ class Listener:
         if backlog != self.backlog:
             self.backlog = backlog
             for sock in self.sockets:
-                sock.listen(backlog or system_backlog())
+                sock.listen(listen_length(backlog))
 
     async def set_limit(self, limit: int) -> None:
         """A reload's ``max_connections`` alone."""
@@ -413,7 +418,7 @@ class Listener:
         peer = "unknown"
         try:
             with contextlib.suppress(OSError):
-                peer = _peer_text(conn.getpeername())
+                peer = peer_text(conn.getpeername())
             source = None
             if preamble.proxy_protocol:
                 async with asyncio.timeout(preamble.timeout):
@@ -470,7 +475,8 @@ class Listener:
         return made[0]
 
 
-def _peer_text(peer: object) -> str:
+def peer_text(peer: object) -> str:
+    """A socket address as logs write it: ``ip:port``, ``[ipv6]:port``."""
     if isinstance(peer, tuple):
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"

@@ -105,18 +105,12 @@ class SessionCollector(Collector):
         if before == now or (before is None and not any(now)):
             return  # nothing new (an idle session keeps no copy at all)
         session.folded = now
-        width = 2 + len(session.c2u.frames)
+        if before is None:
+            before = (0,) * len(now)
+        width = len(now) // len(DIRECTIONS)
         for index, direction in enumerate(DIRECTIONS):
             base = index * width
-            old = before[base : base + width] if before is not None else None
-            new = now[base : base + width]
-            if old is None:
-                self._bytes[(route, direction)] += new[0]
-                self._messages[(route, direction)] += new[1]
-                for opcode, count in enumerate(new[2:]):
-                    if count:
-                        self._frames[(route, direction, OPCODE_NAMES[opcode])] += count
-                continue
+            old, new = before[base : base + width], now[base : base + width]
             self._bytes[(route, direction)] += new[0] - old[0]
             self._messages[(route, direction)] += new[1] - old[1]
             for opcode, (was, count) in enumerate(zip(old[2:], new[2:], strict=True)):

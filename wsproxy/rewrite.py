@@ -58,9 +58,7 @@ def request_headers(headers: Sequence[tuple[str, str]], rewrite: Rewrite) -> Hea
     """The upstream request's fields (already through the proxy's rules) with
     the route's ``host`` and ``request_headers`` applied."""
     edits = rewrite.request_headers
-    drop = {
-        name.replace("_", "-") for name in edits.remove | {name.lower() for name, _ in edits.set}
-    }
+    drop = {name.replace("_", "-") for name in edits.names}
     result: HeaderList = []
     for name, value in headers:
         lower = name.lower()
@@ -77,7 +75,7 @@ def request_headers(headers: Sequence[tuple[str, str]], rewrite: Rewrite) -> Hea
 
 def response_headers(headers: Sequence[tuple[str, str]], edits: HeaderEdits) -> HeaderList:
     """A response's fields (already through the proxy's rules) with ``edits``."""
-    drop = edits.remove | {name.lower() for name, _ in edits.set}
+    drop = edits.names
     return [(n, v) for n, v in headers if n.lower() not in drop] + list(edits.set)
 
 
@@ -90,10 +88,7 @@ class RawResponseEdits:
 
     def __init__(self, edits: HeaderEdits) -> None:
         self.edits = edits
-        self.drop = frozenset(
-            name.encode("latin-1")
-            for name in edits.remove | {name.lower() for name, _ in edits.set}
-        )
+        self.drop = frozenset(name.encode("latin-1") for name in edits.names)
         self.lines = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in edits.set)
 
     def without(self, fields: RawFields) -> RawFields | None:

@@ -88,11 +88,7 @@ class ProxyServer:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of each listener (port 0 resolved)."""
-        return [
-            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
-            for listener in self._listeners.values()
-            for sock in listener.sockets
-        ]
+        return [(host, port) for _scheme, host, port in self.listening]
 
     @property
     def listening(self) -> list[tuple[str, str, int]]:

@@ -145,14 +145,10 @@ async def handle_websocket(
     try:
         await relay.run(request_head("GET", target, headers), upstream.read_timeout)
     except Stale as stale:  # never reused, so never stale; for the type checker
-        conn.receiver = None
-        conn.abort()
+        conn.abandon()
         raise stale.failure from None
     except BaseException:
-        # Cancelled (the client left, a timer): the upstream's connection
-        # loss that follows is not the upstream's failure.
-        conn.receiver = None
-        conn.abort()
+        conn.abandon()  # cancelled (the client left, a timer): not the upstream's failure
         raise
     if relay.switched is None:
         return  # the upstream's refusal was relayed

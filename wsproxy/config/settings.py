@@ -201,6 +201,11 @@ class HeaderEdits:
     def __bool__(self) -> bool:
         return bool(self.set or self.remove)
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Lower-case names whose fields go: removed, or replaced by ``set``."""
+        return self.remove | {name.lower() for name, _ in self.set}
+
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:

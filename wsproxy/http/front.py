@@ -72,7 +72,7 @@ from wsproxy.http.wire import (
     own_answer,
     response_head,
 )
-from wsproxy.listeners import PLAIN, Arrival, Gate
+from wsproxy.listeners import PLAIN, Arrival, Gate, peer_text
 from wsproxy.tunnel import close_transport, reset_transport
 
 log = logging.getLogger("wsproxy.front")
@@ -515,8 +515,7 @@ class ClientConnection(asyncio.Protocol):
         peer = self.arrival.source or transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0])
-            host = self.peer_ip
-            self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            self.peer = peer_text(peer)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -385,6 +385,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.abort()
 
+    def abandon(self) -> None:
+        """Drop the connection for a reason of ours (the client left, a
+        timer): its loss is reported to nobody, so it never counts as the
+        upstream's failure."""
+        self.receiver = None
+        self.abort()
+
     def _check_read(self) -> None:
         self._timer = None
         if self.receiver is None or self.lost:
