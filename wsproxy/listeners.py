@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse
-from wsproxy.tunnel import TLS_SHUTDOWN_TIMEOUT
+from wsproxy.tunnel import TLS_SHUTDOWN_TIMEOUT, keepalive_options
 
 log = logging.getLogger("wsproxy")
 
@@ -267,10 +267,14 @@ class Listener:
         preamble: Preamble = Preamble(),
         on_refused: Refused | None = None,
         backlog: int = 0,
+        keepalive: float = 0.0,
     ) -> None:
         self.sockets = sockets
         #: The listen queue's length (0: the system's); create_server listens again with it.
         self.backlog = backlog
+        #: ``proxy.tcp_keepalive`` of the connections it accepts (set_keepalive).
+        self.keepalive: float | None = None
+        self.set_keepalive(keepalive)
         self.gate = Gate(limit)
         self.preamble = preamble
         self._factory = factory
@@ -342,6 +346,17 @@ class Listener:
             self.backlog = backlog
             for sock in self.sockets:
                 sock.listen(listen_length(backlog))
+
+    def set_keepalive(self, idle: float) -> None:
+        """TCP keepalive (``proxy.tcp_keepalive``, 0: off) on the listening
+        sockets, which Linux copies to each connection they accept: the
+        client's side of a WebSocket session has it with no system call of
+        its own.  A reload's value reaches the connections accepted after it."""
+        if idle != self.keepalive:
+            self.keepalive = idle
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    keepalive_options(sock, idle)
 
     async def set_limit(self, limit: int) -> None:
         """A reload's ``max_connections`` alone."""

@@ -201,6 +201,7 @@ class ProxyServer:
             self._preamble(listen, config or self.config, tls or self.tls),
             lambda stage, reason, peer: self.observability.refused(label, stage, reason, peer),
             listen.backlog,
+            (config or self.config).proxy.tcp_keepalive,
         )
         try:
             await listener.start()
@@ -321,6 +322,7 @@ class ProxyServer:
         for address, listener in self._listeners.items():
             if address in wanted:
                 listener.set_backlog(wanted[address].backlog)
+                listener.set_keepalive(config.proxy.tcp_keepalive)
         for connection in self.connections:
             connection.app = proxy
             # Its client info (trusted_proxies, the X-Forwarded-* lines) is

@@ -116,11 +116,24 @@ def set_keepalive(transport: asyncio.BaseTransport, idle: float) -> None:
     if sock is None:
         return
     with contextlib.suppress(OSError, ValueError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS names it TCP_KEEPALIVE
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        # uvloop's stand-in for the socket makes a socket object for every
+        # setsockopt: one object here does the four.
+        own = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+        try:
+            keepalive_options(own, idle)
+        finally:
+            own.detach()
+
+
+def keepalive_options(sock: socket.socket, idle: float) -> None:
+    """Keepalive after ``idle`` seconds on ``sock`` (0: off).  On a listening
+    socket, every connection it accepts starts with the same options (Linux
+    copies them to the accepted socket), at no cost per connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if idle else 0)
+    if idle and hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS names it TCP_KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def half_closable(transport: asyncio.BaseTransport) -> bool:
@@ -159,10 +172,15 @@ def reset_transport(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+#: No observer to wait for (Tunnel._deferred_waits): one shared empty set.
+_NO_WAITS: frozenset[FrameObserver] = frozenset()
+
+
 class Tunnel:
     """One WebSocket session's splice; see the module docstring."""
 
     __slots__ = (
+        "__weakref__",
         "_buffer_limit",
         "_catching_up",
         "_client_holds",
@@ -170,7 +188,9 @@ class Tunnel:
         "_closing",
         "_deferred_end",
         "_deferred_waits",
+        "_done",
         "_finish_pending",
+        "_finished",
         "_idle_handle",
         "_idle_seen",
         "_idle_ticks",
@@ -192,7 +212,6 @@ class Tunnel:
         "closed_by",
         "dirty",
         "ended",
-        "finished",
         "folded",
         "how",
         "on_finished",
@@ -239,9 +258,16 @@ class Tunnel:
         #: none yet); kept here, not in a table, to cost one slot.
         self.folded: tuple[int, ...] | None = None
         self.on_finished: Callable[[Tunnel], None] | None = None
-        self.client_side = ClientSide(self)
-        self.upstream_side = UpstreamSide(self)
-        self.finished: asyncio.Future[None] = self._loop.create_future()
+        #: The protocols installed on the two transports; dropped when the
+        #: session ends (_release), with the observers' callbacks, so that
+        #: reference counting frees an ended session at once: the cyclic
+        #: collector would free it only in a full collection, which at
+        #: thousands of sessions stalls the loop for 100 ms and more.
+        self.client_side: ClientSide | None = ClientSide(self)
+        self.upstream_side: UpstreamSide | None = UpstreamSide(self)
+        self._done = False
+        #: Made when first asked for (``finished``): most sessions are never waited for.
+        self._finished: asyncio.Future[None] | None = None
         self.client_eof = False
         self.upstream_eof = False
         self._client_lost = False
@@ -259,9 +285,10 @@ class Tunnel:
         self._upstream_holds = 0
         # Observers with a catch-up scheduled, and an end event held back
         # until the observers in _deferred_waits have parsed their backlog.
-        self._catching_up: set[FrameObserver] = set()
+        # (None and _NO_WAITS: no set of its own until there is one.)
+        self._catching_up: set[FrameObserver] | None = None
         self._deferred_end: tuple[Side, How, float, FrameObserver | None] | None = None
-        self._deferred_waits: frozenset[FrameObserver] = frozenset()
+        self._deferred_waits: frozenset[FrameObserver] = _NO_WAITS
         # The first close frame read after a held-back event (its code counts
         # if that event, a FIN or reset, turns out to be the first).
         self._late_close: FrameObserver | None = None
@@ -285,6 +312,7 @@ class Tunnel:
         self.client_transport = client
         self.client_half_close = half_closable(client)
         client.set_write_buffer_limits(high=self._buffer_limit, low=self._buffer_limit // 4)
+        assert self.upstream_side is not None
         self.upstream_transport.set_protocol(self.upstream_side)
         if client_tail:
             self.upstream_transport.write(client_tail)
@@ -332,9 +360,12 @@ class Tunnel:
 
     def catch_up_later(self, observer: FrameObserver) -> None:
         """``observer`` stopped with a backlog: pause its source, parse on later turns."""
-        if observer in self._catching_up:
+        catching_up = self._catching_up
+        if catching_up is None:
+            catching_up = self._catching_up = set()
+        elif observer in catching_up:
             return
-        self._catching_up.add(observer)
+        catching_up.add(observer)
         self.hold(self._source(observer), _HELD_BY_OBSERVER)
         self._loop.call_soon(self._catch_up, observer)
 
@@ -342,7 +373,7 @@ class Tunnel:
         return self.client_transport if observer is self.c2u else self.upstream_transport
 
     def _catch_up(self, observer: FrameObserver) -> None:
-        if observer not in self._catching_up:
+        if not self._catching_up or observer not in self._catching_up:
             return  # caught up at once by shutdown()
         if not observer.resume():
             self._loop.call_soon(self._catch_up, observer)
@@ -350,7 +381,8 @@ class Tunnel:
         self._caught_up(observer)
 
     def _caught_up(self, observer: FrameObserver) -> None:
-        self._catching_up.discard(observer)
+        if self._catching_up is not None:
+            self._catching_up.discard(observer)
         if observer in self._deferred_waits:
             self._deferred_waits -= {observer}
             if not self._deferred_waits and self._deferred_end is not None:
@@ -424,7 +456,7 @@ class Tunnel:
         elif observer in self._deferred_waits:
             # These bytes arrived before the held-back event: they came first.
             self._deferred_end = None
-            self._deferred_waits = frozenset()
+            self._deferred_waits = _NO_WAITS
             self._set_end(side, "close_frame", deferred[2], observer)
         elif self._late_close is None:
             # Arrived after the held-back event: the first close frame after it.
@@ -445,12 +477,12 @@ class Tunnel:
         self._lifetime_handle = self._loop.call_later(seconds, self.shutdown, "max_lifetime")
 
     def keep_alive(self, idle: float) -> None:
-        """TCP keepalive on both sockets: a peer that vanished (a pulled
-        cable, a NAT that forgot the flow) ends the session within minutes
-        instead of never, since a quiet WebSocket sends nothing to find out."""
-        for transport in (self.client_transport, self.upstream_transport):
-            if transport is not None:
-                set_keepalive(transport, idle)
+        """TCP keepalive on the upstream socket: a peer that vanished (a
+        pulled cable, a NAT that forgot the flow) ends the session within
+        minutes instead of never, since a quiet WebSocket sends nothing to
+        find out.  The client's socket has it from its listener
+        (listeners.Listener.set_keepalive)."""
+        set_keepalive(self.upstream_transport, idle)
 
     def shutdown(self, how: How = "drain") -> None:
         """End the session for the proxy's own reason with ``1001 Going Away``.
@@ -468,9 +500,9 @@ class Tunnel:
         protocol violation) the session ends with FIN instead; where a close
         handshake is already under way it is left to finish.
         """
-        if self.finished.done() or self._closing is not None:
+        if self._done or self._closing is not None:
             return
-        for observer in list(self._catching_up):
+        for observer in list(self._catching_up or ()):
             # The bytes relayed before now must be parsed to know where
             # their frames end (at most one chunk each).
             while not observer.resume():
@@ -600,7 +632,7 @@ class Tunnel:
             # Bytes that arrived before this event are still being parsed;
             # a close frame among them came first (see _close_frame).
             self._deferred_end = (side, how, now, observer)
-            self._deferred_waits = frozenset(self._catching_up)
+            self._deferred_waits = frozenset(self._catching_up or ())
             return
         self._set_end(side, how, now, observer)
 
@@ -629,7 +661,7 @@ class Tunnel:
 
     def _arm_linger(self) -> None:
         """Whatever is still open in CLOSE_TIMEOUT is reset."""
-        if self._linger_handle is None and not self.finished.done():
+        if self._linger_handle is None and not self._done:
             self._linger_handle = self._loop.call_later(CLOSE_TIMEOUT, self._reset_remaining)
 
     def _reset_remaining(self) -> None:
@@ -651,11 +683,41 @@ class Tunnel:
             if handle is not None:
                 handle.cancel()
         self._idle_handle = self._linger_handle = self._lifetime_handle = None
-        if not self.finished.done():
-            self.finished.set_result(None)
+        if not self._done:
+            self._done = True
+            if self._finished is not None:
+                self._finished.set_result(None)
             on_finished, self.on_finished = self.on_finished, None
-            if on_finished is not None:
-                on_finished(self)
+            try:
+                if on_finished is not None:
+                    on_finished(self)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        """Break the cycles through this ended session (see ``client_side``).
+
+        Both transports are lost by now and dropped their protocols; the
+        counts stay, for whoever still holds the session.
+        """
+        self.client_side = self.upstream_side = None
+        self.c2u.on_close = self.u2c.on_close = None
+        self._closing = None
+
+    @property
+    def done(self) -> bool:
+        """The session has ended (``finished`` is resolved or would be)."""
+        return self._done
+
+    @property
+    def finished(self) -> asyncio.Future[None]:
+        """Resolved when the session has ended."""
+        future = self._finished
+        if future is None:
+            future = self._finished = self._loop.create_future()
+            if self._done:
+                future.set_result(None)
+        return future
 
     def _schedule_idle_check(self) -> None:
         self._idle_handle = self._loop.call_later(

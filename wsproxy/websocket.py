@@ -37,6 +37,7 @@ from wsproxy.headers import (
 from wsproxy.http.front import Request
 from wsproxy.http.pool import Stale, UpstreamConnection, connect
 from wsproxy.http.wire import request_head, response_head
+from wsproxy.listeners import Gate
 from wsproxy.observe import Exchange
 from wsproxy.rewrite import response_headers as rewrite_response
 from wsproxy.sessions import SessionInfo
@@ -189,6 +190,37 @@ async def handle_websocket(
     )
 
 
+class _Ended:
+    """What a session's end gives back (Tunnel.on_finished): its server's
+    count, its listener's slot, the per-client count, the live table.
+
+    A small object rather than a closure: it is held for as long as the
+    session lives, and a closure over four names costs five objects.
+    """
+
+    __slots__ = ("gate", "on_end", "server", "sessions")
+
+    def __init__(
+        self,
+        server: Server,
+        gate: Gate | None,
+        on_end: Callable[[], None] | None,
+        sessions: SessionOwner,
+    ) -> None:
+        self.server = server
+        self.gate = gate
+        self.on_end = on_end
+        self.sessions = sessions
+
+    def __call__(self, tunnel: Tunnel) -> None:
+        self.server.tunnels -= 1
+        if self.gate is not None:
+            self.gate.release()
+        if self.on_end is not None:
+            self.on_end()
+        self.sessions.session_ended(tunnel)
+
+
 def _tunnel(
     request: Request,
     conn: UpstreamConnection,
@@ -219,6 +251,7 @@ def _tunnel(
         if exchange.response_edits is not None:
             relayed = rewrite_response(relayed, exchange.response_edits.edits)
         request.connection.write(response_head(101, reason, relayed))
+        assert tunnel.client_side is not None
         client_transport, client_tail = request.connection.take_over(tunnel.client_side)
     except BaseException:
         tunnel.close("error", reset=True)
@@ -231,16 +264,7 @@ def _tunnel(
     server.tunnels += 1  # least_conn's load, until the session ends
     # The client's socket is the tunnel's now: it counts against its
     # listener's max_connections until the session ends.
-    gate = request.connection.gate
-
-    def ended(tunnel: Tunnel) -> None:
-        server.tunnels -= 1
-        if gate is not None:
-            gate.release()
-        if on_end is not None:
-            on_end()
-        sessions.session_ended(tunnel)
-
+    ended = _Ended(server, request.connection.gate, on_end, sessions)
     tunnel.on_finished = ended
     try:
         tunnel.start(

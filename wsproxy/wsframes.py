@@ -161,6 +161,10 @@ def allowed_rsv_bits(extensions_header: str | None) -> int:
     return RSV1 if "permessage-deflate" in names else 0
 
 
+#: The frame counts of an observer that has seen no frame (FrameObserver.frames).
+NO_FRAMES: tuple[int, ...] = (0,) * 16
+
+
 class FrameObserver:
     """Counts one direction's frames, messages and bytes; reads close frames.
 
@@ -208,7 +212,9 @@ class FrameObserver:
         self._close_remaining = 0
         self.bytes = 0
         self.messages = 0
-        self.frames = [0] * 16
+        #: Frames seen by opcode; one shared tuple of zeros until the first
+        #: frame (an idle session's two observers hold no list of their own).
+        self.frames: list[int] | tuple[int, ...] = NO_FRAMES
         self.close_code: int | None = None
         self.close_reason = ""
         self.error: str | None = None
@@ -371,7 +377,10 @@ class FrameObserver:
         opcode = first & 0x0F
         fin = first & 0x80
         # Counted before it is judged: a malformed frame is still a frame seen.
-        self.frames[opcode] += 1
+        frames = self.frames
+        if isinstance(frames, tuple):
+            frames = self.frames = [0] * 16
+        frames[opcode] += 1
         if first & 0x70 & ~self._allowed_rsv:
             return self._fail("reserved bits set without a negotiated extension")
         if first & RSV1 and (opcode == 0 or opcode >= 0x8):

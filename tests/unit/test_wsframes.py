@@ -95,7 +95,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def assert_matches(observer: FrameObserver, expected: Expected) -> None:
     assert observer.error is None
-    assert observer.frames == expected.frames
+    assert list(observer.frames) == expected.frames
     assert observer.messages == expected.messages
     assert observer.bytes == len(expected.data)
     assert observer.close_code == expected.close_code

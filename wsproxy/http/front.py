@@ -48,9 +48,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -516,10 +514,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0])
             self.peer = peer_text(peer)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: asyncio and uvloop set it on every TCP transport.
         self._idle_since = self.loop.time()
         self._timer = self.loop.call_later(self.settings.tick, self._tick)
         if self.registry is not None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from collections import deque
@@ -155,10 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         #: Not TLS: may stay open after the server's EOF (a tunnel's half-close).
         self.half_close = half_closable(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: asyncio and uvloop set it on every TCP transport.
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()

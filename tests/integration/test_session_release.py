@@ -1,0 +1,97 @@
+"""An ended WebSocket session is freed by reference counting, not by the cyclic collector.
+
+At thousands of open sessions one full collection stalls the loop for 100 ms
+and more; a session whose objects pointed at each other would stay in memory
+until one ran, and a mass close would free nothing until then
+(docs/design.md, "Thousands of sessions").  Each case here runs with the
+collector off: the session's objects must go as its last reference does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.support.observe_helpers import Observed, eventually, one_session
+from tests.support.wire import encode_frame
+from tests.support.ws_helpers import Session, frames_until_close
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def echo_close(session: Session) -> None:
+    """Accept, answer the first close frame with one, and wait for the end."""
+    await session.accept()
+    frames = await frames_until_close(session.reader)
+    session.writer.write(encode_frame(0x8, frames[-1].payload, mask=False))
+    await session.read_to_eof()
+
+
+async def hang_up(session: Session) -> None:
+    """Accept, then close the connection at once (a backend restart)."""
+    await session.accept()
+    session.writer.close()
+
+
+async def freed(obs: Observed, ref: weakref.ref[object]) -> None:
+    await obs.sessions_ended()
+    # One scrape: the metrics fold what the session counted since the last one.
+    status, _type, _body = await obs.get("/metrics")
+    assert status == 200
+
+    async def probe() -> bool | None:
+        return True if ref() is None else None
+
+    await eventually(probe, "the ended session to be freed")
+
+
+async def test_a_session_closed_with_a_close_handshake_is_freed_without_the_collector() -> None:
+    with collector_off():
+        async with one_session(echo_close) as (obs, reader, writer):
+            await obs.sessions_open(1)
+            ref = weakref.ref(next(iter(obs.server.sessions)))
+            writer.write(encode_frame(0x1, b"hello", mask=True))
+            writer.write(encode_frame(0x8, (1000).to_bytes(2, "big"), mask=True))
+            await frames_until_close(reader)
+            writer.close()
+            await freed(obs, ref)
+
+
+async def test_a_session_its_backend_drops_is_freed_without_the_collector() -> None:
+    with collector_off():
+        async with one_session(hang_up) as (obs, reader, writer):
+            await obs.sessions_open(1)
+            ref = weakref.ref(next(iter(obs.server.sessions)))
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""
+            writer.close()  # the proxy half-closed: the client's end ends the session
+            await freed(obs, ref)
+
+
+@pytest.mark.parametrize("route", ["    websocket:\n      max_lifetime: 200ms\n"])
+async def test_a_session_the_proxy_ends_with_1001_is_freed_without_the_collector(
+    route: str,
+) -> None:
+    with collector_off():
+        async with one_session(echo_close, route_extra=route) as (obs, reader, writer):
+            await obs.sessions_open(1)
+            ref = weakref.ref(next(iter(obs.server.sessions)))
+            [close] = await frames_until_close(reader)
+            writer.write(encode_frame(0x8, close.payload, mask=True))
+            writer.close()
+            await freed(obs, ref)
