@@ -1,7 +1,9 @@
-"""glibc's allocator, set for a proxy's reads.
+"""The process's memory: glibc's allocator set for a proxy's reads, the
+cyclic collector at thousands of sessions, and giving freed memory back.
 
-Every read from a socket is a new ``bytes`` object of up to 256 KiB (uvloop
-has no buffer to read into that a protocol could reuse).  glibc serves
+**The allocator.**  Every read from a socket is a new ``bytes`` object of
+up to 256 KiB (uvloop has no buffer to read into that a protocol could
+reuse).  glibc serves
 allocations above its mmap threshold (128 KiB, raised adaptively) with
 ``mmap`` and returns a freed top of the heap above its trim threshold
 (128 KiB) to the kernel at once, so relaying a 1 MiB response mapped and
@@ -12,13 +14,48 @@ the heap and stay there; the price is up to 64 MiB of freed heap kept
 instead of returned to the kernel.  ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` in the environment win (glibc reads them at
 start, and this leaves the values alone).
+
+**The collector.**  CPython's cyclic collector walks every object of the
+generations it collects.  A full collection at 5,000 open sessions took
+153 ms here (159,000 tracked objects), all of it with the loop stopped, and
+with CPython's default thresholds (700, 10, 10) the objects of handshakes in
+flight (hundreds of them at once in a reconnect storm) outlive two young
+collections, reach the oldest generation and bring the next full one
+closer: opening 5,000 sessions ran 3 full collections, 260 ms of collector
+time and a longest pause of 80-130 ms.  So, once a serving process has
+started (:func:`tune_collector`):
+
+- everything made at start-up (modules, the configuration, the admin
+  application: 44,000 objects) is frozen out of every later collection
+  (``gc.freeze``): it lives as long as the process;
+- young collections run every 2,000 allocations instead of 700, so a
+  handshake's objects die young; each pass stays a few milliseconds
+  (the longest pause while opening 5,000 sessions: 8 ms, collector time
+  88 ms).
+
+Ended sessions do not wait for the collector at all: a tunnel drops its
+cycles when it ends (tunnel.Tunnel._release) and reference counting frees it.
+
+**Giving memory back.**  With that trim threshold glibc keeps up to 64 MiB
+of freed heap for the next allocation.  After a mass close (a backend restart ending thousands of
+sessions) that is megabytes held for nothing until the next storm;
+:class:`Trimmer` asks glibc to return it (``malloc_trim``) once a burst of
+session ends is over.  What Python's own allocator keeps (arenas with one
+object still alive) is not returned by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import gc
+import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 #: mallopt(3) parameters.
 M_TRIM_THRESHOLD = -1
@@ -44,3 +81,108 @@ def tune_malloc() -> bool:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
         and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     )
+
+
+#: Allocations between young collections (CPython's default: 700).
+YOUNG_THRESHOLD = 2000
+
+#: Session ends that make a trim worth its cost, and the quiet after the last
+#: of them before it runs (a mass close ends its sessions within a second or two).
+TRIM_AFTER_ENDS = 1000
+TRIM_DELAY = 2.0
+
+
+def tune_collector() -> None:
+    """Freeze what start-up made and space young collections (see above).
+
+    Called once a serving process has started, never in a process that runs
+    tests or tools: what is frozen is never collected, even if it becomes
+    cyclic garbage later.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (0 where /proc is not there)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * _PAGE
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Trimmer:
+    """Returns freed heap memory to the system after a burst of session ends.
+
+    ``ended()`` is called for every session that ends: one counter step.
+    Once :data:`TRIM_AFTER_ENDS` ended, a trim is due :data:`TRIM_DELAY`
+    after the last end; each further end pushes it back, so the trim runs
+    once the burst is over, not in the middle of it.
+    """
+
+    def __init__(
+        self,
+        after: int = TRIM_AFTER_ENDS,
+        delay: float = TRIM_DELAY,
+        trim: Callable[[int], int] | None = None,
+    ) -> None:
+        self.after = after
+        self.delay = delay
+        self._trim = trim if trim is not None else _malloc_trim()
+        self._ended = 0
+        self._last_end = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        #: Trims run so far (for tests and the log).
+        self.trims = 0
+
+    def ended(self) -> None:
+        if self._trim is None:
+            return
+        self._ended += 1
+        loop = asyncio.get_running_loop()
+        self._last_end = loop.time()
+        if self._ended >= self.after and self._handle is None:
+            self._handle = loop.call_later(self.delay, self._due)
+
+    def _due(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_end
+        if quiet < self.delay:
+            # Sessions are still ending: wait for the burst to be over.
+            self._handle = loop.call_later(self.delay - quiet, self._due)
+            return
+        self._handle = None
+        ended, self._ended = self._ended, 0
+        before = rss_bytes()
+        assert self._trim is not None
+        self._trim(0)
+        self.trims += 1
+        after = rss_bytes()
+        log.info(
+            "%d sessions ended: %.1f MB of freed memory returned to the system (RSS %.1f MB)",
+            ended,
+            max(0, before - after) / 1e6,
+            after / 1e6,
+        )
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

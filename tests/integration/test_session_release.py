@@ -1,4 +1,5 @@
-"""An ended WebSocket session is freed by reference counting, not by the cyclic collector.
+"""An ended WebSocket session is freed by reference counting, not by the
+cyclic collector; after a burst of ends, freed memory goes back to the system.
 
 At thousands of open sessions one full collection stalls the loop for 100 ms
 and more; a session whose objects pointed at each other would stay in memory
@@ -17,9 +18,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.support.observe_helpers import Observed, eventually, one_session
+from tests.support.backends import swoole_like
+from tests.support.observe_helpers import Observed, eventually, observed_proxy, one_session
+from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
-from tests.support.ws_helpers import Session, frames_until_close
+from tests.support.ws_helpers import Session, frames_until_close, open_sessions
+from wsproxy.memory import Trimmer
 
 
 @contextmanager
@@ -95,3 +99,26 @@ async def test_a_session_the_proxy_ends_with_1001_is_freed_without_the_collector
             writer.write(encode_frame(0x8, close.payload, mask=True))
             writer.close()
             await freed(obs, ref)
+
+
+async def test_a_burst_of_session_ends_gives_freed_memory_back_once_it_is_over() -> None:
+    count = 30
+    trimmed = asyncio.Event()
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        trimmed.set()
+        return 1
+
+    async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        obs.server.trimmer = Trimmer(after=count, delay=0.05, trim=trim)
+        writers = [writer for _, writer in await open_sessions(obs.port, count)]
+        await obs.sessions_open(count)
+        assert calls == []  # nothing ended yet
+        for writer in writers:
+            writer.close()
+        await obs.sessions_ended()
+        await asyncio.wait_for(trimmed.wait(), 5)
+        assert calls == [0]
+        assert obs.server.trimmer.trims == 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
+import subprocess
 import sys
 
 import pytest
 
-from wsproxy.memory import tune_malloc
+from wsproxy.memory import Trimmer, tune_malloc
 
 
 @pytest.mark.skipif(
@@ -22,3 +24,57 @@ def test_glibc_thresholds_are_raised() -> None:
 def test_an_operators_environment_wins(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "131072")
     assert tune_malloc() is False
+
+
+def test_a_serving_process_freezes_start_up_and_spaces_young_collections() -> None:
+    # In a process of its own: a frozen test run would never collect again.
+    code = (
+        "import gc; from wsproxy.memory import tune_collector, YOUNG_THRESHOLD;"
+        "tune_collector();"
+        "print(gc.get_freeze_count() > 1000, gc.get_threshold()[0] == YOUNG_THRESHOLD)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
+class FakeTrim:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.done = asyncio.Event()
+
+    def __call__(self, pad: int) -> int:
+        assert pad == 0
+        self.calls.append(asyncio.get_running_loop().time())
+        self.done.set()
+        return 1
+
+
+async def test_no_trim_below_the_number_of_ends() -> None:
+    trim = FakeTrim()
+    trimmer = Trimmer(after=10, delay=0.01, trim=trim)
+    for _ in range(9):
+        trimmer.ended()
+    # A trim would be due 0.01 s after the ninth end; a larger wait must see none.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(trim.done.wait(), 0.2)
+    assert trimmer.trims == 0
+
+
+async def test_one_trim_once_a_burst_of_ends_is_over() -> None:
+    trim = FakeTrim()
+    delay = 0.1
+    trimmer = Trimmer(after=10, delay=delay, trim=trim)
+    loop = asyncio.get_running_loop()
+    for _ in range(10):
+        trimmer.ended()
+    # Ends keep coming for a while: each one pushes the trim back.
+    last = loop.time()
+    for _ in range(3):
+        await asyncio.sleep(delay / 2)
+        trimmer.ended()
+        last = loop.time()
+    await asyncio.wait_for(trim.done.wait(), 5)
+    assert len(trim.calls) == 1
+    assert trim.calls[0] >= last + delay - 0.005  # the loop clock's millisecond steps
+    assert trimmer.trims == 1
+    trimmer.close()
