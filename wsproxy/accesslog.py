@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import sys
 import time
@@ -79,13 +80,18 @@ def format_json(fields: dict[str, object]) -> str:
     return _JSON.encode(fields)
 
 
+#: What makes a text value need quotes: whitespace (str.isspace's, the same
+#: set), a quote or an equals sign.  One search instead of a test per character.
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def format_text(fields: dict[str, object]) -> str:
     parts = []
     for name, value in fields.items():
         if value is None:
             continue
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
+        if not text or _NEEDS_QUOTES.search(text):
             text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{name}={text}")
     return " ".join(parts)

@@ -29,7 +29,7 @@ from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
 from wsproxy.listeners import Arrival, Gate, Listener, Preamble, bind, system_backlog
 from wsproxy.memory import Trimmer, tune_collector
-from wsproxy.observe import Observability
+from wsproxy.observe import EndReports, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tls import TlsContexts
 from wsproxy.tls import load as load_tls
@@ -65,6 +65,8 @@ class ProxyServer:
         self.sessions: dict[Tunnel, SessionInfo] = {}
         #: Gives freed memory back after a mass close (wsproxy.memory).
         self.trimmer = Trimmer()
+        #: Ended sessions reported a few dozen per loop turn (observe.EndReports).
+        self.ends = EndReports(self._report_end)
         #: Set once shutdown began: no new sessions, /readyz 503.
         self.draining = False
         #: WebSocket sessions (and handshakes in flight) per client address,
@@ -137,8 +139,11 @@ class ProxyServer:
     def session_ended(self, tunnel: Tunnel) -> None:
         info = self.sessions.pop(tunnel, None)
         if info is not None:
-            self.observability.session_ended(tunnel, info)
-            self.trimmer.ended()
+            self.ends.ended(tunnel, info)
+
+    def _report_end(self, tunnel: Tunnel, info: SessionInfo) -> None:
+        self.observability.session_ended(tunnel, info)
+        self.trimmer.ended()
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -367,6 +372,7 @@ class ProxyServer:
         try:
             await self._stop()
         finally:
+            self.ends.flush()  # counted and logged before the last lines go out
             self.trimmer.close()
             # Every line logged so far, however the stop ended.
             self.observability.access_log.flush()
