@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: demo test test-soak lint clean screenshots bench bench-quick bench-tls bench-observer bench-flood \
+.PHONY: demo test test-soak lint clean screenshots bench bench-quick bench-tls bench-scale bench-observer bench-flood \
 	image-wheels image-base image image-test image-clean
 
 $(BIN)/python:
@@ -64,6 +64,14 @@ bench-quick: $(STAMP_BENCH)
 bench-tls: $(STAMP_BENCH)
 	bench/install.sh
 	cd bench && ../$(BIN)/python tls.py
+
+# 1,000, 9,900 and 30,000 idle WebSockets through nginx, HAProxy and wsproxy
+# (bench/scale.py, about 20 minutes); then docs/performance.md's scale table
+# and docs/scale.png are regenerated.  SCALE_ARGS: e.g. --sizes 1000.
+SCALE_ARGS ?=
+bench-scale: $(STAMP_BENCH)
+	bench/install.sh
+	cd bench && ../$(BIN)/python scale.py $(SCALE_ARGS)
 
 # Tunnel throughput and proxy CPU per message, frame observer on versus off.
 bench-observer: $(STAMP_RUN)
