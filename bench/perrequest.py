@@ -271,8 +271,9 @@ def against(other: Path, requests: int, log: str, rounds: int) -> int:
     return 0
 
 
-def _instructions(tree: Path, requests: int, log: str) -> int:
-    """Instructions callgrind counts for ``requests`` requests in a fresh process."""
+def _instructions(tree: Path, requests: int, log: str, script: str = __file__) -> int:
+    """Instructions callgrind counts for ``requests`` requests in a fresh
+    process running ``script`` (this one, or bench/perhandshake.py)."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "callgrind.out"
         subprocess.run(
@@ -281,7 +282,7 @@ def _instructions(tree: Path, requests: int, log: str) -> int:
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}",
                 sys.executable,
-                __file__,
+                script,
                 "--requests",
                 str(requests),
                 "--log",
@@ -297,15 +298,18 @@ def _instructions(tree: Path, requests: int, log: str) -> int:
     raise RuntimeError("callgrind wrote no total")
 
 
-def instructions(trees: dict[str, Path], log: str) -> int:
-    """Instructions per request for each tree: 3,000 requests less 1,000."""
+def instructions(
+    trees: dict[str, Path], log: str, script: str = __file__, unit: str = "request"
+) -> int:
+    """Instructions per request (``unit``) for each tree: 3,000 less 1,000."""
     if shutil.which("valgrind") is None:
         print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     counts = {}
     for name, tree in trees.items():
-        counts[name] = (_instructions(tree, 3000, log) - _instructions(tree, 1000, log)) / 2000
-        print(f"{name:40} {counts[name]:9,.0f} instructions per request")
+        more, fewer = _instructions(tree, 3000, log, script), _instructions(tree, 1000, log, script)
+        counts[name] = (more - fewer) / 2000
+        print(f"{name:40} {counts[name]:9,.0f} instructions per {unit}")
     if len(counts) == 2:
         mine, theirs = counts.values()
         print(f"this checkout / other: {mine / theirs:.3f}")

@@ -31,9 +31,9 @@ from wsproxy.headers import (
     client_address,
     forwarded_for_proto,
     forwarded_host_field,
+    split_tokens,
     untouched,
     upstream_request_headers,
-    wants_websocket,
 )
 from wsproxy.http.front import Request
 from wsproxy.http.pool import PoolTimeout, Stale
@@ -520,7 +520,7 @@ class Proxy:
 
     def _is_websocket(self, request: Request) -> bool:
         upgrade = request.index.get("upgrade", _NONE)
-        if not upgrade or not wants_websocket([("Upgrade", value) for value in upgrade]):
+        if not upgrade or "websocket" not in split_tokens(upgrade):
             return False
         # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
         # received in an HTTP/1.0 request."  Strict mode does; the default
@@ -543,7 +543,7 @@ class Proxy:
             return
         assert request.method is not None
         rejection = check_websocket_handshake(
-            request.method, request.headers, has_body=request.has_body
+            request.method, request.headers, has_body=request.has_body, index=request.index
         )
         if rejection is not None:
             exchange.upgrade_result = "bad_handshake"

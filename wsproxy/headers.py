@@ -30,7 +30,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 HeaderList = list[tuple[str, str]]
@@ -97,9 +97,39 @@ def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
     return [value for key, value in headers if key.lower() == lname]
 
 
-def connection_options(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
+#: Field values by lower-cased name, in order (front.Request.index, header_index).
+HeaderIndex = Mapping[str, Sequence[str]]
+
+
+def header_index(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Every field's values by lower-cased name: one pass, where a handshake
+    asks for half a dozen fields (each header_values call lower-cases every
+    name again)."""
+    index: dict[str, list[str]] = {}
+    for name, value in headers:
+        lower = name.lower()
+        values = index.get(lower)
+        if values is None:
+            index[lower] = [value]
+        else:
+            values.append(value)
+    return index
+
+
+def _values(
+    headers: Sequence[tuple[str, str]], index: HeaderIndex | None, name: str
+) -> Sequence[str]:
+    """``name``'s values (lower-case ``name``), from ``index`` when there is one."""
+    if index is not None:
+        return index.get(name, ())
+    return header_values(headers, name)
+
+
+def connection_options(
+    headers: Sequence[tuple[str, str]], index: HeaderIndex | None = None
+) -> frozenset[str]:
     """The names that ``Connection`` declares hop-by-hop (lower-cased)."""
-    return frozenset(split_tokens(header_values(headers, "connection")))
+    return frozenset(split_tokens(_values(headers, index, "connection")))
 
 
 def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> HeaderList:
@@ -189,7 +219,11 @@ def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
 
 
 def check_websocket_handshake(
-    method: str, headers: Sequence[tuple[str, str]], *, has_body: bool
+    method: str,
+    headers: Sequence[tuple[str, str]],
+    *,
+    has_body: bool,
+    index: HeaderIndex | None = None,
 ) -> Rejection | None:
     """RFC 6455 §4.2.1 validation of an opening handshake; None when valid.
 
@@ -198,16 +232,16 @@ def check_websocket_handshake(
     """
     if method != "GET":
         return Rejection(400, f"WebSocket handshake must use GET, not {method}")
-    if split_tokens(header_values(headers, "upgrade")) != ["websocket"]:
+    if split_tokens(_values(headers, index, "upgrade")) != ["websocket"]:
         # aiohttp's parser switches to the upgraded protocol only for exactly
         # "websocket"; with more tokens, bytes sent right behind the handshake
         # would be parsed as HTTP and lost.  Browsers send "websocket" alone.
         return Rejection(400, "WebSocket handshake needs 'Upgrade: websocket' alone")
-    if "upgrade" not in connection_options(headers):
+    if "upgrade" not in connection_options(headers, index):
         return Rejection(400, "WebSocket handshake needs 'upgrade' in Connection")
     if has_body:
         return Rejection(400, "WebSocket handshake must not have a body")
-    versions = header_values(headers, "sec-websocket-version")
+    versions = _values(headers, index, "sec-websocket-version")
     if not versions:
         return Rejection(400, "WebSocket handshake lacks Sec-WebSocket-Version")
     # §4.1: a client sends exactly one version; a list (repeated or
@@ -221,7 +255,7 @@ def check_websocket_handshake(
             "unsupported Sec-WebSocket-Version (only 13)",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
-    keys = header_values(headers, "sec-websocket-key")
+    keys = _values(headers, index, "sec-websocket-key")
     if len(keys) != 1 or not _is_websocket_key(keys[0]):
         return Rejection(400, "WebSocket handshake needs one valid Sec-WebSocket-Key")
     return None
@@ -484,7 +518,9 @@ _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"close", b"keep-alive"})
 _NO_CONTENT_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
-def switching_protocols_headers(headers: Sequence[tuple[str, str]]) -> HeaderList:
+def switching_protocols_headers(
+    headers: Sequence[tuple[str, str]], index: HeaderIndex | None = None
+) -> HeaderList:
     """The headers of an upstream ``101`` as the client gets them.
 
     ``Upgrade`` and ``Connection`` describe the switch itself, so they pass
@@ -494,7 +530,7 @@ def switching_protocols_headers(headers: Sequence[tuple[str, str]]) -> HeaderLis
     ``Content-Length`` and ``Transfer-Encoding``: a ``101`` carrying them
     breaks clients (aiohttp#3798).
     """
-    named = connection_options(headers) - {"upgrade"}
+    named = connection_options(headers, index) - {"upgrade"}
     drop = (HOP_BY_HOP - {"upgrade", "connection"}) | named | _NO_CONTENT_FRAMING
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
@@ -505,7 +541,9 @@ def websocket_accept(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def check_switching_protocols(headers: Sequence[tuple[str, str]], key: str) -> str | None:
+def check_switching_protocols(
+    headers: Sequence[tuple[str, str]], key: str, index: HeaderIndex | None = None
+) -> str | None:
     """Why an upstream ``101`` is not a WebSocket handshake response; None if it is.
 
     RFC 6455 §4.1: the client must fail the connection unless the response
@@ -514,11 +552,11 @@ def check_switching_protocols(headers: Sequence[tuple[str, str]], key: str) -> s
     relays anything else lets a browser fail in its own words while the
     proxy reports success; wsproxy answers ``502`` instead.
     """
-    if split_tokens(header_values(headers, "upgrade")) != ["websocket"]:
+    if split_tokens(_values(headers, index, "upgrade")) != ["websocket"]:
         return "101 without 'Upgrade: websocket'"
-    if "upgrade" not in connection_options(headers):
+    if "upgrade" not in connection_options(headers, index):
         return "101 without 'upgrade' in Connection"
-    accepts = header_values(headers, "sec-websocket-accept")
+    accepts = _values(headers, index, "sec-websocket-accept")
     if len(accepts) != 1 or accepts[0].strip() != websocket_accept(key):
         return "101 without the Sec-WebSocket-Accept that matches the request's key"
     return None

@@ -29,8 +29,10 @@ from wsproxy.config import Upstream
 from wsproxy.errors import UpstreamFailure
 from wsproxy.forward import Relay, RelayEvents
 from wsproxy.headers import (
+    HeaderIndex,
     NotableField,
     check_switching_protocols,
+    header_index,
     header_values,
     switching_protocols_headers,
 )
@@ -155,8 +157,9 @@ async def handle_websocket(
         return  # the upstream's refusal was relayed
     _status, reason, response_headers, tail = relay.switched
     try:
-        key = header_values(request.headers, "sec-websocket-key")
-        problem = check_switching_protocols(response_headers, key[0] if key else "")
+        key = request.index.get("sec-websocket-key")
+        index = header_index(response_headers)
+        problem = check_switching_protocols(response_headers, key[0] if key else "", index)
         if problem is not None:
             raise UpstreamFailure("protocol", problem)
     except BaseException:
@@ -180,6 +183,7 @@ async def handle_websocket(
         conn,
         reason,
         response_headers,
+        index,
         tail,
         settings,
         info,
@@ -226,6 +230,7 @@ def _tunnel(
     conn: UpstreamConnection,
     reason: bytes,
     response_headers: Sequence[tuple[str, str]],
+    response_index: HeaderIndex,
     upstream_tail: bytes,
     settings: TunnelSettings,
     info: SessionInfo,
@@ -235,7 +240,7 @@ def _tunnel(
     on_end: Callable[[], None] | None,
 ) -> None:
     assert conn.transport is not None
-    extensions = ", ".join(header_values(response_headers, "sec-websocket-extensions"))
+    extensions = ", ".join(response_index.get("sec-websocket-extensions", ()))
     tunnel = Tunnel(
         conn.transport,
         buffer_limit=settings.buffer_limit,
@@ -247,7 +252,7 @@ def _tunnel(
     request.response_started = request.response_done = True
     request.status = 101
     try:
-        relayed = switching_protocols_headers(response_headers)
+        relayed = switching_protocols_headers(response_headers, response_index)
         if exchange.response_edits is not None:
             relayed = rewrite_response(relayed, exchange.response_edits.edits)
         request.connection.write(response_head(101, reason, relayed))
