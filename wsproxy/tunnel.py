@@ -54,6 +54,7 @@ import os
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Literal
@@ -79,6 +80,67 @@ CLOSE_TIMEOUT = 10.0
 #: The idle timer wakes this many times per idle_timeout, so a quiet tunnel is
 #: closed between idle_timeout and 1.25 x idle_timeout after its last byte.
 _IDLE_CHECKS = 4
+
+
+class IdleWatch:
+    """The idle checks of every session with one ``idle_timeout``, on one timer.
+
+    A timer per session cost three objects (a timer handle, uvloop's timer,
+    a bound method: 300 bytes) for as long as the session lived, and one
+    timer callback per session per check.  One timer per distinct timeout
+    visits its sessions in one pass instead: a few microseconds per
+    thousand sessions, every ``idle_timeout / 4``.
+    """
+
+    __slots__ = ("_handle", "_loop", "_sessions", "interval")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
+        self._loop = loop
+        self.interval = idle_timeout / _IDLE_CHECKS
+        #: The sessions watched, in start order (a dict as an ordered set).
+        self._sessions: dict[Tunnel, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, tunnel: Tunnel) -> None:
+        self._sessions[tunnel] = None
+        if self._handle is None:
+            self._handle = self._loop.call_later(self.interval, self._check)
+
+    def discard(self, tunnel: Tunnel) -> None:
+        self._sessions.pop(tunnel, None)
+        if not self._sessions and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        quiet = [tunnel for tunnel in self._sessions if tunnel.idle_check()]
+        for tunnel in quiet:
+            self._sessions.pop(tunnel, None)
+        if self._sessions:
+            self._handle = self._loop.call_later(self.interval, self._check)
+        for tunnel in quiet:
+            tunnel.close("idle_timeout")
+
+
+#: Each loop's idle watches, by idle timeout (a few routes, a few timeouts).
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, IdleWatch]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def idle_watch(loop: asyncio.AbstractEventLoop, idle_timeout: float) -> IdleWatch:
+    """The watch for ``idle_timeout`` on ``loop`` (made on first use)."""
+    watches = _WATCHES.get(loop)
+    if watches is None:
+        watches = _WATCHES[loop] = {}
+    watch = watches.get(idle_timeout)
+    if watch is None:
+        watch = watches[idle_timeout] = IdleWatch(loop, idle_timeout)
+    return watch
 
 
 #: Why a transport's reading is paused; it resumes when no reason is left.
@@ -191,10 +253,10 @@ class Tunnel:
         "_done",
         "_finish_pending",
         "_finished",
-        "_idle_handle",
         "_idle_seen",
         "_idle_ticks",
         "_idle_timeout",
+        "_idle_watch",
         "_late_close",
         "_lifetime_handle",
         "_linger_handle",
@@ -242,8 +304,6 @@ class Tunnel:
         #: client-to-upstream and upstream-to-client observers.
         self.c2u = kind(client_side=True, allowed_rsv=allowed_rsv, budget=budget)
         self.u2c = kind(client_side=False, allowed_rsv=allowed_rsv, budget=budget)
-        self.c2u.on_close = self._client_close_frame
-        self.u2c.on_close = self._upstream_close_frame
         self.close_code: int | None = None
         self.close_reason = ""
         # time.monotonic, not loop.time(): uvloop's clock has millisecond steps,
@@ -265,6 +325,10 @@ class Tunnel:
         #: thousands of sessions stalls the loop for 100 ms and more.
         self.client_side: ClientSide | None = ClientSide(self)
         self.upstream_side: UpstreamSide | None = UpstreamSide(self)
+        # Each side is also its direction's close-frame callback: no bound
+        # method object per observer for as long as the session lives.
+        self.c2u.on_close = self.client_side
+        self.u2c.on_close = self.upstream_side
         self._done = False
         #: Made when first asked for (``finished``): most sessions are never waited for.
         self._finished: asyncio.Future[None] | None = None
@@ -277,7 +341,8 @@ class Tunnel:
         self._idle_timeout = idle_timeout
         self._idle_seen = -1
         self._idle_ticks = 0
-        self._idle_handle: asyncio.TimerHandle | None = None
+        #: Where this session's idle check runs, once it started (IdleWatch).
+        self._idle_watch: IdleWatch | None = None
         self._lifetime_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
         # Reasons each transport's reading is paused (_HELD_BY_*).
@@ -679,10 +744,13 @@ class Tunnel:
             self._finish_pending = True
             return
         self.ended = time.monotonic()
-        for handle in (self._idle_handle, self._linger_handle, self._lifetime_handle):
+        for handle in (self._linger_handle, self._lifetime_handle):
             if handle is not None:
                 handle.cancel()
-        self._idle_handle = self._linger_handle = self._lifetime_handle = None
+        self._linger_handle = self._lifetime_handle = None
+        if self._idle_watch is not None:
+            self._idle_watch.discard(self)
+            self._idle_watch = None
         if not self._done:
             self._done = True
             if self._finished is not None:
@@ -720,21 +788,22 @@ class Tunnel:
         return future
 
     def _schedule_idle_check(self) -> None:
-        self._idle_handle = self._loop.call_later(
-            self._idle_timeout / _IDLE_CHECKS, self._check_idle
-        )
+        self._idle_watch = idle_watch(self._loop, self._idle_timeout)
+        self._idle_watch.add(self)
 
-    def _check_idle(self) -> None:
-        if self.activity != self._idle_seen:
-            self._idle_seen = self.activity
+    def idle_check(self) -> bool:
+        """One of the idle watch's checks: True when the session has been
+        quiet for ``_IDLE_CHECKS`` checks in a row (the watch then closes it)."""
+        activity = self.activity
+        if activity != self._idle_seen:
+            self._idle_seen = activity
             self._idle_ticks = 0
-        else:
-            self._idle_ticks += 1
-            if self._idle_ticks >= _IDLE_CHECKS:
-                self._idle_handle = None
-                self.close("idle_timeout")
-                return
-        self._schedule_idle_check()
+            return False
+        self._idle_ticks += 1
+        if self._idle_ticks >= _IDLE_CHECKS:
+            self._idle_watch = None
+            return True
+        return False
 
 
 class ClientSide(asyncio.Protocol):
@@ -746,6 +815,10 @@ class ClientSide(asyncio.Protocol):
         self._tunnel = tunnel
         self._upstream = tunnel.upstream_transport
         self._observer = tunnel.c2u
+
+    def __call__(self) -> None:
+        """The client's first close frame is complete (FrameObserver.on_close)."""
+        self._tunnel._client_close_frame()
 
     def data_received(self, data: bytes) -> None:
         self._upstream.write(data)
@@ -778,6 +851,10 @@ class UpstreamSide(asyncio.Protocol):
     def __init__(self, tunnel: Tunnel) -> None:
         self._tunnel = tunnel
         self._observer = tunnel.u2c
+
+    def __call__(self) -> None:
+        """The upstream's first close frame is complete (FrameObserver.on_close)."""
+        self._tunnel._upstream_close_frame()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self._tunnel

@@ -13,7 +13,7 @@ import asyncio
 from typing import Any, cast
 
 from tests.support.wire import encode_frame
-from wsproxy.tunnel import Tunnel, turn_budget
+from wsproxy.tunnel import IdleWatch, Tunnel, idle_watch, turn_budget
 from wsproxy.wsframes import FrameBudget
 
 
@@ -161,3 +161,46 @@ async def test_a_fin_during_catch_up_wins_without_a_close_frame_before_it() -> N
     assert tunnel.close_code == 1000  # the first close frame seen, after the FIN
     assert tunnel.closed_by == "upstream"
     tunnel.close("drain", reset=True)
+
+
+class _Watched:
+    """What IdleWatch needs of a session: its check and close."""
+
+    def __init__(self, quiet_after: int | None, closed: asyncio.Event) -> None:
+        self.quiet_after = quiet_after
+        self.checks = 0
+        self.how: str | None = None
+        self._closed = closed
+
+    def idle_check(self) -> bool:
+        self.checks += 1
+        return self.quiet_after is not None and self.checks >= self.quiet_after
+
+    def close(self, how: str) -> None:
+        self.how = how
+        self._closed.set()
+
+
+async def test_one_idle_watch_checks_all_its_sessions_on_one_timer() -> None:
+    loop = asyncio.get_running_loop()
+    watch = IdleWatch(loop, 0.04)
+    closed = asyncio.Event()
+    quiet, busy = _Watched(3, closed), _Watched(None, closed)
+    for session in (quiet, busy):
+        watch.add(cast(Tunnel, session))
+    await asyncio.wait_for(closed.wait(), 5)
+    assert (quiet.how, busy.how) == ("idle_timeout", None)
+    assert quiet.checks == busy.checks == 3  # checked together, in one pass each time
+    assert len(watch) == 1  # the quiet one left the watch
+    watch.discard(cast(Tunnel, busy))
+    assert len(watch) == 0
+    assert watch._handle is None  # no timer is left running for nobody
+
+
+def test_each_loop_has_one_watch_per_idle_timeout() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert idle_watch(loop, 60.0) is idle_watch(loop, 60.0)
+        assert idle_watch(loop, 60.0) is not idle_watch(loop, 30.0)
+    finally:
+        loop.close()
