@@ -113,14 +113,17 @@ def _tls_context(url: str) -> ssl.SSLContext | None:
     return context
 
 
-async def connect_all(url: str, factory: object, count: int, batch: int = 200) -> list[object]:
+async def connect_all(
+    url: str, factory: object, count: int, batch: int = 200, source: str | None = None
+) -> list[object]:
     listeners: list[object] = []
     context = _tls_context(url)
+    local = {"local_addr": (source, 0)} if source else {}
     for start in range(0, count, batch):
         pairs = await asyncio.gather(
             *(
                 ws_connect(  # type: ignore[call-overload]
-                    factory, url, max_frame_size=64 * 1024 * 1024, ssl_context=context
+                    factory, url, max_frame_size=64 * 1024 * 1024, ssl_context=context, **local
                 )
                 for _ in range(min(batch, count - start))
             )
@@ -144,6 +147,7 @@ async def pingpong(args: argparse.Namespace) -> dict[str, object]:
         args.url,
         lambda: PingPong(payload, holder["deadline"], latencies if args.connections == 1 else None),
         args.connections,
+        source=args.source,
     )
     started = time.monotonic()
     for client in clients:
@@ -209,6 +213,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--window", type=int, default=2)
+    parser.add_argument("--source", help="the local address to connect from (pingpong)")
     args = parser.parse_args()
     raise_file_limit()
     run = {"pingpong": pingpong, "stream": stream, "idle": idle}[args.mode]

@@ -107,7 +107,8 @@ async def run(args: argparse.Namespace) -> None:
             last = state.last_closed if state.open == 0 else None
             print(json.dumps({"last_closed": last}), flush=True)
     for listener in held:
-        if listener.transport is not None:
+        # (picows may return no listener for a connection that closed at once)
+        if listener is not None and listener.transport is not None:
             listener.transport.disconnect()
 
 

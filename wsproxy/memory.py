@@ -37,11 +37,11 @@ Ended sessions do not wait for the collector at all: a tunnel drops its
 cycles when it ends (tunnel.Tunnel._release) and reference counting frees it.
 
 **Giving memory back.**  With that trim threshold glibc keeps up to 64 MiB
-of freed heap for the next allocation.  After a mass close (a backend restart ending thousands of
-sessions) that is megabytes held for nothing until the next storm;
-:class:`Trimmer` asks glibc to return it (``malloc_trim``) once a burst of
-session ends is over.  What Python's own allocator keeps (arenas with one
-object still alive) is not returned by it.
+of freed heap for the next allocation.  After a mass close (a backend
+restart ending thousands of sessions) that is megabytes held for nothing
+until the next storm; :class:`Trimmer` asks glibc to return it
+(``malloc_trim``) once a burst of session ends is over.  What Python's own
+allocator keeps (arenas with one object still alive) is not returned by it.
 """
 
 from __future__ import annotations
@@ -86,9 +86,11 @@ def tune_malloc() -> bool:
 #: Allocations between young collections (CPython's default: 700).
 YOUNG_THRESHOLD = 2000
 
-#: Session ends that make a trim worth its cost, and the quiet after the last
-#: of them before it runs (a mass close ends its sessions within a second or two).
+#: Session ends within TRIM_WINDOW seconds that make a burst worth a trim
+#: (a mass close ends its sessions within a second or two), and how often
+#: the Trimmer then looks whether the burst is over.
 TRIM_AFTER_ENDS = 1000
+TRIM_WINDOW = 10.0
 TRIM_DELAY = 2.0
 
 
@@ -131,10 +133,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class Trimmer:
     """Returns freed heap memory to the system after a burst of session ends.
 
-    ``ended()`` is called for every session that ends: one counter step.
-    Once :data:`TRIM_AFTER_ENDS` ended, a trim is due :data:`TRIM_DELAY`
-    after the last end; each further end pushes it back, so the trim runs
-    once the burst is over, not in the middle of it.
+    ``ended()`` is called for every session that ends: a few counter steps.
+    A burst is :data:`TRIM_AFTER_ENDS` ends within :data:`TRIM_WINDOW`
+    seconds (ends spread over a quiet day are none).  From then on, every
+    :data:`TRIM_DELAY` seconds it looks whether the burst is over (fewer
+    than a tenth as many ends in that time, so ordinary churn does not put
+    the trim off for ever), and trims once it is.
     """
 
     def __init__(
@@ -142,12 +146,16 @@ class Trimmer:
         after: int = TRIM_AFTER_ENDS,
         delay: float = TRIM_DELAY,
         trim: Callable[[int], int] | None = None,
+        window: float = TRIM_WINDOW,
     ) -> None:
         self.after = after
         self.delay = delay
+        self.window = window
         self._trim = trim if trim is not None else _malloc_trim()
-        self._ended = 0
-        self._last_end = 0.0
+        self._window_start = float("-inf")
+        self._in_window = 0
+        self._burst = 0
+        self._since_look = 0
         self._handle: asyncio.TimerHandle | None = None
         #: Trims run so far (for tests and the log).
         self.trims = 0
@@ -155,21 +163,25 @@ class Trimmer:
     def ended(self) -> None:
         if self._trim is None:
             return
-        self._ended += 1
         loop = asyncio.get_running_loop()
-        self._last_end = loop.time()
-        if self._ended >= self.after and self._handle is None:
-            self._handle = loop.call_later(self.delay, self._due)
+        now = loop.time()
+        if now - self._window_start > self.window:
+            self._window_start, self._in_window = now, 0
+        self._in_window += 1
+        self._burst += 1
+        self._since_look += 1
+        if self._in_window >= self.after and self._handle is None:
+            self._since_look = 0
+            self._handle = loop.call_later(self.delay, self._look)
 
-    def _due(self) -> None:
-        loop = asyncio.get_running_loop()
-        quiet = loop.time() - self._last_end
-        if quiet < self.delay:
-            # Sessions are still ending: wait for the burst to be over.
-            self._handle = loop.call_later(self.delay - quiet, self._due)
+    def _look(self) -> None:
+        if self._since_look > self.after // 10:
+            # Still ending fast: the burst is not over.
+            self._since_look = 0
+            self._handle = asyncio.get_running_loop().call_later(self.delay, self._look)
             return
         self._handle = None
-        ended, self._ended = self._ended, 0
+        ended, self._burst, self._in_window = self._burst, 0, 0
         before = rss_bytes()
         assert self._trim is not None
         self._trim(0)

@@ -128,8 +128,9 @@ class EndReports:
     several hundred milliseconds.  Past the first ENDS_PER_TURN of a turn,
     ends wait in order and each later turn reports the next ENDS_PER_TURN;
     while some wait, new ones queue behind them.  An end still waiting is
-    out of the live table already (its sockets are closed) and not yet in
-    the counts, for the few turns it waits.
+    out of the live table and the open counts already (Observability.
+    session_left), and not yet in the totals and the log, for the few
+    turns it waits.
     """
 
     def __init__(self, report: Callable[[Tunnel, SessionInfo], None]) -> None:
@@ -149,7 +150,7 @@ class EndReports:
             self._waiting.append((tunnel, info))
             return
         self._this_turn += 1
-        self._report(tunnel, info)
+        self._report_one(tunnel, info)
 
     def _next_turn(self) -> None:
         self._handle = None
@@ -163,10 +164,14 @@ class EndReports:
         while waiting and self._this_turn < most:
             self._this_turn += 1
             tunnel, info = waiting.popleft()
-            try:
-                self._report(tunnel, info)
-            except Exception:
-                log.exception("reporting the end of session %s failed", info.request_id)
+            self._report_one(tunnel, info)
+
+    def _report_one(self, tunnel: Tunnel, info: SessionInfo) -> None:
+        try:
+            self._report(tunnel, info)
+        except Exception:
+            # The session is gone either way; the next ends are still reported.
+            log.exception("reporting the end of session %s failed", info.request_id)
 
     def flush(self) -> None:
         """Report every waiting end now (the server stops)."""
@@ -175,6 +180,7 @@ class EndReports:
             self._handle = None
         self._this_turn = 0
         self._report_waiting(len(self._waiting))
+        self._this_turn = 0
 
 
 class Observability:
@@ -257,12 +263,17 @@ class Observability:
         self.metrics.upgrades.labels(info.route, "accepted").inc()
         self.open_by_route[info.route] = self.open_by_route.get(info.route, 0) + 1
 
-    def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
+    def session_left(self, info: SessionInfo) -> None:
+        """A session ended: out of the open counts at once (its report,
+        session_ended, may wait a few loop turns: EndReports)."""
         left = self.open_by_route.get(info.route, 0) - 1
         if left > 0:
             self.open_by_route[info.route] = left
         else:
             self.open_by_route.pop(info.route, None)
+
+    def session_ended(self, tunnel: Tunnel, info: SessionInfo) -> None:
+        """Count, log and keep the ended session (after session_left)."""
         report = build_report(info, tunnel)
         self.metrics.session_ended(report, tunnel)
         self.timeline.add(time.time(), report.closed_by, report.code)

@@ -139,6 +139,7 @@ class ProxyServer:
     def session_ended(self, tunnel: Tunnel) -> None:
         info = self.sessions.pop(tunnel, None)
         if info is not None:
+            self.observability.session_left(info)
             self.ends.ended(tunnel, info)
 
     def _report_end(self, tunnel: Tunnel, info: SessionInfo) -> None:

@@ -19,6 +19,7 @@ from tests.support.ws_helpers import (
     raw_client,
     scripted,
 )
+from wsproxy.config import parse_config
 
 
 async def answer_close(session: Session) -> None:
@@ -74,3 +75,23 @@ async def test_both_sockets_of_a_session_use_tcp_keepalive(setting: str, idle: i
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 6
+
+
+async def test_a_reload_changes_the_keepalive_of_client_connections_accepted_after_it() -> None:
+    backend, _sessions = scripted(answer_close)
+    async with backend, observed_proxy(config_text(backend.port, extra=KEEPALIVE_OFF)) as obs:
+        await obs.server.reload(parse_config(config_text(backend.port, extra=KEEPALIVE_15S)))
+        async with raw_client(obs.port) as (reader, writer):
+            await handshake(reader, writer, obs.port)
+            await obs.sessions_open(1)
+            [tunnel] = obs.server.sessions
+            assert tunnel.client_transport is not None
+            sock = tunnel.client_transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15
+            writer.write(encode_frame(0x8, b"\x03\xe8", mask=True))
+            await frames_until_close(reader)
+
+
+KEEPALIVE_OFF = "proxy:\n  tcp_keepalive: 0s\n"
+KEEPALIVE_15S = "proxy:\n  tcp_keepalive: 15s\n"

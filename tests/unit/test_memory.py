@@ -67,14 +67,46 @@ async def test_one_trim_once_a_burst_of_ends_is_over() -> None:
     loop = asyncio.get_running_loop()
     for _ in range(10):
         trimmer.ended()
-    # Ends keep coming for a while: each one pushes the trim back.
+    # Ends keep coming fast for a while: the trim waits for them to stop.
     last = loop.time()
     for _ in range(3):
         await asyncio.sleep(delay / 2)
+        trimmer.ended()
         trimmer.ended()
         last = loop.time()
     await asyncio.wait_for(trim.done.wait(), 5)
     assert len(trim.calls) == 1
     assert trim.calls[0] >= last + delay - 0.005  # the loop clock's millisecond steps
+    assert trimmer.trims == 1
+    trimmer.close()
+
+
+async def test_ends_spread_over_time_are_no_burst() -> None:
+    trim = FakeTrim()
+    trimmer = Trimmer(after=10, delay=0.01, trim=trim, window=0.05)
+    for _ in range(30):  # three times the number, never ten within the window
+        trimmer.ended()
+        await asyncio.sleep(0.01)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(trim.done.wait(), 0.1)
+    assert trimmer.trims == 0
+
+
+async def test_ordinary_churn_after_a_burst_does_not_put_the_trim_off() -> None:
+    trim = FakeTrim()
+    trimmer = Trimmer(after=100, delay=0.05, trim=trim)
+    for _ in range(100):  # the mass close
+        trimmer.ended()
+
+    async def churn() -> None:  # then a session ends every 20 ms, for ever
+        while True:
+            trimmer.ended()
+            await asyncio.sleep(0.02)
+
+    churning = asyncio.ensure_future(churn())
+    try:
+        await asyncio.wait_for(trim.done.wait(), 5)
+    finally:
+        churning.cancel()
     assert trimmer.trims == 1
     trimmer.close()

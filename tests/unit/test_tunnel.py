@@ -10,6 +10,9 @@ checks the behaviour end to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import weakref
 from typing import Any, cast
 
 from tests.support.wire import encode_frame
@@ -182,8 +185,7 @@ class _Watched:
 
 
 async def test_one_idle_watch_checks_all_its_sessions_on_one_timer() -> None:
-    loop = asyncio.get_running_loop()
-    watch = IdleWatch(loop, 0.04)
+    watch = IdleWatch(0.04)
     closed = asyncio.Event()
     quiet, busy = _Watched(3, closed), _Watched(None, closed)
     for session in (quiet, busy):
@@ -204,3 +206,35 @@ def test_each_loop_has_one_watch_per_idle_timeout() -> None:
         assert idle_watch(loop, 60.0) is not idle_watch(loop, 30.0)
     finally:
         loop.close()
+
+
+async def test_a_waiter_that_gave_up_does_not_stop_the_end_from_being_reported() -> None:
+    budget = turn_budget(asyncio.get_running_loop(), per_turn=10, per_feed=10, floor=1)
+    tunnel, _client, _upstream = _tunnel(budget)
+    reported: list[Tunnel] = []
+    tunnel.on_finished = reported.append
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tunnel.finished, 0.001)  # cancels the future
+    assert tunnel.client_side is not None
+    assert tunnel.upstream_side is not None
+    tunnel.client_side.connection_lost(None)
+    tunnel.upstream_side.connection_lost(None)
+    assert reported == [tunnel]  # the gate, counts and live table are given back
+    assert tunnel.client_side is None  # and the cycles broken
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_idle_watches() -> None:
+    loop = asyncio.new_event_loop()
+
+    async def watch_one() -> None:
+        watch = idle_watch(asyncio.get_running_loop(), 60.0)
+        session = _Watched(None, asyncio.Event())
+        watch.add(cast(Tunnel, session))
+        watch.discard(cast(Tunnel, session))
+
+    loop.run_until_complete(watch_one())
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None
