@@ -19,6 +19,8 @@ and once more when a worker exits.
 
 from __future__ import annotations
 
+import heapq
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -52,6 +54,9 @@ UPGRADE_RESULTS = ("accepted", "upstream_rejected", "upstream_unavailable", "bad
 
 #: HTTP latency: sub-millisecond to a minute.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Busiest sessions a fold keeps (the status document's largest ``?sessions=N``).
+BUSIEST_KEPT = 1000
+
 #: WebSocket lifetimes: a failed session lasts milliseconds, a healthy one hours.
 SESSION_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 
@@ -68,6 +73,10 @@ class SessionCollector(Collector):
     sessions that moved since the last one, never the idle thousands, and
     is still exact.  Open sessions per route are counted as sessions start
     and end (``open_by_route``, kept by observe.Observability).
+
+    Each fold also keeps the :data:`BUSIEST_KEPT` sessions that moved the
+    most bytes since the fold before (a heap as it goes: no second pass),
+    for the status page's busiest sessions.
     """
 
     def __init__(
@@ -85,6 +94,12 @@ class SessionCollector(Collector):
         self._frames: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        #: The sessions that moved the most bytes between the last two
+        #: folds, most first: (bytes moved, session).
+        self.busiest: list[tuple[int, Tunnel]] = []
+        #: How long that was (seconds between the two folds).
+        self.busiest_over = 0.0
+        self._last_fold = time.monotonic()
 
     def started(self, session: Tunnel) -> None:
         """A new session: it reports its own reads from now on."""
@@ -98,12 +113,12 @@ class SessionCollector(Collector):
         self.dirty.discard(session)
         session.dirty = None
 
-    def _fold(self, route: str, session: Tunnel) -> None:
-        """Add what ``session`` counted since its last fold."""
+    def _fold(self, route: str, session: Tunnel) -> int:
+        """Add what ``session`` counted since its last fold; the bytes it moved."""
         now = _counts(session)
         before = session.folded
         if before == now or (before is None and not any(now)):
-            return  # nothing new (an idle session keeps no copy at all)
+            return 0  # nothing new (an idle session keeps no copy at all)
         session.folded = now
         if before is None:
             before = (0,) * len(now)
@@ -116,17 +131,34 @@ class SessionCollector(Collector):
             for opcode, (was, count) in enumerate(zip(old[2:], new[2:], strict=True)):
                 if count != was:
                     self._frames[(route, direction, OPCODE_NAMES[opcode])] += count - was
+        return (now[0] - before[0]) + (now[width] - before[width])
 
-    def collect(self) -> Iterator[Metric]:
+    def fold_moved(self) -> None:
+        """Fold the sessions that moved since the last fold (a scrape or a
+        status request) and keep the busiest of them."""
         live = self._live
+        top: list[tuple[int, int, Tunnel]] = []  # (bytes, tie-break, session), a min-heap
         for session in list(self.dirty):
             info = live.get(session)
             if info is None:
                 self.dirty.discard(session)  # ended meanwhile: folded by its end
                 continue
-            self._fold(info.route, session)
+            moved = self._fold(info.route, session)
+            if moved:
+                entry = (moved, id(session), session)
+                if len(top) < BUSIEST_KEPT:
+                    heapq.heappush(top, entry)
+                elif moved > top[0][0]:
+                    heapq.heapreplace(top, entry)
             if not (session.c2u.parsing or session.u2c.parsing):
                 self.dirty.discard(session)  # a backlog still to parse keeps it dirty
+        now = time.monotonic()
+        top.sort(reverse=True)
+        self.busiest = [(moved, session) for moved, _, session in top]
+        self.busiest_over, self._last_fold = now - self._last_fold, now
+
+    def collect(self) -> Iterator[Metric]:
+        self.fold_moved()
         frames, messages, byte_counts = self._frames, self._messages, self._bytes
         active: dict[str, int] = dict.fromkeys(self.routes, 0)
         active.update(self.open_by_route)

@@ -41,8 +41,9 @@ upstream_log = logging.getLogger("wsproxy.upstream")
 
 #: Early closes the status endpoint remembers (those logged at WARNING).
 RECENT_EARLY_CLOSES = 50
-#: Sessions /status.json lists at most, twice: the newest and the oldest
-#: (``?sessions=N`` asks for up to MAX_LISTED_SESSIONS of each). The counts
+#: Sessions /status.json lists at most, three times: the newest, the oldest
+#: and the busiest (``?sessions=N`` asks for up to MAX_LISTED_SESSIONS of
+#: each; metrics.BUSIEST_KEPT keeps that many busiest). The counts
 #: by route are always whole: the document stays a few hundred KB at most
 #: whatever the number of open sessions.
 LISTED_SESSIONS = 50
@@ -183,6 +184,22 @@ class EndReports:
         self._this_turn = 0
 
 
+def _listed(tunnel: Tunnel, info: SessionInfo, now: float) -> dict[str, object]:
+    """An open session as /status.json lists it."""
+    return {
+        "request_id": info.request_id,
+        "route": info.route,
+        "client": info.client,
+        "upstream": info.server,
+        "path": without_query(info.path),
+        "age_seconds": round(now - tunnel.started, 3),
+        "bytes_client_to_upstream": tunnel.c2u.bytes,
+        "bytes_upstream_to_client": tunnel.u2c.bytes,
+        "messages_client_to_upstream": tunnel.c2u.messages,
+        "messages_upstream_to_client": tunnel.u2c.messages,
+    }
+
+
 class Observability:
     def __init__(
         self,
@@ -305,19 +322,18 @@ class Observability:
         chosen = dict.fromkeys(itertools.islice(reversed(live), listed))
         chosen.update(dict.fromkeys(itertools.islice(live, listed)))
         sessions = [
-            {
-                "request_id": info.request_id,
-                "route": info.route,
-                "client": info.client,
-                "upstream": info.server,
-                "path": without_query(info.path),
-                "age_seconds": round(now - tunnel.started, 3),
-                "bytes_client_to_upstream": tunnel.c2u.bytes,
-                "bytes_upstream_to_client": tunnel.u2c.bytes,
-                "messages_client_to_upstream": tunnel.c2u.messages,
-                "messages_upstream_to_client": tunnel.u2c.messages,
-            }
+            _listed(tunnel, info, now)
             for tunnel in chosen
+            if (info := live.get(tunnel)) is not None
+        ]
+        # The busiest: folded now (what moved since the last scrape or status
+        # request, no walk over the idle ones), kept by the collector.
+        collector = self.metrics.sessions
+        collector.fold_moved()
+        over = round(collector.busiest_over, 3)
+        busiest = [
+            {**_listed(tunnel, info, now), "bytes_moved": moved, "over_seconds": over}
+            for moved, tunnel in collector.busiest[:listed]
             if (info := live.get(tunnel)) is not None
         ]
         early = [
@@ -336,6 +352,7 @@ class Observability:
             "open_by_route": dict(self.open_by_route),
             "sessions_listed_per_end": listed,
             "active_sessions": sessions,
+            "busiest_sessions": busiest,
             "recent_early_closes": early,
             "upstreams": upstreams,
             "upgrades": upgrade_totals(

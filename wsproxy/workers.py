@@ -524,6 +524,7 @@ class Supervisor:
         from wsproxy.status import merge_timelines, merge_upgrades
 
         sessions: list[dict[str, Any]] = []
+        busiest: list[dict[str, Any]] = []
         upgrades: list[dict[str, dict[str, int]]] = []
         timelines: list[dict[str, Any]] = []
         early: list[dict[str, Any]] = []
@@ -553,6 +554,8 @@ class Supervisor:
                 by_route[route] = by_route.get(route, 0) + int(count)
             for session in status.get("active_sessions", []):
                 sessions.append({"worker": worker.index, **session})
+            for session in status.get("busiest_sessions", []):
+                busiest.append({"worker": worker.index, **session})
             for close in status.get("recent_early_closes", []):
                 early.append({"worker": worker.index, **close})
             upgrades.append(status.get("upgrades", {}))
@@ -565,6 +568,8 @@ class Supervisor:
         sessions.sort(key=lambda session: float(session.get("age_seconds", 0)))
         if len(sessions) > 2 * listed:
             sessions = sessions[:listed] + sessions[-listed:] if listed else []
+        # Each worker's busiest since its own last fold: the overall most.
+        busiest.sort(key=lambda session: int(session.get("bytes_moved", 0)), reverse=True)
         return {
             "draining": self.draining,
             "workers": workers,
@@ -572,6 +577,7 @@ class Supervisor:
             "open_by_route": by_route,
             "sessions_listed_per_end": listed,
             "active_sessions": sessions,
+            "busiest_sessions": busiest[:listed],
             "recent_early_closes": early[:RECENT_EARLY_CLOSES],
             "upstreams": upstreams,
             "upgrades": merge_upgrades(upgrades),

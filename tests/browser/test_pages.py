@@ -77,3 +77,27 @@ def test_the_status_page_shows_an_open_session_and_drops_it_when_it_closes(
     wait.until(lambda d: _rows(d, marker) == 0)
     assert browser.find_element(By.ID, "error").text == ""
     assert "accepted" in browser.find_element(By.ID, "upgrades").text
+
+
+def test_the_status_page_lists_a_session_that_keeps_moving_among_the_busiest(
+    demo: Demo, browser: WebDriver
+) -> None:
+    marker = f"busy-{uuid.uuid4().hex}"
+    browser.get(demo.status_url)
+    wait = WebDriverWait(browser, WAIT)
+    with connect(
+        f"ws://127.0.0.1:{demo.port}/ws", additional_headers={"X-Request-ID": marker}
+    ) as ws:
+
+        def busiest_row(driver: WebDriver) -> bool:
+            # Bytes between two refreshes of the page: it shows the most
+            # bytes since its previous look.
+            ws.send("x" * 2000)
+            assert ws.recv(timeout=WAIT) == "x" * 2000
+            selector = f'#busiest [data-request-id="{marker}"]'
+            return bool(driver.find_elements(By.CSS_SELECTOR, selector))
+
+        wait.until(busiest_row)
+        row = browser.find_element(By.CSS_SELECTOR, f'#busiest [data-request-id="{marker}"]')
+        assert "/ws" in row.text
+    assert browser.find_element(By.ID, "error").text == ""

@@ -9,7 +9,8 @@ import json
 from tests.support.backends import swoole_like
 from tests.support.observe_helpers import observed_proxy
 from tests.support.proxy import config_text
-from tests.support.ws_helpers import open_sessions
+from tests.support.wire import encode_frame
+from tests.support.ws_helpers import open_sessions, read_frame
 
 SESSIONS = 120
 
@@ -49,3 +50,38 @@ async def test_the_status_document_lists_the_ends_and_counts_the_rest() -> None:
         status = await obs.status_json()
         assert status["open_sessions"] == 0
         assert status["open_by_route"] == {}
+
+
+async def test_the_busiest_sessions_are_those_that_moved_most_since_the_last_look() -> None:
+    async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        pairs = await open_sessions(obs.port, 10)
+        try:
+            await obs.sessions_open(10)
+            ids = [info.request_id for info in obs.server.sessions.values()]
+            # Sessions 3, 7 and 5 move 30, 20 and 10 KB (echoed back); the rest none.
+            for index, size in ((3, 30_000), (7, 20_000), (5, 10_000)):
+                reader, writer = pairs[index]
+                writer.write(encode_frame(0x2, b"x" * size, mask=True))
+                echo = await read_frame(reader)
+                assert len(echo.payload) == size
+
+            async with obs.http.get(obs.admin_url + "/status.json?sessions=2") as response:
+                status = json.loads(await response.text())
+            busiest = status["busiest_sessions"]
+            assert [s["request_id"] for s in busiest] == [ids[3], ids[7]]
+            for session in busiest:
+                both = session["bytes_client_to_upstream"] + session["bytes_upstream_to_client"]
+                assert session["bytes_moved"] == both  # everything, since nothing was folded
+                assert session["over_seconds"] >= 0
+
+            # Nothing moved since that look: no busiest, whatever was moved before.
+            assert (await obs.status_json())["busiest_sessions"] == []
+            reader, writer = pairs[5]
+            writer.write(encode_frame(0x2, b"y" * 100, mask=True))
+            await read_frame(reader)
+            [only] = (await obs.status_json())["busiest_sessions"]
+            assert only["request_id"] == ids[5]
+            assert only["bytes_moved"] < 300  # this frame and its echo, not the 10 KB before
+        finally:
+            for _, writer in pairs:
+                writer.close()

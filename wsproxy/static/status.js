@@ -93,6 +93,22 @@ function drawSessions(sessions, openByRoute, open, perEnd) {
   replace("sessions", ...parts);
 }
 
+function drawBusiest(busiest) {
+  if (!busiest.length) return replace("busiest", el("p", { class: "muted" }, "None moved since the last look."));
+  const withWorker = busiest.some((s) => s.worker !== undefined);
+  const headers = ["request ID", "route", "client", "path", "age", "bytes moved", "in"];
+  if (withWorker) headers.push("worker");
+  const rows = busiest.map((s) => {
+    const cells = [s.request_id, s.route, s.client, s.path, age(s.age_seconds),
+      bytes(s.bytes_moved), age(s.over_seconds)];
+    if (withWorker) cells.push(s.worker);
+    return { cells, attrs: { "data-request-id": s.request_id } };
+  });
+  replace("busiest", table(headers, rows, [4, 5, 6]),
+    el("p", { class: "muted" }, "Most bytes both ways since the previous look (this page's last refresh or a " +
+      "Prometheus scrape, whichever came last)."));
+}
+
 function drawUpgrades(upgrades) {
   const routes = Object.keys(upgrades).sort();
   if (!routes.length) return replace("upgrades", el("p", { class: "muted" }, "None yet."));
@@ -178,6 +194,7 @@ async function refresh() {
     const listed = status.active_sessions || [];
     const open = status.open_sessions !== undefined ? status.open_sessions : listed.length;
     drawSessions(listed, status.open_by_route || {}, open, status.sessions_listed_per_end || 0);
+    drawBusiest(status.busiest_sessions || []);
     drawUpgrades(status.upgrades || {});
     drawCloses(status.closes || { buckets: [], bucket_seconds: 10 });
     drawUpstreams(status.upstreams || {});
