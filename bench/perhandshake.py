@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import os
-import pstats
-import time
 from pathlib import Path
 from typing import Any
 
 import uvloop
-from perrequest import MemoryTransport, instructions  # type: ignore[import-not-found]
+from perrequest import MemoryTransport, instructions, timed  # type: ignore[import-not-found]
 
 import wsproxy.websocket
 from wsproxy.config import parse_config
@@ -139,20 +136,7 @@ access_log:
         ends = getattr(server, "ends", None)  # (EndReports; older trees report at once)
         await turns_until(lambda: not server.sessions and not (ends and ends.waiting))
 
-    for _ in range(200):  # warm up
-        await one()
-    profiler = cProfile.Profile() if profile else None
-    started = time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    for _ in range(handshakes):
-        await one()
-    if profiler is not None:
-        profiler.disable()
-    elapsed = time.process_time() - started
-    if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
-    return elapsed / handshakes * 1e6
+    return await timed(one, handshakes, profile, "tottime")  # type: ignore[no-any-return]
 
 
 def main() -> int:
