@@ -52,6 +52,7 @@ import gc
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def tune_malloc() -> bool:
 #: Allocations between young collections (CPython's default: 700).
 YOUNG_THRESHOLD = 2000
 
-#: Session ends within TRIM_WINDOW seconds that make a burst worth a trim
-#: (a mass close ends its sessions within a second or two), and how often
-#: the Trimmer then looks whether the burst is over.
+#: Session ends within the last TRIM_WINDOW seconds that make a burst worth
+#: a trim (a mass close ends its sessions within a second or two), and how
+#: often the Trimmer then looks whether the burst is over.
 TRIM_AFTER_ENDS = 1000
 TRIM_WINDOW = 10.0
 TRIM_DELAY = 2.0
@@ -134,11 +135,13 @@ class Trimmer:
     """Returns freed heap memory to the system after a burst of session ends.
 
     ``ended()`` is called for every session that ends: a few counter steps.
-    A burst is :data:`TRIM_AFTER_ENDS` ends within :data:`TRIM_WINDOW`
-    seconds (ends spread over a quiet day are none).  From then on, every
-    :data:`TRIM_DELAY` seconds it looks whether the burst is over (fewer
-    than a tenth as many ends in that time, so ordinary churn does not put
-    the trim off for ever), and trims once it is.
+    A burst is :data:`TRIM_AFTER_ENDS` ends within the last
+    :data:`TRIM_WINDOW` seconds (a sliding window of ten slots; ends spread
+    over a quiet day are none).  From then on it looks every
+    :data:`TRIM_DELAY` seconds whether the burst is over: fewer ends since
+    the last look than a tenth of the most it has seen (the burst's count,
+    or any look's), so ordinary churn after a mass close does not put the
+    trim off, and trims once it is.
     """
 
     def __init__(
@@ -150,11 +153,14 @@ class Trimmer:
     ) -> None:
         self.after = after
         self.delay = delay
-        self.window = window
+        self._slot = window / 10
         self._trim = trim if trim is not None else _malloc_trim()
-        self._window_start = float("-inf")
+        #: Ends per slot of the window, oldest first: [slot number, count].
+        self._slots: deque[list[int]] = deque()
         self._in_window = 0
+        #: Ends since the burst began, the most seen at once, and since the last look.
         self._burst = 0
+        self._peak = 0
         self._since_look = 0
         self._handle: asyncio.TimerHandle | None = None
         #: Trims run so far (for tests and the log).
@@ -164,24 +170,35 @@ class Trimmer:
         if self._trim is None:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now - self._window_start > self.window:
-            self._window_start, self._in_window = now, 0
+        if self._handle is not None:
+            self._burst += 1
+            self._since_look += 1
+            return
+        slot = int(loop.time() / self._slot)
+        slots = self._slots
+        if slots and slots[-1][0] == slot:
+            slots[-1][1] += 1
+        else:
+            slots.append([slot, 1])
+        while slots[0][0] <= slot - 10:
+            self._in_window -= slots.popleft()[1]
         self._in_window += 1
-        self._burst += 1
-        self._since_look += 1
-        if self._in_window >= self.after and self._handle is None:
+        if self._in_window >= self.after:
+            self._burst = self._peak = self._in_window
             self._since_look = 0
             self._handle = loop.call_later(self.delay, self._look)
 
     def _look(self) -> None:
-        if self._since_look > self.after // 10:
-            # Still ending fast: the burst is not over.
-            self._since_look = 0
+        count, self._since_look = self._since_look, 0
+        self._peak = max(self._peak, count)
+        if count * 10 >= self._peak:
+            # Still ending at a tenth of the burst's pace or more.
             self._handle = asyncio.get_running_loop().call_later(self.delay, self._look)
             return
         self._handle = None
-        ended, self._burst, self._in_window = self._burst, 0, 0
+        ended, self._burst = self._burst, 0
+        self._slots.clear()
+        self._in_window = 0
         before = rss_bytes()
         assert self._trim is not None
         self._trim(0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import time
+import weakref
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -95,8 +96,9 @@ class SessionCollector(Collector):
         self._messages: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._bytes: defaultdict[tuple[str, str], int] = defaultdict(int)
         #: The sessions that moved the most bytes between the last two
-        #: folds, most first: (bytes moved, session).
-        self.busiest: list[tuple[int, Tunnel]] = []
+        #: folds, most first: (bytes moved, weak reference to the session).
+        #: Weak: an ended session must not wait for the next fold to be freed.
+        self.busiest: list[tuple[int, weakref.ref[Tunnel]]] = []
         #: How long that was (seconds between the two folds).
         self.busiest_over = 0.0
         self._last_fold = time.monotonic()
@@ -154,7 +156,7 @@ class SessionCollector(Collector):
                 self.dirty.discard(session)  # a backlog still to parse keeps it dirty
         now = time.monotonic()
         top.sort(reverse=True)
-        self.busiest = [(moved, session) for moved, _, session in top]
+        self.busiest = [(moved, weakref.ref(session)) for moved, _, session in top]
         self.busiest_over, self._last_fold = now - self._last_fold, now
 
     def collect(self) -> Iterator[Metric]:

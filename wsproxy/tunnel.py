@@ -94,8 +94,9 @@ class IdleWatch:
     visits its sessions in one pass instead: about 0.2 ms per thousand
     sessions, every ``idle_timeout / 4``.
 
-    It keeps no reference to its loop: the registry (:func:`idle_watch`)
-    holds watches by loop weakly, and a closed loop must be able to go.
+    It keeps no reference to its loop of its own (the registry,
+    :func:`idle_watch`, holds watches by loop weakly): once its last
+    session has left, a closed loop can go.
     """
 
     __slots__ = ("_handle", "_sessions", "interval")
@@ -123,15 +124,16 @@ class IdleWatch:
     def _check(self) -> None:
         self._handle = None
         quiet = []
-        try:
-            for tunnel in self._sessions:
+        for tunnel in self._sessions:
+            try:
                 if tunnel.idle_check():
                     quiet.append(tunnel)
-        finally:
-            for tunnel in quiet:
-                self._sessions.pop(tunnel, None)
-            if self._sessions:
-                self._handle = asyncio.get_running_loop().call_later(self.interval, self._check)
+            except Exception:  # one session's failure must not stop the others' checks
+                log.exception("checking an idle WebSocket session failed")
+        for tunnel in quiet:
+            self._sessions.pop(tunnel, None)
+        if self._sessions:
+            self._handle = asyncio.get_running_loop().call_later(self.interval, self._check)
         for tunnel in quiet:
             try:
                 tunnel.close("idle_timeout")

@@ -110,3 +110,16 @@ async def test_ordinary_churn_after_a_burst_does_not_put_the_trim_off() -> None:
         churning.cancel()
     assert trimmer.trims == 1
     trimmer.close()
+
+
+async def test_a_burst_across_the_windows_edge_is_still_a_burst() -> None:
+    trim = FakeTrim()
+    window = 0.3
+    trimmer = Trimmer(after=10, delay=0.05, trim=trim, window=window)
+    trimmer.ended()  # a stray end long before
+    await asyncio.sleep(window * 0.9)
+    for _ in range(12):  # then a burst that runs past where a fixed window would end
+        trimmer.ended()
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(trim.done.wait(), 5)
+    assert trimmer.trims == 1

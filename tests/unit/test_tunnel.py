@@ -238,3 +238,19 @@ def test_a_closed_loop_is_not_kept_alive_by_its_idle_watches() -> None:
     del loop
     gc.collect()
     assert ref() is None
+
+
+class _Broken(_Watched):
+    def idle_check(self) -> bool:
+        raise RuntimeError("broken")
+
+
+async def test_a_failing_idle_check_does_not_stop_the_others() -> None:
+    closed = asyncio.Event()
+    first, second = _Watched(2, closed), _Watched(2, asyncio.Event())
+    watch = IdleWatch(0.04)
+    for session in (first, _Broken(None, asyncio.Event()), second):
+        watch.add(cast(Tunnel, session))
+    await asyncio.wait_for(closed.wait(), 5)
+    assert (first.how, second.how) == ("idle_timeout", "idle_timeout")
+    assert len(watch) == 1  # the broken one is still watched, the others left
