@@ -25,6 +25,7 @@ import weakref
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -392,6 +393,27 @@ def restart_counter(registry: CollectorRegistry | None) -> Counter:
     )
 
 
+class _Children:
+    """One labelled metric's children, each looked up once.
+
+    ``labels()`` validates the values and takes a lock on every call (some
+    2 us); a session's start and end each ask for one to three children
+    whose label sets are few (routes, fixed words, close-code labels).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics:
     """Every wsproxy metric, on a registry of its own (one per server)."""
 
@@ -449,6 +471,11 @@ class Metrics:
             ["route", "closed_by", "code"],
             registry=r,
         )
+        #: The children the session path asks for (_Children).
+        self.upgrades_of = _Children(self.upgrades)
+        self.session_duration_of = _Children(self.session_duration)
+        self.closes_of = _Children(self.closes)
+        self.early_closes_of = _Children(self.early_closes)
         self.protocol_errors = Counter(
             "wsproxy_websocket_protocol_errors",
             "Sessions in which a direction broke RFC 6455 framing (observation stopped).",
@@ -505,10 +532,10 @@ class Metrics:
     def session_ended(self, report: SessionReport, session: Tunnel) -> None:
         route = report.info.route
         self.sessions.fold(route, session)
-        self.session_duration.labels(route).observe(report.duration)
-        self.closes.labels(route, report.closed_by, report.code).inc()
+        self.session_duration_of(route).observe(report.duration)
+        self.closes_of(route, report.closed_by, report.code).inc()
         if report.early:
-            self.early_closes.labels(route, report.closed_by, report.code).inc()
+            self.early_closes_of(route, report.closed_by, report.code).inc()
         for direction, stats in zip(
             DIRECTIONS, (report.client_to_upstream, report.upstream_to_client), strict=True
         ):

@@ -267,7 +267,7 @@ class Observability:
         duration = now - exchange.started
         self.metrics.http.record(exchange.route, exchange.method, status, duration)
         if exchange.upgrade_result is not None:
-            self.metrics.upgrades.labels(exchange.route, exchange.upgrade_result).inc()
+            self.metrics.upgrades_of(exchange.route, exchange.upgrade_result).inc()
         if self._log_requests:
             self.access_log.write_http(exchange, status, duration)
 
@@ -277,7 +277,7 @@ class Observability:
         """A 101 was relayed: count the handshake now, not when the session ends."""
         self.metrics.sessions.started(tunnel)
         self.metrics.http.request(info.route, method, 101)
-        self.metrics.upgrades.labels(info.route, "accepted").inc()
+        self.metrics.upgrades_of(info.route, "accepted").inc()
         self.open_by_route[info.route] = self.open_by_route.get(info.route, 0) + 1
 
     def session_left(self, info: SessionInfo) -> None:
