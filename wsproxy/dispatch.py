@@ -31,9 +31,9 @@ from wsproxy.headers import (
     client_address,
     forwarded_for_proto,
     forwarded_host_field,
-    split_tokens,
     untouched,
     upstream_request_headers,
+    wants_websocket,
 )
 from wsproxy.http.front import Request
 from wsproxy.http.pool import PoolTimeout, Stale
@@ -519,8 +519,7 @@ class Proxy:
         return server
 
     def _is_websocket(self, request: Request) -> bool:
-        upgrade = request.index.get("upgrade", _NONE)
-        if not upgrade or "websocket" not in split_tokens(upgrade):
+        if not wants_websocket(request.headers, request.index):
             return False
         # RFC 9110 §7.8: "A server MUST ignore an Upgrade header field that is
         # received in an HTTP/1.0 request."  Strict mode does; the default

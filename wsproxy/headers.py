@@ -207,7 +207,7 @@ def _valid_host(value: str) -> bool:
     return True
 
 
-def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
+def wants_websocket(headers: Sequence[tuple[str, str]], index: HeaderIndex | None = None) -> bool:
     """Whether the client asks to upgrade to WebSocket (``Upgrade`` names it).
 
     Only the ``Upgrade`` header decides: a request that names ``websocket``
@@ -215,7 +215,7 @@ def wants_websocket(headers: Sequence[tuple[str, str]]) -> bool:
     with a reason; any other ``Upgrade`` (``h2c``) is dropped as hop-by-hop and
     the request is forwarded as plain HTTP, as nginx does by default.
     """
-    return "websocket" in split_tokens(header_values(headers, "upgrade"))
+    return "websocket" in split_tokens(_values(headers, index, "upgrade"))
 
 
 def check_websocket_handshake(

@@ -119,6 +119,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def rss_bytes() -> int:
     """This process's resident memory (0 where /proc is not there)."""
     try:
@@ -126,9 +129,6 @@ def rss_bytes() -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return pages * _PAGE
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Trimmer:

@@ -49,9 +49,6 @@ from wsproxy.tunnel import Tunnel
 from wsproxy.wsframes import OPCODE_NAMES
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
-#: Cached label children; the key holds the raw method, which clients choose,
-#: so the cache stops growing here (the label values themselves are bounded).
-_CHILD_CACHE_LIMIT = 4096
 UPGRADE_RESULTS = ("accepted", "upstream_rejected", "upstream_unavailable", "bad_handshake")
 
 #: HTTP latency: sub-millisecond to a minute.
@@ -153,7 +150,7 @@ class SessionCollector(Collector):
                     heapq.heappush(top, entry)
                 elif moved > top[0][0]:
                     heapq.heapreplace(top, entry)
-            if not (session.c2u.parsing or session.u2c.parsing):
+            if not (session.c2u.pending or session.u2c.pending):
                 self.dirty.discard(session)  # a backlog still to parse keeps it dirty
         now = time.monotonic()
         top.sort(reverse=True)

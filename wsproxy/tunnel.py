@@ -789,11 +789,6 @@ class Tunnel:
         self._closing = None
 
     @property
-    def done(self) -> bool:
-        """The session has ended (``finished`` is resolved or would be)."""
-        return self._done
-
-    @property
     def finished(self) -> asyncio.Future[None]:
         """Resolved when the session has ended."""
         future = self._finished

@@ -281,11 +281,6 @@ class FrameObserver:
             pos = 0
         return self._parse(data, pos)
 
-    @property
-    def parsing(self) -> bool:
-        """Bytes fed but not parsed yet (the budget ran out): counts still to come."""
-        return self._pending is not None
-
     def successor(self) -> FrameObserver:
         """A fresh observer for the rest of this stream, from a frame boundary
         (no budget, no counts): it knows whether a fragmented message is in
