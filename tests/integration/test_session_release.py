@@ -19,11 +19,18 @@ from contextlib import contextmanager
 import pytest
 
 from tests.support.backends import swoole_like
-from tests.support.observe_helpers import Observed, eventually, observed_proxy, one_session
+from tests.support.observe_helpers import (
+    Observed,
+    closes,
+    eventually,
+    observed_proxy,
+    one_session,
+)
 from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
 from tests.support.ws_helpers import Session, frames_until_close, open_sessions, read_frame
 from wsproxy.memory import Trimmer
+from wsproxy.observe import ENDS_PER_TURN
 
 
 @contextmanager
@@ -129,3 +136,25 @@ async def test_a_burst_of_session_ends_gives_freed_memory_back_once_it_is_over()
         await asyncio.wait_for(trimmed.wait(), 5)
         assert calls == [0]
         assert obs.server.trimmer.trims == 1
+
+
+async def test_ends_past_one_turns_share_are_all_counted_and_logged_in_order() -> None:
+    count = 3 * ENDS_PER_TURN + 10  # more than one loop turn reports
+    async with swoole_like() as backend, observed_proxy(config_text(backend.port)) as obs:
+        pairs = await open_sessions(obs.port, count)
+        await obs.sessions_open(count)
+        ids = [info.request_id for info in obs.server.sessions.values()]
+        for _reader, writer in pairs:
+            writer.close()
+        await obs.sessions_ended()
+        # Out of the open counts at once, whatever still waits to be reported.
+        status = await obs.status_json()
+        assert (status["open_sessions"], status["open_by_route"]) == (0, {})
+
+        async def every_end_logged() -> list[str] | None:
+            records = [r for r in obs.log_records() if r["type"] == "websocket"]
+            return [r["request_id"] for r in records] if len(records) >= count else None
+
+        logged = await eventually(every_end_logged, f"{count} session lines in the access log")
+        assert sorted(logged) == sorted(ids)  # each once, none lost
+        assert sum(closes(obs.server).values()) == count
