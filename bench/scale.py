@@ -39,6 +39,7 @@ docs/scale.png are rendered from it (``--report`` renders an older one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -53,7 +54,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import cpu_seconds, free_port, rss_kb  # type: ignore[import-not-found]
+from procs import cpu_seconds, free_port, process_tree, rss_kb  # type: ignore[import-not-found]
 from targets import (  # type: ignore[import-not-found]
     Target,
     _spawn,
@@ -269,6 +270,19 @@ def sessions_ended(port: int) -> int:
     return int(total)
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Run every thread of ``pids`` and their children on ``cpus``."""
+    for pid in pids:
+        for each in process_tree(pid):
+            try:
+                threads = [int(t.name) for t in Path(f"/proc/{each}/task").iterdir()]
+            except OSError:
+                continue
+            for thread in threads:
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    os.sched_setaffinity(thread, cpus)
+
+
 class StallWatch(threading.Thread):
     """Asks ``/healthz`` back to back on one kept-alive connection; the
     longest answer is the longest stretch the loop did nothing else."""
@@ -398,9 +412,20 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
             age = time.monotonic() - max(b["ended"] for b in bursts)
             if age < 11.0:
                 time.sleep(11.0 - age)
+            # For the close the proxy gets CPU 0 to itself, and everything
+            # else (the killed backends' exit, which closes thousands of
+            # sockets in the kernel, the clients, this bench) the others:
+            # else a stall would count the time the machine spent there.
+            everything = set(range(os.cpu_count() or 1))
+            others = everything - {0}
+            if others:
+                os.sched_setaffinity(0, others)  # threads started from here inherit it
+                pin([t.pid for t in proxy.targets], {0})
+                pin([b.pid for b in backends] + [c.pid for c in clients], others)
             watch = StallWatch(proxy.admin) if proxy.admin and processes == 1 else None
             if watch is not None:
                 watch.start()
+            cpu_before_close = proxy.cpu_seconds()
             killed = time.monotonic()
             for backend in backends:
                 assert backend.process is not None
@@ -416,6 +441,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
                 watch.stop.set()
                 watch.join()
                 row["close_stall_ms"] = round(watch.longest_ms, 1)
+            row["close_cpu_ms"] = round((proxy.cpu_seconds() - cpu_before_close) * 1000)
             if all(value is not None for value in last):
                 row["close_s"] = round(max(last) - killed, 3)
             else:
@@ -435,6 +461,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
             row["rss_after_close_mb"] = round(proxy.rss_kb() / 1024, 1)
             return row
         finally:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
             for client in clients:
                 if client.stdin is not None:
                     client.stdin.close()

@@ -41,6 +41,10 @@ Invariants:
   is held until the bytes that came before it are parsed, so a close frame
   in those bytes still counts as first.  The session is reported only once
   every byte it relayed was observed.
+* **No mass close holds the loop either.**  Ends (FIN, reset, a lost
+  socket) beyond :data:`END_EVENTS_PER_TURN` in one loop turn wait in order
+  for the next turns (:class:`EndGate`), each with the time it happened; a
+  session with an end waiting has its later ends wait behind it.
 * **One ending.**  Once both transports are gone, ``on_finished`` is called
   once and ``finished`` resolves.  Nothing else holds the session: the aiohttp
   handler returned when the tunnel started (aiohttp_adapter.take_over).
@@ -56,6 +60,7 @@ import socket
 import struct
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Literal
@@ -156,6 +161,94 @@ def idle_watch(loop: asyncio.AbstractEventLoop, idle_timeout: float) -> IdleWatc
     if watch is None:
         watch = watches[idle_timeout] = IdleWatch(idle_timeout)
     return watch
+
+
+#: Session end events (a FIN, a reset, a socket lost) handled in one turn of
+#: the event loop as they come; past it they wait for the next turns (EndGate).
+END_EVENTS_PER_TURN = 128
+
+#: The kinds of end event (EndGate): a FIN, a FIN during the proxy's close
+#: handshake (Tunnel.shutdown), a transport lost.
+_EOF, _CLOSING_EOF, _LOST = 0, 1, 2
+
+_EndEvent = tuple[int, Literal["client", "upstream"], BaseException | None, float]
+
+
+class EndGate:
+    """Bounds the session ends one loop turn handles (one gate per loop).
+
+    A backend restart ends thousands of upstream connections within
+    milliseconds, and libuv delivers every ready socket of a poll (up to
+    48 x 1,024) before anything else runs.  Handling an end costs 15-40 µs
+    (a FIN or close that the kernel carries to the peer over loopback in
+    this process's time, a linger timer, the session's bookkeeping): 10,000
+    in one poll held the loop, health checks and every other session's
+    bytes for about 400 ms.  Past ``per_turn`` in a turn, an end waits in a
+    queue with the time it happened, and each later turn handles the next
+    ``per_turn``, with I/O polled in between.  While one of a session's
+    ends waits, its later ends wait behind it: each session sees its own
+    events in order.  Costs nothing per session until ends pile up.
+    """
+
+    __slots__ = ("_drain_handle", "_queue", "_spent", "deferred", "per_turn")
+
+    def __init__(self, per_turn: int = END_EVENTS_PER_TURN) -> None:
+        self.per_turn = per_turn
+        self._spent = 0
+        #: Sessions with ends waiting (Tunnel._pending_ends), in arrival order.
+        self._queue: deque[Tunnel] = deque()
+        self._drain_handle: asyncio.Handle | None = None
+        #: Ends that waited for a later turn, ever (for tests and curiosity).
+        self.deferred = 0
+
+    @property
+    def waiting(self) -> int:
+        """Sessions with an end waiting."""
+        return len(self._queue)
+
+    def admit(self, tunnel: Tunnel) -> bool:
+        """Whether an end of ``tunnel`` is handled now (else ``defer`` it)."""
+        if tunnel._pending_ends is not None or self._spent >= self.per_turn:
+            return False
+        if not self._spent:
+            asyncio.get_running_loop().call_soon(self._refill)
+        self._spent += 1
+        return True
+
+    def defer(self, tunnel: Tunnel, event: _EndEvent) -> None:
+        self.deferred += 1
+        pending = tunnel._pending_ends
+        if pending is not None:
+            pending.append(event)
+            return
+        tunnel._pending_ends = [event]
+        self._queue.append(tunnel)
+        if self._drain_handle is None:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _refill(self) -> None:
+        self._spent = 0
+
+    def _drain(self) -> None:
+        self._drain_handle = None
+        queue = self._queue
+        handled = 0
+        while queue and handled < self.per_turn:
+            handled += queue.popleft().run_pending_ends()
+        if queue:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+
+
+#: Each loop's end gate (EndGate); held weakly, like the idle watches.
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EndGate] = weakref.WeakKeyDictionary()
+
+
+def end_gate(loop: asyncio.AbstractEventLoop) -> EndGate:
+    """The end gate of ``loop`` (made on first use)."""
+    gate = _GATES.get(loop)
+    if gate is None:
+        gate = _GATES[loop] = EndGate()
+    return gate
 
 
 #: Why a transport's reading is paused; it resumes when no reason is left.
@@ -266,6 +359,7 @@ class Tunnel:
         "_deferred_end",
         "_deferred_waits",
         "_done",
+        "_end_gate",
         "_finish_pending",
         "_finished",
         "_idle_seen",
@@ -276,6 +370,7 @@ class Tunnel:
         "_lifetime_handle",
         "_linger_handle",
         "_loop",
+        "_pending_ends",
         "_upstream_holds",
         "_upstream_lost",
         "c2u",
@@ -311,6 +406,9 @@ class Tunnel:
         budget: FrameBudget | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._end_gate = end_gate(self._loop)
+        #: Ends of this session waiting for a later loop turn (EndGate), in order.
+        self._pending_ends: list[_EndEvent] | None = None
         self.upstream_transport = upstream_transport
         #: Each side's transport can stay open after its EOF (not TLS).
         self.upstream_half_close = half_closable(upstream_transport)
@@ -475,14 +573,61 @@ class Tunnel:
 
     # --- events from the two protocols ------------------------------------
 
-    def on_eof(self, side: Literal["client", "upstream"]) -> None:
+    def end_event(
+        self,
+        kind: int,
+        side: Literal["client", "upstream"],
+        exc: BaseException | None = None,
+    ) -> None:
+        """A FIN (``_EOF``, ``_CLOSING_EOF``) or loss (``_LOST``) of ``side``:
+        handled now, or on a later loop turn when this turn had its share
+        (EndGate)."""
+        if self._end_gate.admit(self):
+            self._handle_end(kind, side, exc, None)
+        else:
+            self._end_gate.defer(self, (kind, side, exc, time.monotonic()))
+
+    def _handle_end(
+        self,
+        kind: int,
+        side: Literal["client", "upstream"],
+        exc: BaseException | None,
+        at: float | None,
+    ) -> None:
+        if kind == _EOF:
+            self.on_eof(side, at)
+        elif kind == _CLOSING_EOF:
+            self._closing_eof(side, at)
+        else:
+            self.on_lost(side, exc, at)
+
+    def run_pending_ends(self) -> int:
+        """Handle this session's waiting ends, in order; how many there were."""
+        pending = self._pending_ends
+        if pending is None:
+            return 0
+        count = 0
+        # One at a time, and still marked pending until the last: an end
+        # that an earlier one brings about must queue behind the rest.
+        while pending:
+            kind, side, exc, at = pending.pop(0)
+            count += 1
+            try:
+                self._handle_end(kind, side, exc, at)
+            except Exception:  # the session's other ends, and other sessions', still run
+                log.exception("ending a WebSocket session failed")
+        self._pending_ends = None
+        return count
+
+    def on_eof(self, side: Literal["client", "upstream"], at: float | None = None) -> None:
+        """``side`` sent FIN (at ``at``, when it waited for a later turn)."""
         if side == "client":
             self.client_eof = True
             peer = self.upstream_transport
         else:
             self.upstream_eof = True
             peer = self.client_transport  # type: ignore[assignment]
-        self._record_end(side, "fin")
+        self._record_end(side, "fin", at=at)
         if self.client_eof and self.upstream_eof:
             self._close_both()
         elif peer is not None and peer.can_write_eof() and not peer.is_closing():
@@ -490,7 +635,13 @@ class Tunnel:
         elif peer is not None:
             self._close_gently(peer)
 
-    def on_lost(self, side: Literal["client", "upstream"], exc: BaseException | None) -> None:
+    def on_lost(
+        self,
+        side: Literal["client", "upstream"],
+        exc: BaseException | None,
+        at: float | None = None,
+    ) -> None:
+        """``side``'s transport is gone (``exc``: with an error)."""
         if side == "client":
             self._client_lost = True
             peer = self.upstream_transport
@@ -498,11 +649,11 @@ class Tunnel:
             self._upstream_lost = True
             peer = self.client_transport  # type: ignore[assignment]
         if exc is not None:
-            self._record_end(side, "reset")
+            self._record_end(side, "reset", at=at)
             if peer is not None and not peer.is_closing():
                 reset_transport(peer)
         else:
-            self._record_end(side, "fin")
+            self._record_end(side, "fin", at=at)
             if peer is not None:
                 if self._awaits_close(_OTHER[side]):
                     # The peer got the proxy's close and owes its own: it has
@@ -580,6 +731,7 @@ class Tunnel:
         protocol violation) the session ends with FIN instead; where a close
         handshake is already under way it is left to finish.
         """
+        self.run_pending_ends()  # what happened before this comes first
         if self._done or self._closing is not None:
             return
         for observer in list(self._catching_up or ()):
@@ -611,6 +763,7 @@ class Tunnel:
 
     def close(self, how: How, *, reset: bool = False) -> None:
         """End the session for the proxy's own reasons."""
+        self.run_pending_ends()  # what happened before this comes first
         self._record_end("proxy", how)
         if reset:
             self._reset_remaining()  # also what a gentle close left draining
@@ -667,12 +820,14 @@ class Tunnel:
     def _transport(self, side: Literal["client", "upstream"]) -> asyncio.Transport | None:
         return self.client_transport if side == "client" else self.upstream_transport
 
-    def _closing_eof(self, side: Literal["client", "upstream"]) -> None:
+    def _closing_eof(self, side: Literal["client", "upstream"], at: float | None = None) -> None:
         """A FIN from ``side`` once shutdown() began: it will send nothing more."""
         closing = self._closing
+        # Still there if this FIN waited (EndGate): the session's losses,
+        # which end it and drop _closing, wait behind it.
         assert closing is not None
         closing.heard.add(side)
-        self.on_eof(side)
+        self.on_eof(side, at)
         self._closing_done(side)
 
     def _closing_done(self, side: Literal["client", "upstream"]) -> None:
@@ -703,11 +858,19 @@ class Tunnel:
 
     # --- internals --------------------------------------------------------
 
-    def _record_end(self, side: Side, how: How, observer: FrameObserver | None = None) -> None:
-        """The first closing event; ``observer`` is the one that read its close frame."""
+    def _record_end(
+        self,
+        side: Side,
+        how: How,
+        observer: FrameObserver | None = None,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """The first closing event; ``observer`` is the one that read its
+        close frame; ``at``: when it happened, if not now (EndGate)."""
         if self.closed_by is not None or self._deferred_end is not None:
             return
-        now = time.monotonic()
+        now = time.monotonic() if at is None else at
         if self._catching_up:
             # Bytes that arrived before this event are still being parsed;
             # a close frame among them came first (see _close_frame).
@@ -841,11 +1004,11 @@ class ClientSide(asyncio.Protocol):
             tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
-        self._tunnel.on_eof("client")
+        self._tunnel.end_event(_EOF, "client")
         return self._tunnel.client_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._tunnel.on_lost("client", exc)
+        self._tunnel.end_event(_LOST, "client", exc)
 
     def pause_writing(self) -> None:
         self._tunnel.hold(self._upstream, _HELD_BY_PEER)
@@ -877,11 +1040,11 @@ class UpstreamSide(asyncio.Protocol):
             tunnel.catch_up_later(self._observer)
 
     def eof_received(self) -> bool:
-        self._tunnel.on_eof("upstream")
+        self._tunnel.end_event(_EOF, "upstream")
         return self._tunnel.upstream_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._tunnel.on_lost("upstream", exc)
+        self._tunnel.end_event(_LOST, "upstream", exc)
 
     def pause_writing(self) -> None:
         self._tunnel.hold(self._tunnel.client_transport, _HELD_BY_PEER)
@@ -929,12 +1092,12 @@ class ClosingSide(asyncio.Protocol):
         self._tunnel._closing_data(self._side, data)
 
     def eof_received(self) -> bool:
-        self._tunnel._closing_eof(self._side)
         tunnel = self._tunnel
+        tunnel.end_event(_CLOSING_EOF, self._side)
         return tunnel.client_half_close if self._side == "client" else tunnel.upstream_half_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._tunnel.on_lost(self._side, exc)
+        self._tunnel.end_event(_LOST, self._side, exc)
 
     def pause_writing(self) -> None:
         self._tunnel.hold(self._peer(), _HELD_BY_PEER)

@@ -28,9 +28,17 @@ from tests.support.observe_helpers import (
 )
 from tests.support.proxy import config_text
 from tests.support.wire import encode_frame
-from tests.support.ws_helpers import Session, frames_until_close, open_sessions, read_frame
+from tests.support.ws_helpers import (
+    Session,
+    frames_until_close,
+    open_sessions,
+    read_frame,
+    scripted,
+)
+from wsproxy import tunnel as tunnel_module
 from wsproxy.memory import Trimmer
 from wsproxy.observe import ENDS_PER_TURN
+from wsproxy.tunnel import EndGate
 
 
 @contextmanager
@@ -158,3 +166,45 @@ async def test_ends_past_one_turns_share_are_all_counted_and_logged_in_order() -
         logged = await eventually(every_end_logged, f"{count} session lines in the access log")
         assert sorted(logged) == sorted(ids)  # each once, none lost
         assert sum(closes(obs.server).values()) == count
+
+
+async def test_a_backend_that_drops_every_session_at_once_ends_each_one_over_later_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backend restart: every upstream connection closes in one go.  The
+    ends past a turn's share wait for later turns (EndGate, here 8 a turn),
+    and still every client sees its FIN, and every session is logged once,
+    as closed by the upstream."""
+    count = 60
+    gate = EndGate(per_turn=8)
+    monkeypatch.setitem(tunnel_module._GATES, asyncio.get_running_loop(), gate)
+    restart = asyncio.Event()
+
+    async def hold_then_drop(session: Session) -> None:
+        await session.accept()
+        await restart.wait()
+        session.writer.close()
+
+    backend, _sessions = scripted(hold_then_drop)
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
+        pairs = await open_sessions(obs.port, count)
+        await obs.sessions_open(count)
+        restart.set()
+        # Each client reads its FIN: nothing was left half-open.
+        tails = await asyncio.wait_for(
+            asyncio.gather(*(reader.read() for reader, _writer in pairs)), 10
+        )
+        assert tails == [b""] * count
+        for _reader, writer in pairs:
+            writer.close()
+        await obs.sessions_ended()
+        assert gate.deferred > 0  # some ends did wait for a later turn
+        assert gate.waiting == 0
+
+        async def every_end_logged() -> list[dict[str, object]] | None:
+            records = [r for r in obs.log_records() if r["type"] == "websocket"]
+            return records if len(records) >= count else None
+
+        records = await eventually(every_end_logged, f"{count} session lines")
+        assert len(records) == count
+        assert {(r["closed_by"], r["how"]) for r in records} == {("upstream", "fin")}

@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 import weakref
 from typing import Any, cast
 
+import pytest
+
 from tests.support.wire import encode_frame
-from wsproxy.tunnel import IdleWatch, Tunnel, idle_watch, turn_budget
+from wsproxy import tunnel as tunnel_module
+from wsproxy.tunnel import EndGate, IdleWatch, Tunnel, end_gate, idle_watch, turn_budget
 from wsproxy.wsframes import FrameBudget
 
 
@@ -28,6 +32,7 @@ class FakeTransport:
         self.closing = False
         self.written = bytearray()
         self.protocol: Any = None
+        self.eof_written = False
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -57,7 +62,7 @@ class FakeTransport:
         return True
 
     def write_eof(self) -> None:
-        pass
+        self.eof_written = True
 
     def close(self) -> None:
         self.closing = True
@@ -254,3 +259,100 @@ async def test_a_failing_idle_check_does_not_stop_the_others() -> None:
     await asyncio.wait_for(closed.wait(), 5)
     assert (first.how, second.how) == ("idle_timeout", "idle_timeout")
     assert len(watch) == 1  # the broken one is still watched, the others left
+
+
+def _small_gate(monkeypatch: pytest.MonkeyPatch) -> EndGate:
+    """This loop's tunnels handle two ends per turn (EndGate)."""
+    gate = EndGate(per_turn=2)
+    monkeypatch.setitem(tunnel_module._GATES, asyncio.get_running_loop(), gate)
+    return gate
+
+
+async def test_ends_past_a_turns_share_wait_for_later_turns_with_their_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small_gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(5)]
+    before = time.monotonic()
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.upstream_side is not None
+        assert tunnel.upstream_side.eof_received() is True  # kept half-open either way
+    after = time.monotonic()
+    # Two handled now (the FIN went on to their clients), three wait in order.
+    assert [client.eof_written for _t, client, _u in sessions] == [True, True] + [False] * 3
+    assert small_gate.waiting == 3
+    await _turns(5)
+    assert [client.eof_written for _t, client, _u in sessions] == [True] * 5
+    assert small_gate.waiting == 0
+    assert small_gate.deferred == 3
+    for tunnel, _client, _upstream in sessions:
+        assert (tunnel.closed_by, tunnel.how) == ("upstream", "fin")
+        # The time it happened, not the turn it was handled in.
+        assert before <= tunnel.closed_at <= after
+        tunnel.close("drain", reset=True)
+
+
+async def test_a_session_with_an_end_waiting_has_its_later_ends_wait_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small_gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    (first, _c1, _u1), (second, _c2, _u2), (waiting, client, _upstream) = (
+        _tunnel(budget) for _ in range(3)
+    )
+    reported: list[Tunnel] = []
+    waiting.on_finished = reported.append
+    for tunnel in (first, second):
+        assert tunnel.upstream_side is not None
+        tunnel.upstream_side.eof_received()  # this turn's share
+    assert waiting.upstream_side is not None
+    assert waiting.client_side is not None
+    waiting.upstream_side.connection_lost(ConnectionResetError())  # waits
+    small_gate._refill()  # as a new turn would: room again, but not for this session
+    waiting.client_side.eof_received()
+    waiting.client_side.connection_lost(None)
+    assert waiting._pending_ends is not None
+    assert len(waiting._pending_ends) == 3
+    assert (waiting.closed_by, reported) == (None, [])
+    await _turns(5)
+    # The upstream's reset came first, and the session ended once.
+    assert (waiting.closed_by, waiting.how) == ("upstream", "reset")
+    assert reported == [waiting]
+    assert client.closing  # reset on the upstream's behalf
+    for tunnel in (first, second):
+        tunnel.close("drain", reset=True)
+
+
+async def test_the_proxys_own_close_comes_after_the_ends_that_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.upstream_side is not None
+        tunnel.upstream_side.eof_received()
+    last, client, _upstream = sessions[-1]
+    assert last._pending_ends is not None
+    last.close("idle_timeout")  # an idle check, or a drain, between the FIN and its turn
+    assert (last.closed_by, last.how) == ("upstream", "fin")
+    assert client.eof_written
+    assert client.closing
+    await _turns(3)  # its place in the queue is empty now: nothing runs twice
+    assert (last.closed_by, last.how) == ("upstream", "fin")
+    for tunnel, _client, _upstream in sessions[:-1]:
+        tunnel.close("drain", reset=True)
+
+
+def test_each_loop_has_one_end_gate() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert end_gate(loop) is end_gate(loop)
+    finally:
+        loop.close()
+    other = asyncio.new_event_loop()
+    try:
+        assert end_gate(other).waiting == 0
+    finally:
+        other.close()
