@@ -31,12 +31,16 @@ from wsproxy.headers import (
     client_address,
     forwarded_for_proto,
     forwarded_host_field,
+    header_values,
     untouched,
+    untouched_upgrade,
     upstream_request_headers,
     wants_websocket,
+    without_upgrade_fields,
 )
 from wsproxy.http.front import Request
 from wsproxy.http.pool import PoolTimeout, Stale
+from wsproxy.http.wire import request_head
 from wsproxy.observe import Exchange, Observability
 from wsproxy.origins import origin_allowed
 from wsproxy.rewrite import RawResponseEdits, strip_prefix
@@ -148,6 +152,8 @@ class Proxy:
         self._id_counter = itertools.count(1 << 64)
         #: Frames all WebSocket observers may parse per loop turn (set in open()).
         self.frame_budget: FrameBudget | None = None
+        #: Each route's TunnelSettings, made at its first handshake (_tunnel_settings).
+        self._tunnel_settings: dict[str, TunnelSettings] = {}
 
     async def open(
         self, frame_budget: FrameBudget | None = None, tls: TlsContexts | None = None
@@ -156,6 +162,7 @@ class Proxy:
         the sessions of every configuration (one budget per loop turn);
         ``tls``: the contexts of this configuration (read when None)."""
         self.frame_budget = frame_budget or turn_budget(asyncio.get_running_loop())
+        self._tunnel_settings.clear()  # made with the budget in force from now on
         self.upstreams.use_tls(tls or load_tls(self.config))
         self.checker.start()
 
@@ -535,6 +542,10 @@ class Proxy:
         client: _Client,
         exchange: Exchange,
     ) -> None:
+        """A WebSocket handshake, in its request's task: the checks the proxy
+        makes itself, then the upstream's handshake (the next server after a
+        failed connect).  One coroutine for both: each step of the task
+        passes through every coroutine level it awaits in."""
         if self.sessions.draining:
             request.answer(
                 503, "shutting down; reconnect to another instance", [("Retry-After", "1")]
@@ -548,7 +559,8 @@ class Proxy:
             exchange.upgrade_result = "bad_handshake"
             request.answer(rejection.status, rejection.reason, rejection.headers)
             return
-        rules = decision.route.websocket.allowed_origins
+        route = decision.route
+        rules = route.websocket.allowed_origins
         if rules:
             origins = request.index.get("origin", _NONE)
             if not origin_allowed(rules, origins):
@@ -559,90 +571,116 @@ class Proxy:
                 exchange.note("origin", ", ".join(origins)[:200])
                 request.answer(403, "this origin may not open WebSockets here", [])
                 return
+        on_end: Callable[[], None] | None = None
         limit = self.config.proxy.max_websockets_per_client
-        if not limit:
-            await self._handshake(request, decision, client, exchange)
-            return
-        address = client_address(client.info, request.index.get("x-forwarded-for", _NONE))
-        if address is None:
-            address = "unknown"
-        if not self.sessions.admit(address, limit):
-            exchange.upgrade_result = "bad_handshake"
-            exchange.note("error", f"more than {limit} WebSocket sessions from this address")
-            request.answer(
-                429,
-                "too many WebSocket sessions from this address",
-                [("Retry-After", "10")],
-            )
-            return
-        released = False
+        if limit:
+            address = client_address(client.info, request.index.get("x-forwarded-for", _NONE))
+            if address is None:
+                address = "unknown"
+            if not self.sessions.admit(address, limit):
+                exchange.upgrade_result = "bad_handshake"
+                exchange.note("error", f"more than {limit} WebSocket sessions from this address")
+                request.answer(
+                    429,
+                    "too many WebSocket sessions from this address",
+                    [("Retry-After", "10")],
+                )
+                return
+            released = False
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.sessions.release(address)
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self.sessions.release(address)
 
+            on_end = release
+        settings = self._tunnel_settings.get(route.name)
+        if settings is None:
+            settings = self._tunnel_settings[route.name] = self._settings_for(route)
         try:
-            await self._handshake(request, decision, client, exchange, on_end=release)
+            server = self._pick(request, decision, client, exchange)
+            tried: set[Server] = set()
+            while server is not None:
+                head, connection = self._handshake_head(request, decision, client, server, exchange)
+                try:
+                    await handle_websocket(
+                        request,
+                        decision.origin_form,
+                        head,
+                        connection,
+                        decision.upstream,
+                        server,
+                        exchange,
+                        settings,
+                        self.sessions,
+                        self.upstreams,
+                        self,
+                        on_end=on_end,
+                    )
+                    return
+                except UpstreamFailure as failure:
+                    if failure.connecting:
+                        # Nothing reached the server: the next one may take the handshake.
+                        tried.add(server)
+                        server = self._retry(request, decision, client, exchange, tried, failure)
+                        if server is not None:
+                            continue
+                        exchange.upgrade_result = "upstream_unavailable"
+                        self._answer_failure(request, exchange, failure)
+                        return
+                    exchange.upgrade_result = "upstream_unavailable"
+                    self._upstream_failed(request, exchange, failure)
+                    return
         finally:
-            if not exchange.websocket_session:
-                release()  # no session started: the handshake's count ends here
+            if on_end is not None and not exchange.websocket_session:
+                on_end()  # no session started: the handshake's count ends here
 
-    async def _handshake(
+    def _handshake_head(
         self,
         request: Request,
         decision: _Forward,
         client: _Client,
+        server: Server,
         exchange: Exchange,
-        *,
-        on_end: Callable[[], None] | None = None,
-    ) -> None:
-        """Connect (the next server on a failed connect) and run the handshake."""
-        server = self._pick(request, decision, client, exchange)
-        route = decision.route
-        settings = TunnelSettings(
-            buffer_limit=self.config.proxy.tunnel_buffer,
+    ) -> tuple[bytes, str]:
+        """The upstream handshake's head for ``server``, and the ``Connection``
+        value it carries (for the early-close diagnosis)."""
+        index = request.index
+        if not decision.rewrites_request and untouched_upgrade(index):
+            # Nothing to drop or replace but Connection and Upgrade (what
+            # browsers send): the client's other fields as they came, then
+            # this hop's own.
+            head = upstream_head_fast(
+                "GET",
+                decision.origin_form,
+                without_upgrade_fields(request.headers),
+                client.forwarded + decision.forwarded_host,
+                exchange.request_id,
+                chunked=False,
+                upgrade=index["upgrade"][0],
+            )
+            return head, "upgrade"
+        headers = self._upstream_headers(
+            request, client.info, server.label, exchange, decision.route.rewrite, websocket=True
+        )
+        return request_head("GET", decision.origin_form, headers), ", ".join(
+            header_values(headers, "connection")
+        )
+
+    def _settings_for(self, route: Route) -> TunnelSettings:
+        """What every session of ``route`` runs with (the same for all of
+        them: one object per route, not one per handshake)."""
+        proxy = self.config.proxy
+        return TunnelSettings(
+            buffer_limit=proxy.tunnel_buffer,
             idle_timeout=route.websocket.idle_timeout,
             early_close_window=route.websocket.early_close_window,
-            observe_frames=self.config.proxy.observe_frames,
+            observe_frames=proxy.observe_frames,
             frame_budget=self.frame_budget,
             max_lifetime=route.websocket.max_lifetime,
-            tcp_keepalive=self.config.proxy.tcp_keepalive,
+            tcp_keepalive=proxy.tcp_keepalive,
         )
-        tried: set[Server] = set()
-        while server is not None:
-            headers = self._upstream_headers(
-                request, client.info, server.label, exchange, route.rewrite, websocket=True
-            )
-            try:
-                await handle_websocket(
-                    request,
-                    decision.origin_form,
-                    headers,
-                    decision.upstream,
-                    server,
-                    exchange,
-                    settings,
-                    self.sessions,
-                    self.upstreams,
-                    self,
-                    on_end=on_end,
-                )
-                return
-            except UpstreamFailure as failure:
-                if failure.connecting:
-                    # Nothing reached the server: the next one may take the handshake.
-                    tried.add(server)
-                    server = self._retry(request, decision, client, exchange, tried, failure)
-                    if server is not None:
-                        continue
-                    exchange.upgrade_result = "upstream_unavailable"
-                    self._answer_failure(request, exchange, failure)
-                    return
-                exchange.upgrade_result = "upstream_unavailable"
-                self._upstream_failed(request, exchange, failure)
-                return
 
     def _upstream_failed(
         self, request: Request, exchange: Exchange, failure: UpstreamFailure

@@ -136,7 +136,7 @@ class Relay:
 
     async def run(self, head: bytes, read_timeout: float) -> None:
         """Send the request, relay the answer; raises before the answer's head only."""
-        self._done = asyncio.get_running_loop().create_future()
+        self._done = self.conn.loop.create_future()  # the connection's: no getpid() call
         self.start(head, read_timeout)
         await self._done
 
@@ -303,15 +303,23 @@ def upstream_head_fast(
     request_id: str,
     *,
     chunked: bool,
+    upgrade: str | None = None,
 ) -> bytes:
     """The upstream request head of a request whose fields all pass as they are
     (headers.untouched): ``fields``, then ``added`` (this hop's encoded
     ``X-Forwarded-*`` lines), ``X-Request-ID``, and the re-framing of a
-    chunked body; the same bytes :func:`upstream_head` would write."""
+    chunked body; the same bytes :func:`upstream_head` would write.
+
+    ``upgrade``: the client's ``Upgrade`` value, for a WebSocket handshake
+    (headers.untouched_upgrade, ``fields`` without Connection and Upgrade):
+    ``Upgrade`` and ``Connection: upgrade`` end the head, as
+    headers.upstream_request_headers puts them."""
     lines = "\r\n".join(map(": ".join, fields))  # no comprehension: one frame less
     if lines:
         lines += "\r\n"
     framing = "Transfer-Encoding: chunked\r\n" if chunked else ""
+    if upgrade is not None:
+        framing += f"Upgrade: {upgrade}\r\nConnection: upgrade\r\n"
     return (
         f"{method} {target} HTTP/1.1\r\n{lines}{added}X-Request-ID: {request_id}\r\n{framing}\r\n"
     ).encode("latin-1")

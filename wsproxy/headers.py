@@ -407,6 +407,39 @@ def untouched(index: dict[str, list[str]]) -> bool:
     return "host" in index and index.keys().isdisjoint(_TOUCHED) and "_" not in "".join(index)
 
 
+#: The fields a WebSocket handshake's upstream request replaces (with
+#: ``Upgrade: <the client's value>`` and ``Connection: upgrade``).
+_UPGRADE_FIELDS = frozenset({"connection", "upgrade"})
+#: Their names' lengths: a name of another length needs no ``lower()``.
+_UPGRADE_LENGTHS = frozenset(len(name) for name in _UPGRADE_FIELDS)
+
+
+def untouched_upgrade(index: dict[str, list[str]]) -> bool:
+    """:func:`untouched` for a WebSocket handshake: whether
+    :func:`upstream_request_headers` (with ``websocket_upgrade``) would keep
+    every field but ``Connection`` and ``Upgrade`` as it is and only append
+    this hop's.  ``Connection`` may name only hop-by-hop fields (a browser's
+    ``Upgrade``, Firefox's ``keep-alive, Upgrade``), which are dropped
+    anyway.  Then the upstream head is :func:`without_upgrade_fields`, then
+    :func:`forwarded_for_proto`, :func:`forwarded_host_field`,
+    ``X-Request-ID``, ``Upgrade`` and ``Connection``, in that order."""
+    return (
+        "host" in index
+        and _TOUCHED.intersection(index) <= _UPGRADE_FIELDS
+        and "_" not in "".join(index)
+        and HOP_BY_HOP.issuperset(split_tokens(index.get("connection", ())))
+    )
+
+
+def without_upgrade_fields(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without ``Connection`` and ``Upgrade`` (case and order kept)."""
+    return [
+        field
+        for field in headers
+        if len(field[0]) not in _UPGRADE_LENGTHS or field[0].lower() not in _UPGRADE_FIELDS
+    ]
+
+
 def client_address(client: ClientInfo, forwarded_for: Sequence[str]) -> str | None:
     """The address of the client a request came from, as far as it can be trusted.
 

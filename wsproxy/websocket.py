@@ -33,12 +33,11 @@ from wsproxy.headers import (
     NotableField,
     check_switching_protocols,
     header_index,
-    header_values,
     switching_protocols_headers,
 )
 from wsproxy.http.front import Request
 from wsproxy.http.pool import Stale, UpstreamConnection, connect
-from wsproxy.http.wire import request_head, response_head
+from wsproxy.http.wire import response_head
 from wsproxy.listeners import Gate
 from wsproxy.observe import Exchange
 from wsproxy.rewrite import response_headers as rewrite_response
@@ -116,7 +115,8 @@ class _HandshakeRelay(Relay):
 async def handle_websocket(
     request: Request,
     target: str,
-    headers: Sequence[tuple[str, str]],
+    head: bytes,
+    upstream_connection: str,
     upstream: Upstream,
     server: Server,
     exchange: Exchange,
@@ -132,10 +132,12 @@ async def handle_websocket(
     ``on_end`` is called when the session that starts here ends (not when
     none starts).
 
-    ``target`` is the normalized origin-form target (wsproxy.target) and
-    ``headers`` the upstream request's (headers.upstream_request_headers,
-    with the upgrade).  A refusal is relayed like any response (``events``
-    hears of it, with ``exchange`` as the relay's context).
+    ``target`` is the normalized origin-form target (wsproxy.target), ``head``
+    the upstream request's head (its fields through
+    headers.upstream_request_headers, with the upgrade) and
+    ``upstream_connection`` the ``Connection`` value in it.  A refusal is
+    relayed like any response (``events`` hears of it, with ``exchange`` as
+    the relay's context).
     """
     conn = await connect(
         server.address,
@@ -146,7 +148,7 @@ async def handle_websocket(
     )
     relay = _HandshakeRelay(request, conn, exchange, events)
     try:
-        await relay.run(request_head("GET", target, headers), upstream.read_timeout)
+        await relay.run(head, upstream.read_timeout)
     except Stale as stale:  # never reused, so never stale; for the type checker
         conn.abandon()
         raise stale.failure from None
@@ -173,7 +175,7 @@ async def handle_websocket(
         request_id=exchange.request_id,
         path=exchange.path or "",
         upstream_version="HTTP/1.1",  # what the request line said (wire.request_head)
-        upstream_connection=", ".join(header_values(headers, "connection")),
+        upstream_connection=upstream_connection,
         early_close_window=settings.early_close_window,
         upstream_path=target,
         upstream_tls=server.tls,

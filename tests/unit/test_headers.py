@@ -27,9 +27,11 @@ from wsproxy.headers import (
     strip_hop_by_hop,
     switching_protocols_headers,
     untouched,
+    untouched_upgrade,
     upstream_request_headers,
     wants_websocket,
     websocket_accept,
+    without_upgrade_fields,
 )
 from wsproxy.http.wire import request_head
 
@@ -500,3 +502,50 @@ def test_untouched_requests_get_the_same_head_from_the_fast_path(
         added = forwarded_for_proto(CLIENT) + forwarded_host_field(index["host"])
         fast = upstream_head_fast("GET", "/x?y", fields, added, "rid", chunked=chunked)
         assert fast == request_head("GET", "/x?y", general)
+
+
+@pytest.mark.parametrize(
+    ("fields", "is_untouched"),
+    [
+        (HANDSHAKE, True),
+        ([*HANDSHAKE, ("Origin", "https://a.test"), ("Cookie", "s=1")], True),
+        (
+            [("HOST", "a.test"), ("upgrade", "WebSocket"), ("CONNECTION", "keep-alive, Upgrade")],
+            True,
+        ),
+        ([*HANDSHAKE, ("Connection", "upgrade")], True),  # repeated: both dropped
+        ([("Upgrade", "websocket"), ("Connection", "Upgrade")], False),  # no Host: one is added
+        ([*HANDSHAKE[:2], ("Connection", "Upgrade, X-Secret"), ("X-Secret", "1")], False),
+        ([*HANDSHAKE[:2], ("Connection", "Upgrade, Host")], False),  # Host named hop-by-hop
+        ([*HANDSHAKE, ("Keep-Alive", "timeout=5")], False),
+        ([*HANDSHAKE, ("X-Forwarded-For", "6.6.6.6")], False),
+        ([*HANDSHAKE, ("X-Request-ID", "abc")], False),
+        ([*HANDSHAKE, ("X_Custom", "1")], False),
+        ([*HANDSHAKE, ("TE", "trailers")], False),
+        ([*HANDSHAKE, ("Expect", "100-continue")], False),
+    ],
+)
+def test_untouched_handshakes_get_the_same_head_from_the_fast_path(
+    fields: list[tuple[str, str]], is_untouched: bool
+) -> None:
+    index: dict[str, list[str]] = {}
+    for name, value in fields:
+        index.setdefault(name.lower(), []).append(value)
+    assert untouched_upgrade(index) is is_untouched
+    if not is_untouched:
+        return
+    upgrade = index["upgrade"][0]
+    general = upstream_request_headers(
+        fields,
+        CLIENT,
+        default_host="upstream:1",
+        request_id="rid",
+        websocket_upgrade=upgrade,
+        index=index,
+        forward_expect=True,
+    )
+    added = forwarded_for_proto(CLIENT) + forwarded_host_field(index["host"])
+    fast = upstream_head_fast(
+        "GET", "/ws?y", without_upgrade_fields(fields), added, "rid", chunked=False, upgrade=upgrade
+    )
+    assert fast == request_head("GET", "/ws?y", general)

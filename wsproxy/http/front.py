@@ -451,10 +451,11 @@ class ClientConnection(asyncio.Protocol):
         self.registry = registry
         #: What the application keeps per connection (the client's address info).
         self.app_data: Any = None
+        # Asked once: get_running_loop() is a getpid() system call on 3.11.
+        loop = self.loop = asyncio.get_running_loop()
         #: Resolved when the connection is closed or taken over.
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
         self.settings = settings
-        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.peer_ip: str | None = None
