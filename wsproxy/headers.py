@@ -25,7 +25,6 @@ repeated fields (``Set-Cookie``) and their order survive untouched.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import ipaddress
@@ -263,8 +262,9 @@ def check_websocket_handshake(
 
 def _is_websocket_key(value: str) -> bool:
     # §4.1: "a base64-encoded value that, when decoded, is 16 bytes in length".
+    # (base64.b64decode(..., validate=True) without its Python wrapper.)
     try:
-        return len(base64.b64decode(value.strip().encode("ascii"), validate=True)) == 16
+        return len(binascii.a2b_base64(value.strip().encode("ascii"), strict_mode=True)) == 16
     except (binascii.Error, UnicodeEncodeError):
         return False
 
@@ -571,7 +571,7 @@ def switching_protocols_headers(
 def websocket_accept(key: str) -> str:
     """RFC 6455 §4.2.2: base64(SHA-1(key + GUID)), what a 101 must carry."""
     digest = hashlib.sha1((key.strip() + _WEBSOCKET_GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")  # base64.b64encode
 
 
 def check_switching_protocols(

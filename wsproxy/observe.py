@@ -302,7 +302,7 @@ class Observability:
                 log.warning(early_close_message(report))
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug(early_close_message(report))
-        self.access_log.write(report.fields())
+        self.access_log.write_session(report)
 
     # --- the status endpoint ----------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import re
 
 import pytest
 
@@ -256,3 +257,44 @@ def test_access_log_lines_outlive_the_event_loop() -> None:
     asyncio.run(last_words())
     _flush_at_exit()
     assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 2, 1]
+
+
+@pytest.mark.parametrize("worker", [None, 3])
+@pytest.mark.parametrize(
+    "ended",
+    [
+        report(),
+        report(
+            info=dataclasses.replace(INFO, path='/ws?q="é\\\n', client="[::1]:1"),
+            duration=12.3456789,
+            closed_by="client",
+            how="close_frame",
+            close_code=1000,
+            close_reason='bye "now"\t✓',
+            client_to_upstream=DirectionStats(bytes=10, frames=2, messages=1, error="bad\nrsv"),
+            upstream_to_client=DirectionStats(bytes=7, frames=1, messages=1),
+        ),
+        report(duration=0.0, close_code=4999, how="reset", closed_by="proxy"),
+    ],
+)
+def test_a_session_line_is_its_fields_in_json(ended: SessionReport, worker: int | None) -> None:
+    """AccessLog.write_session writes what write(report.fields()) writes."""
+
+    class Lines(AccessLog):
+        lines: list[str]
+
+        def _emit(self, line: str) -> None:
+            self.lines.append(re.sub(r'^\{"ts":"[^"]*"', "", line))
+
+    lines = []
+    for write in ("fields", "session"):
+        log = Lines(AccessLogSettings(format="json"), io.StringIO(), worker)
+        log.lines = []
+        if write == "fields":
+            log.write(ended.fields())
+        else:
+            log.write_session(ended)
+        lines.append(log.lines)
+    assert lines[1] == lines[0]
+    assert len(lines[0]) == 1
+    assert json.loads("{" + lines[0][0].lstrip(","))["route"] == "chat"
