@@ -115,20 +115,14 @@ def header_index(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     return index
 
 
-def _values(
-    headers: Sequence[tuple[str, str]], index: HeaderIndex | None, name: str
-) -> Sequence[str]:
-    """``name``'s values (lower-case ``name``), from ``index`` when there is one."""
-    if index is not None:
-        return index.get(name, ())
-    return header_values(headers, name)
-
-
 def connection_options(
     headers: Sequence[tuple[str, str]], index: HeaderIndex | None = None
 ) -> frozenset[str]:
     """The names that ``Connection`` declares hop-by-hop (lower-cased)."""
-    return frozenset(split_tokens(_values(headers, index, "connection")))
+    values = (
+        index.get("connection", ()) if index is not None else header_values(headers, "connection")
+    )
+    return frozenset(split_tokens(values))
 
 
 def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> HeaderList:
@@ -214,7 +208,8 @@ def wants_websocket(headers: Sequence[tuple[str, str]], index: HeaderIndex | Non
     with a reason; any other ``Upgrade`` (``h2c``) is dropped as hop-by-hop and
     the request is forwarded as plain HTTP, as nginx does by default.
     """
-    return "websocket" in split_tokens(_values(headers, index, "upgrade"))
+    values = index.get("upgrade", ()) if index is not None else header_values(headers, "upgrade")
+    return "websocket" in split_tokens(values)
 
 
 def check_websocket_handshake(
@@ -228,19 +223,22 @@ def check_websocket_handshake(
 
     The proxy checks what it can check without the backend, so that a broken
     client gets a precise 400/426 instead of a confused backend.
+    ``index`` is ``headers`` by lower-case name when the caller has it.
     """
     if method != "GET":
         return Rejection(400, f"WebSocket handshake must use GET, not {method}")
-    if split_tokens(_values(headers, index, "upgrade")) != ["websocket"]:
+    if index is None:
+        index = header_index(headers)
+    if split_tokens(index.get("upgrade", ())) != ["websocket"]:
         # aiohttp's parser switches to the upgraded protocol only for exactly
         # "websocket"; with more tokens, bytes sent right behind the handshake
         # would be parsed as HTTP and lost.  Browsers send "websocket" alone.
         return Rejection(400, "WebSocket handshake needs 'Upgrade: websocket' alone")
-    if "upgrade" not in connection_options(headers, index):
+    if "upgrade" not in split_tokens(index.get("connection", ())):
         return Rejection(400, "WebSocket handshake needs 'upgrade' in Connection")
     if has_body:
         return Rejection(400, "WebSocket handshake must not have a body")
-    versions = _values(headers, index, "sec-websocket-version")
+    versions = index.get("sec-websocket-version", ())
     if not versions:
         return Rejection(400, "WebSocket handshake lacks Sec-WebSocket-Version")
     # §4.1: a client sends exactly one version; a list (repeated or
@@ -254,7 +252,7 @@ def check_websocket_handshake(
             "unsupported Sec-WebSocket-Version (only 13)",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
-    keys = _values(headers, index, "sec-websocket-key")
+    keys = index.get("sec-websocket-key", ())
     if len(keys) != 1 or not _is_websocket_key(keys[0]):
         return Rejection(400, "WebSocket handshake needs one valid Sec-WebSocket-Key")
     return None
@@ -280,9 +278,14 @@ def choose_request_id(sent: Sequence[str], new_id: str) -> str:
     return new_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientInfo:
-    """What this hop knows about the connection a request arrived on."""
+    """What this hop knows about the connection a request arrived on.
+
+    Made for every client connection and never changed after; not
+    ``frozen``, whose ``__init__`` sets each field through
+    ``object.__setattr__`` (sessions.SessionInfo says what that costs).
+    """
 
     peer_ip: str | None
     scheme: str  # "http" or "https": the scheme the client used to reach us
@@ -583,13 +586,16 @@ def check_switching_protocols(
     has ``Upgrade: websocket``, ``upgrade`` among the ``Connection`` tokens,
     and the ``Sec-WebSocket-Accept`` that matches its key.  A proxy that
     relays anything else lets a browser fail in its own words while the
-    proxy reports success; wsproxy answers ``502`` instead.
+    proxy reports success; wsproxy answers ``502`` instead.  ``index`` is
+    ``headers`` by lower-case name when the caller has it.
     """
-    if split_tokens(_values(headers, index, "upgrade")) != ["websocket"]:
+    if index is None:
+        index = header_index(headers)
+    if split_tokens(index.get("upgrade", ())) != ["websocket"]:
         return "101 without 'Upgrade: websocket'"
-    if "upgrade" not in connection_options(headers, index):
+    if "upgrade" not in split_tokens(index.get("connection", ())):
         return "101 without 'upgrade' in Connection"
-    accepts = _values(headers, index, "sec-websocket-accept")
+    accepts = index.get("sec-websocket-accept", ())
     if len(accepts) != 1 or accepts[0].strip() != websocket_accept(key):
         return "101 without the Sec-WebSocket-Accept that matches the request's key"
     return None

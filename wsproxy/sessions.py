@@ -9,7 +9,7 @@ tested.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wsproxy.wsframes import ABNORMAL_CLOSURE, NO_STATUS_CODE, close_code_is_valid
 
@@ -121,20 +121,21 @@ class SessionReport:
     close_reason: str
     client_to_upstream: DirectionStats
     upstream_to_client: DirectionStats
+    #: Ended within the route's window, and not by the proxy's own choice
+    #: to end it (a drain, ``max_lifetime``): that is no sign of a backend
+    #: that drops sessions.
+    early: bool = field(init=False)
+    #: The ``code`` label (close_code_label).
+    code: str = field(init=False)
 
-    @property
-    def early(self) -> bool:
-        """Ended within the route's window, and not by the proxy's own choice
-        to end it (a drain, ``max_lifetime``): that is no sign of a backend
-        that drops sessions."""
-        return self.duration < self.info.early_close_window and self.how not in (
+    def __post_init__(self) -> None:
+        # Worked out once: the metrics, the close timeline and the log line
+        # each ask for both.
+        self.early = self.duration < self.info.early_close_window and self.how not in (
             "drain",
             "max_lifetime",
         )
-
-    @property
-    def code(self) -> str:
-        return close_code_label(self.close_code)
+        self.code = close_code_label(self.close_code)
 
     @property
     def close_frame_seen(self) -> bool:
