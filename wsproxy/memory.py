@@ -52,6 +52,7 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -169,12 +170,13 @@ class Trimmer:
     def ended(self) -> None:
         if self._trim is None:
             return
-        loop = asyncio.get_running_loop()
         if self._handle is not None:
             self._burst += 1
             self._since_look += 1
             return
-        slot = int(loop.time() / self._slot)
+        # time.monotonic, not the loop's clock: asking for the running loop
+        # is a getpid() system call, once per end.
+        slot = int(time.monotonic() / self._slot)
         slots = self._slots
         if slots and slots[-1][0] == slot:
             slots[-1][1] += 1
@@ -186,7 +188,7 @@ class Trimmer:
         if self._in_window >= self.after:
             self._burst = self._peak = self._in_window
             self._since_look = 0
-            self._handle = loop.call_later(self.delay, self._look)
+            self._handle = asyncio.get_running_loop().call_later(self.delay, self._look)
 
     def _look(self) -> None:
         count, self._since_look = self._since_look, 0

@@ -404,14 +404,24 @@ class Tunnel:
         observe_frames: bool = True,
         allowed_rsv: int = 0,
         budget: FrameBudget | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        upstream_half_close: bool | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        """``loop``: the running loop, when the caller has it at hand (asking
+        for it is a getpid() system call); ``upstream_half_close``: whether
+        the upstream transport can stay open after its EOF (not TLS), when
+        known (else asked of the transport: half_closable)."""
+        self._loop = loop or asyncio.get_running_loop()
         self._end_gate = end_gate(self._loop)
         #: Ends of this session waiting for a later loop turn (EndGate), in order.
         self._pending_ends: list[_EndEvent] | None = None
         self.upstream_transport = upstream_transport
         #: Each side's transport can stay open after its EOF (not TLS).
-        self.upstream_half_close = half_closable(upstream_transport)
+        self.upstream_half_close = (
+            half_closable(upstream_transport)
+            if upstream_half_close is None
+            else upstream_half_close
+        )
         self.client_half_close = True
         kind = FrameObserver if observe_frames else ByteCounter
         #: client-to-upstream and upstream-to-client observers.
@@ -484,11 +494,17 @@ class Tunnel:
         upstream_tail: bytes,
         upstream_eof: bool,
         upstream_lost: tuple[BaseException | None] | None = None,
+        client_half_close: bool | None = None,
     ) -> None:
-        """Go live: forward what each side sent early, then let bytes flow."""
+        """Go live: forward what each side sent early, then let bytes flow.
+
+        ``client_half_close``: whether the client's transport can stay open
+        after its EOF (not TLS), when known (else asked: half_closable)."""
         self.started = time.monotonic()
         self.client_transport = client
-        self.client_half_close = half_closable(client)
+        self.client_half_close = (
+            half_closable(client) if client_half_close is None else client_half_close
+        )
         client.set_write_buffer_limits(high=self._buffer_limit, low=self._buffer_limit // 4)
         assert self.upstream_side is not None
         self.upstream_transport.set_protocol(self.upstream_side)

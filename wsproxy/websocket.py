@@ -250,6 +250,8 @@ def _tunnel(
         observe_frames=settings.observe_frames,
         allowed_rsv=allowed_rsv_bits(extensions),
         budget=settings.frame_budget,
+        loop=request.connection.loop,
+        upstream_half_close=conn.half_close,
     )
     request.response_started = request.response_done = True
     request.status = 101
@@ -280,6 +282,7 @@ def _tunnel(
             upstream_tail=upstream_tail,
             upstream_eof=conn.eof,
             upstream_lost=(conn.lost_exc,) if conn.lost else None,
+            client_half_close=not request.connection.arrival.tls,
         )
         conn.detach()
         if settings.tcp_keepalive:
