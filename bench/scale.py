@@ -346,6 +346,7 @@ def extra_session(port: int) -> dict[str, Any]:
 
 def measure(name: str, sessions: int) -> dict[str, Any]:
     settle()
+    everything = os.sched_getaffinity(0)  # given back at the end (the mass close pins)
     processes = processes_for(sessions)
     with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
         workdir = Path(tmp)
@@ -412,15 +413,16 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
             age = time.monotonic() - max(b["ended"] for b in bursts)
             if age < 11.0:
                 time.sleep(11.0 - age)
-            # For the close the proxy gets CPU 0 to itself, and everything
+            # For the close the proxy gets a CPU to itself, and everything
             # else (the killed backends' exit, which closes thousands of
             # sockets in the kernel, the clients, this bench) the others:
             # else a stall would count the time the machine spent there.
-            everything = set(range(os.cpu_count() or 1))
-            others = everything - {0}
-            if others:
+            first = min(everything)
+            others = everything - {first}
+            # One process only: several would share that core.
+            if others and processes == 1:
                 os.sched_setaffinity(0, others)  # threads started from here inherit it
-                pin([t.pid for t in proxy.targets], {0})
+                pin([t.pid for t in proxy.targets], {first})
                 pin([b.pid for b in backends] + [c.pid for c in clients], others)
             watch = StallWatch(proxy.admin) if proxy.admin and processes == 1 else None
             if watch is not None:
@@ -461,7 +463,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
             row["rss_after_close_mb"] = round(proxy.rss_kb() / 1024, 1)
             return row
         finally:
-            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            os.sched_setaffinity(0, everything)
             for client in clients:
                 if client.stdin is not None:
                     client.stdin.close()

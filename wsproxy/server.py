@@ -33,7 +33,7 @@ from wsproxy.observe import EndReports, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tls import TlsContexts
 from wsproxy.tls import load as load_tls
-from wsproxy.tunnel import Tunnel, turn_budget
+from wsproxy.tunnel import Tunnel, end_gate, turn_budget
 from wsproxy.upstreams.servers import Upstreams
 from wsproxy.workers import WorkerRole
 from wsproxy.wsframes import FrameBudget
@@ -373,6 +373,7 @@ class ProxyServer:
         try:
             await self._stop()
         finally:
+            end_gate(asyncio.get_running_loop()).flush()  # ends still waiting for a turn
             self.ends.flush()  # counted and logged before the last lines go out
             self.trimmer.close()
             # Every line logged so far, however the stop ended.
@@ -400,21 +401,24 @@ class ProxyServer:
         finally:
             for handle in spread:
                 handle.cancel()
-        leftovers = [tunnel.finished for tunnel in self.sessions]
-        # One connection that cannot be reset must not stop the rest of the drain.
-        for tunnel in list(self.sessions):
-            try:
-                tunnel.close("drain", reset=True)
-            except Exception:
-                log.exception("drain: resetting a WebSocket session failed")
-        for connection in list(self.connections):
-            try:
-                connection.reset()
-            except Exception:
-                log.exception("drain: resetting a client connection failed")
-        leftovers += [connection.closed for connection in self.connections]
-        if leftovers:  # a reset is reported on the next loop turns
-            await asyncio.wait(leftovers, timeout=0.5)
+        # The last ends come as they may, none waiting for a later turn
+        # (tunnel.EndGate): every one is reported before the process ends.
+        with end_gate(loop).unbounded():
+            leftovers = [tunnel.finished for tunnel in self.sessions]
+            # One connection that cannot be reset must not stop the rest of the drain.
+            for tunnel in list(self.sessions):
+                try:
+                    tunnel.close("drain", reset=True)
+                except Exception:
+                    log.exception("drain: resetting a WebSocket session failed")
+            for connection in list(self.connections):
+                try:
+                    connection.reset()
+                except Exception:
+                    log.exception("drain: resetting a client connection failed")
+            leftovers += [connection.closed for connection in self.connections]
+            if leftovers:  # a reset is reported on the next loop turns
+                await asyncio.wait(leftovers, timeout=0.5)
         for listener in self._listeners.values():
             await listener.wait_closed()
         self._listeners.clear()

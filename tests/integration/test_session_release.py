@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,3 +210,90 @@ async def test_a_backend_that_drops_every_session_at_once_ends_each_one_over_lat
         records = await eventually(every_end_logged, f"{count} session lines")
         assert len(records) == count
         assert {(r["closed_by"], r["how"]) for r in records} == {("upstream", "fin")}
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
+async def test_clients_that_keep_sending_while_their_upstreams_go_lose_nothing_and_log_no_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, reset: bool
+) -> None:
+    """While a lost upstream's end waits for its turn (EndGate), its client's
+    bytes are not written into the closed transport (which logs a fatal
+    transport error per session on uvloop)."""
+    count = 40
+    monkeypatch.setitem(tunnel_module._GATES, asyncio.get_running_loop(), EndGate(per_turn=2))
+    restart = asyncio.Event()
+
+    async def hold_then_drop(session: Session) -> None:
+        await session.accept()
+        await restart.wait()
+        if reset:
+            session.reset()
+        else:
+            session.writer.close()
+
+    backend, _sessions = scripted(hold_then_drop)
+    sending = True
+
+    async def chat(writer: asyncio.StreamWriter) -> None:
+        frame = encode_frame(0x1, b"hi", mask=True)
+        while sending and not writer.transport.is_closing():
+            writer.write(frame)
+            await asyncio.sleep(0)
+
+    caplog.set_level(logging.WARNING)
+    async with backend, observed_proxy(config_text(backend.port)) as obs:
+        pairs = await open_sessions(obs.port, count)
+        await obs.sessions_open(count)
+        chatters = [asyncio.create_task(chat(writer)) for _reader, writer in pairs]
+        restart.set()
+        # Every client sees its session end (a FIN, or a reset passed on).
+        ends = await asyncio.wait_for(
+            asyncio.gather(*(reader.read() for reader, _w in pairs), return_exceptions=True), 10
+        )
+        assert len(ends) == count
+        sending = False
+        await asyncio.gather(*chatters, return_exceptions=True)
+        for _reader, writer in pairs:
+            writer.close()
+        await obs.sessions_ended()
+    errors = [
+        record
+        for record in caplog.records
+        if record.name.startswith(("wsproxy", "asyncio")) and record.name != "wsproxy.early_close"
+    ]
+    assert errors == []
+
+
+async def test_sessions_reset_at_the_end_of_the_grace_period_are_all_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sessions that never answer the 1001 are reset at the grace deadline;
+    their ends do not wait for later turns (EndGate.unbounded), so every one
+    is counted and logged before the server is done, however busy the loop."""
+    count = 120
+    monkeypatch.setitem(tunnel_module._GATES, asyncio.get_running_loop(), EndGate(per_turn=1))
+    loop = asyncio.get_running_loop()
+    busy = True
+
+    def other_work() -> None:  # the rest of a busy proxy's loop turn
+        time.sleep(0.008)
+        if busy:
+            loop.call_soon(other_work)
+
+    async def deaf(session: Session) -> None:
+        await session.accept()
+        await asyncio.sleep(30)  # never answers the 1001
+
+    backend, _sessions = scripted(deaf)
+    extra = "shutdown:\n  grace_period: 200ms\n"
+    async with backend:
+        async with observed_proxy(config_text(backend.port, extra=extra)) as obs:
+            pairs = await open_sessions(obs.port, count)
+            await obs.sessions_open(count)
+            loop.call_soon(other_work)
+        busy = False
+        records = [r for r in obs.log_records() if r["type"] == "websocket"]
+        assert len(records) == count
+        assert not obs.server.sessions
+        for _reader, writer in pairs:
+            writer.close()

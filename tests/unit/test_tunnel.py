@@ -33,6 +33,7 @@ class FakeTransport:
         self.written = bytearray()
         self.protocol: Any = None
         self.eof_written = False
+        self.fail_eof = False
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -62,6 +63,8 @@ class FakeTransport:
         return True
 
     def write_eof(self) -> None:
+        if self.fail_eof:
+            raise RuntimeError("write_eof failed")
         self.eof_written = True
 
     def close(self) -> None:
@@ -356,3 +359,160 @@ def test_each_loop_has_one_end_gate() -> None:
         assert end_gate(other).waiting == 0
     finally:
         other.close()
+
+
+def _fins(sessions: list[tuple[Tunnel, FakeTransport, FakeTransport]]) -> None:
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.upstream_side is not None
+        tunnel.upstream_side.eof_received()
+
+
+async def test_a_close_frame_after_a_waiting_fin_does_not_decide_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    _fins(sessions)  # the third one's FIN waits
+    last = sessions[-1][0]
+    assert last._pending_ends is not None
+    assert last.client_side is not None
+    # The client's close frame arrives after the upstream's FIN, before its turn.
+    last.client_side.data_received(_close(1000, mask=True))
+    assert (last.closed_by, last.how, last.close_code) == ("upstream", "fin", 1000)
+    for tunnel, _client, _upstream in sessions:
+        tunnel.close("drain", reset=True)
+
+
+async def test_shutdown_runs_the_ends_that_wait_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    _fins(sessions)
+    last, client, _upstream = sessions[-1]
+    last.shutdown()  # a drain, between the upstream's FIN and its turn
+    # Half-closed already: no 1001 handshake, the FIN decided the end.
+    assert (last.closed_by, last.how) == ("upstream", "fin")
+    assert bytes(client.written) == b""
+    assert client.eof_written
+    for tunnel, _client, _upstream in sessions[:-1]:
+        tunnel.close("drain", reset=True)
+
+
+async def test_each_turn_starts_with_its_share_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    _fins([_tunnel(budget) for _ in range(2)])  # this turn's share
+    await _turns(1)
+    tunnel, client, _upstream = _tunnel(budget)
+    _fins([(tunnel, client, _upstream)])
+    assert client.eof_written  # handled at once
+    assert gate.deferred == 0
+    tunnel.close("drain", reset=True)
+
+
+async def test_a_waiting_loss_holds_the_other_side_until_its_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.upstream_side is not None
+        tunnel.upstream_side.connection_lost(ConnectionResetError())
+    last, client, _upstream = sessions[-1]
+    # The upstream is gone: the client's bytes must not be written into it.
+    assert not client.reading
+    assert not client.closing
+    await _turns(3)
+    assert client.closing  # reset on the upstream's behalf
+    assert (last.closed_by, last.how) == ("upstream", "reset")
+
+
+async def test_a_failing_end_that_waited_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(5)]
+    reported: list[Tunnel] = []
+    for tunnel, _client, _upstream in sessions:
+        tunnel.on_finished = reported.append
+    sessions[2][1].fail_eof = True  # its FIN cannot be passed on
+    _fins(sessions)
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.client_side is not None
+        assert tunnel.upstream_side is not None
+        tunnel.client_side.connection_lost(None)
+        tunnel.upstream_side.connection_lost(None)
+    await _turns(10)
+    assert [client.eof_written for _t, client, _u in sessions] == [True, True, False, True, True]
+    assert len(reported) == 5  # every one ended, once
+    assert set(reported) == {t for t, _c, _u in sessions}
+    assert "ending a WebSocket session failed" in caplog.text
+
+
+async def test_an_interrupted_end_leaves_the_rest_for_the_next_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    _fins(sessions)
+    last, _client, _upstream = sessions[-1]
+
+    def interrupted(_tunnel: Tunnel) -> None:
+        raise asyncio.CancelledError
+
+    last.on_finished = interrupted
+    assert last.client_side is not None
+    assert last.upstream_side is not None
+    last.client_side.connection_lost(None)
+    last.upstream_side.connection_lost(None)
+    with pytest.raises(asyncio.CancelledError):
+        gate._drain()
+    assert last._pending_ends is None  # later ends of it are not stuck behind it
+    assert gate.waiting == 0
+
+
+async def test_a_fin_during_the_close_handshake_waits_then_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    reported: list[Tunnel] = []
+    for tunnel, _client, _upstream in sessions:
+        tunnel.on_finished = reported.append
+        tunnel.shutdown()
+    for _, client, upstream in sessions:
+        # Each side answers the 1001 with its close frame and FIN, then goes.
+        client.protocol.data_received(_close(1001, mask=True))
+        client.protocol.eof_received()
+        client.protocol.connection_lost(None)
+        upstream.protocol.data_received(_close(1001, mask=False))
+        upstream.protocol.eof_received()
+        upstream.protocol.connection_lost(None)
+    assert gate.deferred > 0
+    await _turns(10)
+    assert len(reported) == 3
+    assert {(t.closed_by, t.how) for t, _c, _u in sessions} == {("proxy", "drain")}
+
+
+async def test_unbounded_handles_what_waited_and_lets_nothing_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    sessions = [_tunnel(budget) for _ in range(3)]
+    _fins(sessions)
+    assert gate.waiting == 1
+    with gate.unbounded():
+        assert gate.waiting == 0
+        assert all(client.eof_written for _t, client, _u in sessions)
+        more = [_tunnel(budget) for _ in range(3)]
+        _fins(more)
+        assert all(client.eof_written for _t, client, _u in more)
+    assert gate.deferred == 1
+    for tunnel, _client, _upstream in sessions + more:
+        tunnel.close("drain", reset=True)
