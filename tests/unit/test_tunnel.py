@@ -271,12 +271,27 @@ def _small_gate(monkeypatch: pytest.MonkeyPatch) -> EndGate:
     return gate
 
 
+Sessions = list[tuple[Tunnel, FakeTransport, FakeTransport]]
+
+
+def _gated(monkeypatch: pytest.MonkeyPatch, count: int) -> tuple[EndGate, Sessions]:
+    """``count`` started sessions on a loop whose tunnels handle two ends per turn."""
+    gate = _small_gate(monkeypatch)
+    budget = turn_budget(asyncio.get_running_loop())
+    return gate, [_tunnel(budget) for _ in range(count)]
+
+
+def _fins(sessions: Sessions) -> None:
+    """Each session's upstream sends FIN, in order."""
+    for tunnel, _client, _upstream in sessions:
+        assert tunnel.upstream_side is not None
+        tunnel.upstream_side.eof_received()
+
+
 async def test_ends_past_a_turns_share_wait_for_later_turns_with_their_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    small_gate = _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(5)]
+    small_gate, sessions = _gated(monkeypatch, 5)
     before = time.monotonic()
     for tunnel, _client, _upstream in sessions:
         assert tunnel.upstream_side is not None
@@ -330,12 +345,8 @@ async def test_a_session_with_an_end_waiting_has_its_later_ends_wait_behind_it(
 async def test_the_proxys_own_close_comes_after_the_ends_that_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
-    for tunnel, _client, _upstream in sessions:
-        assert tunnel.upstream_side is not None
-        tunnel.upstream_side.eof_received()
+    _gate, sessions = _gated(monkeypatch, 3)
+    _fins(sessions)
     last, client, _upstream = sessions[-1]
     assert last._pending_ends is not None
     last.close("idle_timeout")  # an idle check, or a drain, between the FIN and its turn
@@ -361,18 +372,10 @@ def test_each_loop_has_one_end_gate() -> None:
         other.close()
 
 
-def _fins(sessions: list[tuple[Tunnel, FakeTransport, FakeTransport]]) -> None:
-    for tunnel, _client, _upstream in sessions:
-        assert tunnel.upstream_side is not None
-        tunnel.upstream_side.eof_received()
-
-
 async def test_a_close_frame_after_a_waiting_fin_does_not_decide_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    _gate, sessions = _gated(monkeypatch, 3)
     _fins(sessions)  # the third one's FIN waits
     last = sessions[-1][0]
     assert last._pending_ends is not None
@@ -385,9 +388,7 @@ async def test_a_close_frame_after_a_waiting_fin_does_not_decide_the_end(
 
 
 async def test_shutdown_runs_the_ends_that_wait_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    _gate, sessions = _gated(monkeypatch, 3)
     _fins(sessions)
     last, client, _upstream = sessions[-1]
     last.shutdown()  # a drain, between the upstream's FIN and its turn
@@ -414,9 +415,7 @@ async def test_each_turn_starts_with_its_share_again(monkeypatch: pytest.MonkeyP
 async def test_a_waiting_loss_holds_the_other_side_until_its_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    _gate, sessions = _gated(monkeypatch, 3)
     for tunnel, _client, _upstream in sessions:
         assert tunnel.upstream_side is not None
         tunnel.upstream_side.connection_lost(ConnectionResetError())
@@ -432,9 +431,7 @@ async def test_a_waiting_loss_holds_the_other_side_until_its_turn(
 async def test_a_failing_end_that_waited_does_not_stop_the_others(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(5)]
+    _gate, sessions = _gated(monkeypatch, 5)
     reported: list[Tunnel] = []
     for tunnel, _client, _upstream in sessions:
         tunnel.on_finished = reported.append
@@ -455,9 +452,7 @@ async def test_a_failing_end_that_waited_does_not_stop_the_others(
 async def test_an_interrupted_end_leaves_the_rest_for_the_next_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    gate = _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    gate, sessions = _gated(monkeypatch, 3)
     _fins(sessions)
     last, _client, _upstream = sessions[-1]
 
@@ -478,9 +473,7 @@ async def test_an_interrupted_end_leaves_the_rest_for_the_next_turn(
 async def test_a_fin_during_the_close_handshake_waits_then_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    gate = _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    gate, sessions = _gated(monkeypatch, 3)
     reported: list[Tunnel] = []
     for tunnel, _client, _upstream in sessions:
         tunnel.on_finished = reported.append
@@ -502,15 +495,13 @@ async def test_a_fin_during_the_close_handshake_waits_then_runs(
 async def test_unbounded_handles_what_waited_and_lets_nothing_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    gate = _small_gate(monkeypatch)
-    budget = turn_budget(asyncio.get_running_loop())
-    sessions = [_tunnel(budget) for _ in range(3)]
+    gate, sessions = _gated(monkeypatch, 3)
     _fins(sessions)
     assert gate.waiting == 1
     with gate.unbounded():
         assert gate.waiting == 0
         assert all(client.eof_written for _t, client, _u in sessions)
-        more = [_tunnel(budget) for _ in range(3)]
+        more = [_tunnel(turn_budget(asyncio.get_running_loop())) for _ in range(3)]
         _fins(more)
         assert all(client.eof_written for _t, client, _u in more)
     assert gate.deferred == 1
