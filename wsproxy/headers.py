@@ -29,7 +29,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 HeaderList = list[tuple[str, str]]
@@ -76,12 +76,18 @@ _SPOOFABLE = frozenset(
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 
 
-def split_tokens(values: Iterable[str]) -> list[str]:
+def split_tokens(values: Sequence[str]) -> list[str]:
     """Comma-separated tokens across every instance of a list-valued header.
 
     RFC 9110 §5.3: a field sent several times is one comma-joined list.  Tokens
     are compared case-insensitively, so they come back lower-cased.
     """
+    if len(values) == 1 and "," not in values[0]:
+        # One field with one token (a browser's Upgrade and Connection, a
+        # 101's): the loop below, without its set-up.  A handshake asks
+        # seven times.
+        token = values[0].strip().lower()
+        return [token] if token else []
     tokens = []
     for value in values:
         for item in value.split(","):
@@ -552,6 +558,10 @@ _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"close", b"keep-alive"})
 
 #: RFC 9110 §6.4.1: a 101 has no content, so no framing header may describe one.
 _NO_CONTENT_FRAMING = frozenset({"content-length", "transfer-encoding"})
+#: What an upstream 101 always loses: hop-by-hop fields but the switch's own,
+#: and content framing (switching_protocols_headers).
+_NOT_IN_101 = (HOP_BY_HOP - {"upgrade", "connection"}) | _NO_CONTENT_FRAMING
+_UPGRADE_TOKEN = frozenset({"upgrade"})
 
 
 def switching_protocols_headers(
@@ -566,8 +576,15 @@ def switching_protocols_headers(
     ``Content-Length`` and ``Transfer-Encoding``: a ``101`` carrying them
     breaks clients (aiohttp#3798).
     """
-    named = connection_options(headers, index) - {"upgrade"}
-    drop = (HOP_BY_HOP - {"upgrade", "connection"}) | named | _NO_CONTENT_FRAMING
+    if index is None:
+        index = header_index(headers)
+    named = connection_options(headers, index) - _UPGRADE_TOKEN
+    drop = _NOT_IN_101 | named if named else _NOT_IN_101
+    if drop.isdisjoint(index):
+        # Nothing to drop (a 101's usual Upgrade, Connection: upgrade and
+        # Sec-WebSocket-*): the index holds every field's lower-cased name,
+        # so no name needs lower-casing again.
+        return list(headers)
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 

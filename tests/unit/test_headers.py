@@ -23,7 +23,9 @@ from wsproxy.headers import (
     connection_options,
     forwarded_for_proto,
     forwarded_host_field,
+    header_index,
     notable_fields,
+    split_tokens,
     strip_hop_by_hop,
     switching_protocols_headers,
     untouched,
@@ -222,6 +224,65 @@ def test_101_keeps_the_upstreams_upgrade_and_connection_in_place() -> None:
         ("CONNECTION", "keep-alive, Upgrade, X-Hop"),
         ("Sec-WebSocket-Extensions", "permessage-deflate"),
     ]
+
+
+def _tokens_the_long_way(values: list[str]) -> list[str]:
+    return [t for value in values for item in value.split(",") if (t := item.strip().lower())]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["Upgrade"],
+        [" WebSocket "],
+        [""],
+        ["  "],
+        ["a,b"],
+        ["keep-alive, Upgrade"],
+        [",", ""],
+        ["Upgrade", "x"],
+        ["a", ""],
+        [" ,Upgrade"],
+    ],
+)
+def test_split_tokens_one_field_shortcut_equals_the_loop(values: list[str]) -> None:
+    assert split_tokens(values) == _tokens_the_long_way(values)
+
+
+GOOD_101_FIELDS = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+]
+
+
+def _101_the_long_way(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    named = connection_options(headers) - {"upgrade"}
+    drop = (
+        {"keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"}
+        | named
+        | {"content-length"}
+    )
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        GOOD_101_FIELDS,
+        [*GOOD_101_FIELDS, ("Content-Length", "0")],
+        [*GOOD_101_FIELDS, ("X-Hop", "1"), ("connection", "x-hop")],
+        [("UPGRADE", "websocket"), ("Connection", "upgrade, X-Other"), ("X-Kept", "1")],
+        [*GOOD_101_FIELDS, ("TE", "trailers"), ("Server", "test")],
+    ],
+)
+def test_101_with_nothing_to_drop_takes_the_short_way_to_the_same_fields(
+    headers: list[tuple[str, str]],
+) -> None:
+    expected = _101_the_long_way(headers)
+    assert switching_protocols_headers(headers) == expected
+    assert switching_protocols_headers(headers, header_index(headers)) == expected
 
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example
