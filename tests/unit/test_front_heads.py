@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from wsproxy.http.front import ClientConnection, FrontSettings, Request
+from wsproxy.http.front import _FIELD_NAMES, ClientConnection, FrontSettings, Request
 from wsproxy.http.wire import Framing
 
 
@@ -117,3 +117,41 @@ async def test_a_close_that_cannot_flush_is_reset_after_send_timeout() -> None:
     assert not transport.aborted
     await asyncio.sleep(0.2)
     assert transport.aborted
+
+
+def test_the_field_name_table_gives_what_decoding_and_lowering_give() -> None:
+    for raw, (text, lower) in _FIELD_NAMES.items():
+        assert (text, lower) == (raw.decode("latin-1"), raw.decode("latin-1").lower())
+
+
+class _Keeping(_App):
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+
+    def handle(self, request: Request) -> None:
+        self.requests.append(request)
+        request.pending = True  # never answered: only its fields matter here
+
+
+async def test_fields_read_the_same_with_names_in_the_table_and_not() -> None:
+    app = _Keeping()
+    connection = ClientConnection(app, FrontSettings())
+    connection.connection_made(_Transport())
+    fields = [
+        ("Host", "a.test"),
+        ("HOST", "b.test"),
+        ("cookie", "x=1"),
+        ("X-Custom", "\xe9\xff"),
+        ("Cookie", "y=2"),
+        ("Sec-WebSocket-Key", "k"),
+    ]
+    head = "GET / HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    connection.data_received(head.encode("latin-1"))
+    [request] = app.requests
+    assert request.headers == fields
+    assert request.index == {
+        "host": ["a.test", "b.test"],
+        "cookie": ["x=1", "y=2"],
+        "x-custom": ["\xe9\xff"],
+        "sec-websocket-key": ["k"],
+    }
