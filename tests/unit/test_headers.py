@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wsproxy.forward import upstream_head_fast
 from wsproxy.headers import (
@@ -610,3 +612,96 @@ def test_untouched_handshakes_get_the_same_head_from_the_fast_path(
         "GET", "/ws?y", without_upgrade_fields(fields), added, "rid", chunked=False, upgrade=upgrade
     )
     assert fast == request_head("GET", "/ws?y", general)
+
+
+# --- the handshake's short ways, against the general rules, on generated heads ---
+
+#: Field names of a handshake, in several spellings, with every kind of field
+#: that must send a handshake down the general path (hop-by-hop, spoofable,
+#: Expect, an underscore) and near misses of the ones that may not.
+_NAMES = [
+    *("Host", "HOST", "host", "Upgrade", "upgrade", "Connection", "CONNECTION"),
+    *("Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Proxy-Connection", "Expect"),
+    *("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-ID"),
+    *("X_Custom", "X-Custom", "Cookie", "Origin", "Sec-WebSocket-Key", "Connectio", "\xc0pgrade"),
+]
+_TOKENS = ["upgrade", "Upgrade", "keep-alive", "close", "x-custom", "host", "te", "websocket", " "]
+_VALUES = st.one_of(
+    st.sampled_from(["websocket", "WebSocket", " websocket ", "a.test", "x"]),
+    st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=3).map(",".join),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=8),
+)
+_CLIENTS = st.sampled_from(
+    [
+        ClientInfo("192.0.2.7", "http"),
+        ClientInfo(None, "https"),
+        ClientInfo("10.0.0.1", "http", (ipaddress.ip_network("10.0.0.0/8"),)),
+    ]
+)
+
+
+def _field(names: list[str], values: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, str]]:
+    return st.tuples(st.sampled_from(names), values)
+
+
+#: A browser's three fields of a handshake, in some spelling, among others, in any order.
+_HANDSHAKES = st.tuples(
+    _field(["Host", "host"], _VALUES),
+    _field(["Upgrade", "upgrade"], _VALUES),
+    _field(["Connection", "connection"], st.sampled_from(["Upgrade", "keep-alive, Upgrade"])),
+    st.lists(_field(_NAMES, _VALUES), max_size=5),
+).flatmap(lambda parts: st.permutations([parts[0], parts[1], parts[2], *parts[3]]))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(_HANDSHAKES, _CLIENTS, st.booleans())
+def test_the_fast_handshake_head_is_the_general_one_whenever_it_is_taken(
+    fields: list[tuple[str, str]], client: ClientInfo, http11: bool
+) -> None:
+    index = header_index(fields)
+    if "upgrade" not in index or not untouched_upgrade(index):
+        return  # the general path: nothing to compare
+    upgrade = index["upgrade"][0]
+    general = upstream_request_headers(
+        fields,
+        client,
+        default_host="up:1",
+        request_id="rid",
+        websocket_upgrade=upgrade,
+        index=index,
+        forward_expect=http11,
+    )
+    added = forwarded_for_proto(client) + forwarded_host_field(index["host"])
+    fast = upstream_head_fast(
+        "GET", "/ws", without_upgrade_fields(fields), added, "rid", chunked=False, upgrade=upgrade
+    )
+    assert fast == request_head("GET", "/ws", general)
+
+
+_RESPONSE_NAMES = ["Upgrade", "Connection", "connection", "Content-Length", "Transfer-Encoding"]
+_RESPONSE_NAMES += ["Keep-Alive", "TE", "X-Hop", "x-hop", "Server", "Sec-WebSocket-Accept", "\xc0b"]
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_RESPONSE_NAMES),
+            st.one_of(
+                st.sampled_from(["upgrade", "Upgrade, X-Hop", "x-hop", "websocket"]),
+                st.text(max_size=5),
+            ),
+        ),
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_a_101_loses_exactly_what_the_general_rule_drops(
+    headers: list[tuple[str, str]], with_index: bool
+) -> None:
+    named = connection_options(headers) - {"upgrade"}
+    drop = {"keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"}
+    drop |= {"content-length"} | named
+    expected = [(name, value) for name, value in headers if name.lower() not in drop]
+    index = header_index(headers) if with_index else None
+    assert switching_protocols_headers(headers, index) == expected
