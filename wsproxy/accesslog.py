@@ -367,7 +367,8 @@ class AccessLog:
         report (the same text as ``write(report.fields())``, without the dict
         and the encoder's set-up, which cost more than the encoding)."""
         if self._format != "json":
-            self.write(report.fields())
+            if self._format != "off":
+                self.write(report.fields())
             return
         q = encode_basestring  # C
         info = report.info

@@ -111,7 +111,11 @@ class DirectionStats:
 
 @dataclass(slots=True)  # not frozen: see SessionInfo
 class SessionReport:
-    """A finished session, as logs and the status page show it."""
+    """A finished session, as logs and the status page show it.
+
+    Not to be changed once made: ``early`` and ``code`` are worked out from
+    the other fields at construction (``dataclasses.replace`` makes them
+    again)."""
 
     info: SessionInfo
     duration: float  # seconds from the 101 to the end
