@@ -597,21 +597,34 @@ def test_untouched_handshakes_get_the_same_head_from_the_fast_path(
     assert untouched_upgrade(index) is is_untouched
     if not is_untouched:
         return
+    fast, general = _handshake_heads(fields, index, CLIENT, http11=True)
+    assert fast == general
+
+
+def _handshake_heads(
+    fields: list[tuple[str, str]],
+    index: dict[str, list[str]],
+    client: ClientInfo,
+    *,
+    http11: bool,
+) -> tuple[bytes, bytes]:
+    """The upstream head of an untouched handshake, by the fast path and by
+    the general one (upstream_request_headers, request_head)."""
     upgrade = index["upgrade"][0]
     general = upstream_request_headers(
         fields,
-        CLIENT,
+        client,
         default_host="upstream:1",
         request_id="rid",
         websocket_upgrade=upgrade,
         index=index,
-        forward_expect=True,
+        forward_expect=http11,
     )
-    added = forwarded_for_proto(CLIENT) + forwarded_host_field(index["host"])
+    added = forwarded_for_proto(client) + forwarded_host_field(index["host"])
     fast = upstream_head_fast(
         "GET", "/ws?y", without_upgrade_fields(fields), added, "rid", chunked=False, upgrade=upgrade
     )
-    assert fast == request_head("GET", "/ws?y", general)
+    return fast, request_head("GET", "/ws?y", general)
 
 
 # --- the handshake's short ways, against the general rules, on generated heads ---
@@ -661,21 +674,8 @@ def test_the_fast_handshake_head_is_the_general_one_whenever_it_is_taken(
     index = header_index(fields)
     if "upgrade" not in index or not untouched_upgrade(index):
         return  # the general path: nothing to compare
-    upgrade = index["upgrade"][0]
-    general = upstream_request_headers(
-        fields,
-        client,
-        default_host="up:1",
-        request_id="rid",
-        websocket_upgrade=upgrade,
-        index=index,
-        forward_expect=http11,
-    )
-    added = forwarded_for_proto(client) + forwarded_host_field(index["host"])
-    fast = upstream_head_fast(
-        "GET", "/ws", without_upgrade_fields(fields), added, "rid", chunked=False, upgrade=upgrade
-    )
-    assert fast == request_head("GET", "/ws", general)
+    fast, general = _handshake_heads(fields, index, client, http11=http11)
+    assert fast == general
 
 
 _RESPONSE_NAMES = ["Upgrade", "Connection", "connection", "Content-Length", "Transfer-Encoding"]
