@@ -135,6 +135,43 @@ async def test_firefox_keep_alive_upgrade_handshake_through_proxy_works() -> Non
         assert len(server.sessions) == 1
 
 
+@pytest.mark.parametrize(
+    ("connection", "field", "seen"),
+    [
+        # A field the client's Connection names is this hop's: dropped.
+        ("Upgrade, X-Secret", ("X-Secret", "hop-by-hop"), ("X-Secret", [])),
+        # Forged forwarding fields are replaced by this hop's own.
+        ("Upgrade", ("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", [LOOPBACK])),
+        ("Upgrade", ("X-Forwarded-Host", "evil.test"), ("X-Forwarded-Host", ["PORT"])),
+        ("Upgrade", ("Keep-Alive", "timeout=5"), ("Keep-Alive", [])),
+        # The underscore spelling a CGI or Swoole backend reads as the real one.
+        ("Upgrade", ("X_Forwarded_For", "7.7.7.7"), ("X_Forwarded_For", [])),
+    ],
+    ids=["connection-named", "forged-for", "forged-host", "keep-alive", "underscore"],
+)
+async def test_a_handshakes_forged_and_hop_by_hop_fields_never_reach_the_backend(
+    connection: str, field: tuple[str, str], seen: tuple[str, list[str]]
+) -> None:
+    """A browser's handshake takes a short way to its upstream head
+    (headers.untouched_upgrade); one that also carries any of these must
+    not: the backend sees this hop's own fields, and the client's others."""
+    async with (
+        swoole_like() as backend,
+        running_proxy(config_text(backend.port)) as (_server, port),
+        raw_client(port) as (reader, writer),
+    ):
+        extra = [field, ("Cookie", "kept=1")]
+        await _switch(reader, writer, port, connection=connection, extra=extra)
+        head = backend.seen[0].head
+        assert connection_tokens(head) == {"upgrade"}
+        assert head.get_all("Upgrade") == ["websocket"]
+        name, values = seen
+        expected = [f"{LOOPBACK}:{port}"] if values == ["PORT"] else values
+        assert head.get_all(name) == expected
+        assert head.get_all("Cookie") == ["kept=1"]
+        await _echo_once(reader, writer, b"still a working session")
+
+
 # --- 2. transparency both ways ----------------------------------------------
 
 
