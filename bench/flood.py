@@ -542,7 +542,8 @@ def main() -> int:
             config = tmp / f"{'on' if observe else 'off'}.yaml"
             config.write_text(observer_config(port, backend_port, observe, ACCESS_LOG_OFF))
             # The proxies' stderr (early-close warnings) goes to a log file.
-            with (tmp / f"{'on' if observe else 'off'}.log").open("wb") as log:
+            log_path = tmp / f"{'on' if observe else 'off'}.log"
+            with log_path.open("wb") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "wsproxy", "serve", "-c", str(config)],
                     stdout=subprocess.DEVNULL,
@@ -551,7 +552,11 @@ def main() -> int:
                     env=env,
                 )
             processes.append(proc)
-            wait_port(port, proc, f"wsproxy ({name})")
+            try:
+                wait_port(port, proc, f"wsproxy ({name})")
+            except RuntimeError as exc:
+                detail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}\n{detail}") from exc
             targets[name] = (port, proc.pid)
         servers = [backend.pid] + [pid for _, pid in targets.values() if pid is not None]
 

@@ -22,10 +22,24 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: Every port free_port() returned in this process.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never one this process was given before.
+
+    Once the probing socket is closed the kernel may hand the same port to the
+    next bind: two calls for one configuration (a listener and its admin) then
+    name one address, and wsproxy refuses the file with exit status 2.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 15) -> None:

@@ -31,7 +31,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType, web
+
+from tests.support.process import free_port
 
 LOOPBACK = "127.0.0.1"
 
@@ -55,12 +56,6 @@ class Tally:
     def problem(self, text: str) -> None:
         if len(self.problems) < 20:
             self.problems.append(text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def body_for(path: str) -> bytes:
