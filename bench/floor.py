@@ -22,6 +22,17 @@ the notable response fields and the relayed field block
 to stdout).  The difference between the two modes is the price of those
 features; the difference between ``--extras`` and wsproxy is the price of
 the rest of its machinery.
+
+``--websocket`` is the same yardstick for opening WebSocket sessions, as
+bench/scale.py runs it beside nginx, HAProxy and wsproxy: llhttp reads the
+client's handshake, an upstream connection is made for it (round robin over
+``--upstream``'s comma-separated servers), the head goes there with only
+``X-Forwarded-For`` added, llhttp reads the ``101``, its head goes back,
+and from then on each side's bytes are written to the other.  No checks,
+routing, session record, metrics or log: what a session's opening costs any
+Python proxy on this event loop and parser.
+
+    python bench/floor.py --websocket --port 18084 --upstream 127.0.0.1:18081,127.0.0.1:18082
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import secrets
 import socket
 import sys
 import time
+from pathlib import Path
 
 import httptools
 import uvloop
@@ -267,27 +279,151 @@ class ClientWithExtras(Client):
         self.extras.log.write_http(exchange, status, duration)
 
 
-async def serve(port: int, upstream: tuple[str, int], extras: bool) -> None:
+# -- --websocket: opening sessions ----------------------------------------------
+
+
+class Splice(asyncio.Protocol):
+    """After the ``101``: what one side sends is written to the other."""
+
+    def __init__(self, peer: asyncio.Transport) -> None:
+        self.peer = peer
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        self.peer.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+
+
+class WsUpstream(asyncio.Protocol):
+    """The upstream side of one handshake, until its ``101`` is read."""
+
+    def __init__(self, client: WsClient) -> None:
+        self.client = client
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client, upstream = self.client.transport, self.transport
+        assert client is not None
+        assert upstream is not None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            end = int(exc.args[0])
+            client.write(data[:end])  # the 101's head, as the server wrote it
+            client.set_protocol(Splice(upstream))
+            upstream.set_protocol(Splice(client))
+            if end < len(data):
+                client.write(data[end:])
+            return
+        except httptools.HttpParserError:
+            self.complete = True
+        if self.complete:  # an answer other than a 101: no session
+            upstream.close()
+            client.close()
+
+    complete = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
+
+
+class WsClient(asyncio.Protocol):
+    """The client side of one handshake: its head is read, then sent on."""
+
+    def __init__(self, upstreams: itertools.cycle[tuple[str, int]]) -> None:
+        self.upstreams = upstreams
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.fields: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.fields.append(
+            b"X-Forwarded-For: %s\r\n" % transport.get_extra_info("peername")[0].encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            head = b"GET %s HTTP/1.1\r\n%s\r\n" % (self.url, b"".join(self.fields))
+            asyncio.get_running_loop().create_task(self._connect(head))
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append(b"%s: %s\r\n" % (name, value))
+
+    async def _connect(self, head: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: WsUpstream(self), *next(self.upstreams)
+            )
+        except OSError:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        transport.write(head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # before the 101: the upstream side is not there or ends with it
+
+
+async def serve(
+    port: int, upstreams: list[tuple[str, int]], extras: bool, websocket: bool, backlog: int
+) -> None:
     loop = asyncio.get_running_loop()
     shared = Extras() if extras else None
+    cycle = itertools.cycle(upstreams)
 
-    def factory() -> Client:
+    def factory() -> asyncio.Protocol:
+        if websocket:
+            return WsClient(cycle)
         if shared is None:
-            return Client(upstream)
-        return ClientWithExtras(upstream, shared)
+            return Client(upstreams[0])
+        return ClientWithExtras(upstreams[0], shared)
 
-    await loop.create_server(factory, "127.0.0.1", port, backlog=1024)
+    await loop.create_server(factory, "127.0.0.1", port, backlog=backlog)
     await asyncio.Event().wait()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="HOST:PORT of a keep-alive origin")
+    parser.add_argument(
+        "--upstream",
+        required=True,
+        help="HOST:PORT of an origin (with --websocket, several, comma-separated)",
+    )
     parser.add_argument("--extras", action="store_true", help="wsproxy's per-request work too")
+    parser.add_argument("--websocket", action="store_true", help="open WebSocket sessions instead")
     args = parser.parse_args()
-    host, _, port = args.upstream.rpartition(":")
-    uvloop.run(serve(args.port, (host, int(port)), args.extras))
+    upstreams = []
+    for server in args.upstream.split(","):
+        host, _, port = server.rpartition(":")
+        upstreams.append((host, int(port)))
+    # The backlog wsproxy uses by default: the system's somaxconn.
+    backlog = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    uvloop.run(serve(args.port, upstreams, args.extras, args.websocket, backlog))
     return 0
 
 

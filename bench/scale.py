@@ -1,6 +1,6 @@
 """The scale bench: thousands of idle WebSockets through nginx, HAProxy and wsproxy.
 
-    .venv/bin/python bench/scale.py [--sizes 1000,9900,30000] [--proxies nginx,haproxy,wsproxy]
+    .venv/bin/python bench/scale.py [--sizes 1000,9900,30000] [--proxies nginx,floor,...]
     .venv/bin/python bench/scale.py --report bench/results/scale-....json
 
 For each proxy and each N, from nothing: two echo backends (bench/backend.py,
@@ -9,7 +9,10 @@ upstream side near 28,000), the proxy, then load processes
 (bench/scaleclient.py, each from its own loopback source address) that open
 N sessions with 500 handshakes in flight. Measured:
 
-- sessions opened per second over the whole burst, connect p50/p99, failures;
+- sessions opened per second over the whole burst, connect p50/p99, failures,
+  and the proxy's CPU time per session opened (user and system, /proc): the
+  load processes share the machine's two cores with the proxy, so the rate
+  follows what the proxy spends;
 - the kernel's listen-queue overflows during the burst (``ListenOverflows``
   and ``ListenDrops`` of /proc/net/netstat: system-wide, so one proxy runs
   at a time and the backends' queues count too);
@@ -26,6 +29,12 @@ N sessions with 500 handshakes in flight. Measured:
   With one proxy process, the proxy has a CPU of its own for the close and
   everything else the others: the killed backends' exit closes thousands of
   sockets in the kernel, and on shared cores a stall would count that.
+
+``floor`` is bench/floor.py ``--websocket``, beside them as a yardstick: a
+Python proxy on uvloop and llhttp that reads the handshake, connects, sends
+it on, reads the ``101`` and splices, with nothing else (one process, so only
+for N up to :data:`PER_PROCESS`). What wsproxy spends above it is its own
+work per session; what the floor spends above nginx is Python's.
 
 Descriptors: the hard limit here is 20,000 per process, and a proxied
 session holds two, so one proxy process holds at most about 9,990 sessions.
@@ -73,7 +82,7 @@ CHART = ROOT / "docs" / "scale.png"
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
 SIZES = (1000, 9900, 30000)
-PROXIES = ("nginx", "haproxy", "wsproxy")
+PROXIES = ("nginx", "haproxy", "floor", "wsproxy")
 #: Sessions one proxy process holds under the 20,000-descriptor hard limit
 #: (two descriptors each, plus the listeners and the log).
 PER_PROCESS = 9900
@@ -239,7 +248,22 @@ routes:
     return Proxy("wsproxy", [target], port, admin)
 
 
-STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "wsproxy": start_wsproxy}
+def start_floor(workdir: Path, backends: list[int], processes: int) -> Proxy:
+    """bench/floor.py --websocket: what opening a session costs any Python
+    proxy on uvloop and llhttp (one process only)."""
+    port = free_port()
+    servers = ",".join(f"127.0.0.1:{b}" for b in backends)
+    argv = [sys.executable, str(HERE / "floor.py"), "--websocket", "--port", str(port)]
+    target = _spawn("floor", [*argv, "--upstream", servers], port, workdir)
+    return Proxy("floor", [target], port)
+
+
+STARTERS = {
+    "nginx": start_nginx,
+    "haproxy": start_haproxy,
+    "floor": start_floor,
+    "wsproxy": start_wsproxy,
+}
 
 
 # -- measuring -------------------------------------------------------------------
@@ -347,8 +371,8 @@ def extra_session(port: int) -> dict[str, Any]:
     return {"rtt_p50_us": result["p50_us"], "rtt_p99_us": result["p99_us"]}
 
 
-def measure(name: str, sessions: int) -> dict[str, Any]:
-    settle()
+def measure(name: str, sessions: int, settle_limit: int = 2000) -> dict[str, Any]:
+    settle(settle_limit)
     everything = os.sched_getaffinity(0)  # given back at the end (the mass close pins)
     processes = processes_for(sessions)
     with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
@@ -365,6 +389,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
             time.sleep(1.0)
             row: dict[str, Any] = {"proxy": name, "sessions": sessions, "processes": processes}
             rss_before = proxy.rss_kb()
+            cpu_before_open = proxy.cpu_seconds()
             counters = netstat()
             count = max(2, math.ceil(sessions / PER_CLIENT))
             shares = [sessions // count + (1 if i < sessions % count else 0) for i in range(count)]
@@ -385,6 +410,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
                     raise RuntimeError(f"a load process of {name} ended early")
                 bursts.append(json.loads(line))
             after = netstat()
+            cpu_open = proxy.cpu_seconds() - cpu_before_open
             opened = sum(b["opened"] for b in bursts)
             span = max(b["ended"] for b in bursts) - min(b["began"] for b in bursts)
             latencies = sorted(ms for b in bursts for ms in b["latencies_ms"])
@@ -395,6 +421,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
                 sessions_per_s=round(opened / span, 1),
                 connect_p50_ms=round(percentile(latencies, 0.5), 1),
                 connect_p99_ms=round(percentile(latencies, 0.99), 1),
+                open_cpu_us=round(cpu_open / max(1, opened) * 1e6),
                 listen_overflows=after.get("ListenOverflows", 0)
                 - counters.get("ListenOverflows", 0),
                 listen_drops=after.get("ListenDrops", 0) - counters.get("ListenDrops", 0),
@@ -487,6 +514,7 @@ def measure(name: str, sessions: int) -> dict[str, Any]:
 COLUMNS = (
     ("sessions/s", "sessions_per_s", "{:,.0f}"),
     ("connect p50 / p99 ms", ("connect_p50_ms", "connect_p99_ms"), "{:,.0f} / {:,.0f}"),
+    ("proxy CPU per session opened µs", "open_cpu_us", "{:,.0f}"),
     ("listen overflows", "listen_overflows", "{:,}"),
     ("KB/session", "kb_per_session", "{:.1f}"),
     ("idle CPU %", "idle_cpu_pct", "{:.1f}"),
@@ -586,6 +614,13 @@ def main() -> None:
     parser.add_argument("--proxies", default=",".join(PROXIES))
     parser.add_argument("--report", type=Path, help="render this result, measure nothing")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the result goes")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="before each proxy, wait (75 s at most) until fewer sockets are in TIME_WAIT",
+    )
     args = parser.parse_args()
     if args.report:
         report(args.report)
@@ -594,8 +629,10 @@ def main() -> None:
     rows = []
     for sessions in sizes:
         for name in args.proxies.split(","):
+            if name == "floor" and processes_for(sessions) > 1:
+                continue  # one process: a yardstick, not a server
             print(f"{name}, {sessions:,} sessions ...", flush=True)
-            row = measure(name, sessions)
+            row = measure(name, sessions, args.settle)
             print("  " + json.dumps(row), flush=True)
             rows.append(row)
     when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -113,3 +113,31 @@ def test_side_by_side_bench_quick_run_reports_every_target(tmp_path: Path) -> No
     assert " / ".join(["1.00"] * data["rounds"]) in row
     rows = [line for line in text.splitlines() if line.startswith("| **wsproxy, 2 workers** |")]
     assert len(rows) == len(with_workers)
+
+
+def test_scale_bench_opens_and_closes_through_the_floor_and_wsproxy(tmp_path: Path) -> None:
+    """Guards bench/scale.py and the WebSocket floor (bench/floor.py --websocket).
+
+    Without nginx and HAProxy: a small N through the two Python proxies, with
+    the mass close and wsproxy's admin figures.
+    """
+    result = subprocess.run(
+        [
+            *(sys.executable, "scale.py", "--sizes", "60"),
+            *("--proxies", "floor,wsproxy", "--out", str(tmp_path)),
+            *("--settle", "1000000"),  # sixty sessions need no quiet port space
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT / "bench",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (report,) = tmp_path.glob("scale-*.json")
+    rows = {row["proxy"]: row for row in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"floor", "wsproxy"}
+    for row in rows.values():
+        assert (row["opened"], row["failed"]) == (60, 0), row
+        assert row["open_cpu_us"] > 0, row
+        assert row["close_s"] is not None, row  # every client saw its session end
+    assert rows["wsproxy"]["close_counted"] == 60
