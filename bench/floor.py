@@ -283,7 +283,10 @@ class ClientWithExtras(Client):
 
 
 class Splice(asyncio.Protocol):
-    """After the ``101``: what one side sends is written to the other."""
+    """After the ``101``: what one side sends is written to the other.
+
+    An end of file on one side closes both (no half-close): enough for
+    sessions that end with the backend, as the scale bench's do."""
 
     def __init__(self, peer: asyncio.Transport) -> None:
         self.peer = peer
@@ -300,12 +303,17 @@ class Splice(asyncio.Protocol):
 
 
 class WsUpstream(asyncio.Protocol):
-    """The upstream side of one handshake, until its ``101`` is read."""
+    """The upstream side of one handshake, until its ``101`` is read.
+
+    Any other answer closes both sides without being passed on."""
 
     def __init__(self, client: WsClient) -> None:
         self.client = client
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        #: The answer's bytes read before the read that completes its head.
+        self.head: list[bytes] = []
+        self.complete = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -314,11 +322,15 @@ class WsUpstream(asyncio.Protocol):
         client, upstream = self.client.transport, self.transport
         assert client is not None
         assert upstream is not None
+        if client.is_closing():  # the client left before the 101
+            upstream.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            end = int(exc.args[0])
-            client.write(data[:end])  # the 101's head, as the server wrote it
+            end = int(exc.args[0])  # where the head ends in this read
+            self.head.append(data[:end])
+            client.write(b"".join(self.head))  # the 101's head as the server wrote it
             client.set_protocol(Splice(upstream))
             upstream.set_protocol(Splice(client))
             if end < len(data):
@@ -326,11 +338,11 @@ class WsUpstream(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             self.complete = True
-        if self.complete:  # an answer other than a 101: no session
+        if self.complete:
             upstream.close()
             client.close()
-
-    complete = False
+        else:
+            self.head.append(data)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -341,27 +353,40 @@ class WsUpstream(asyncio.Protocol):
 
 
 class WsClient(asyncio.Protocol):
-    """The client side of one handshake: its head is read, then sent on."""
+    """The client side of one handshake: its head is read, then sent on.
+
+    Bytes the client sends after its head (before the ``101``) follow the
+    head upstream, in order."""
 
     def __init__(self, upstreams: itertools.cycle[tuple[str, int]]) -> None:
         self.upstreams = upstreams
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
         self.url = b""
         self.fields: list[bytes] = []
+        #: The head and what came after it, until the upstream is connected.
+        self.waiting: list[bytes] | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.fields.append(
-            b"X-Forwarded-For: %s\r\n" % transport.get_extra_info("peername")[0].encode()
-        )
+        peer = transport.get_extra_info("peername")[0]
+        self.fields.append(b"X-Forwarded-For: %s\r\n" % peer.encode())
 
     def data_received(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+            return
+        if self.waiting is not None:
+            self.waiting.append(data)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             head = b"GET %s HTTP/1.1\r\n%s\r\n" % (self.url, b"".join(self.fields))
-            asyncio.get_running_loop().create_task(self._connect(head))
+            self.waiting = [head, data[int(exc.args[0]) :]]
+            asyncio.get_running_loop().create_task(self._connect())
         except httptools.HttpParserError:
             assert self.transport is not None
             self.transport.close()
@@ -372,7 +397,7 @@ class WsClient(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append(b"%s: %s\r\n" % (name, value))
 
-    async def _connect(self, head: bytes) -> None:
+    async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_connection(
@@ -382,10 +407,18 @@ class WsClient(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        transport.write(head)
+        if self.lost:
+            transport.close()
+            return
+        self.upstream = transport
+        transport.write(b"".join(self.waiting or ()))
+        self.waiting = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass  # before the 101: the upstream side is not there or ends with it
+        # Before the 101 (after it, Splice is the protocol): no session.
+        self.lost = True
+        if self.upstream is not None:
+            self.upstream.close()
 
 
 async def serve(

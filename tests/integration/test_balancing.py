@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 
 from tests.support.http_backends import aiohttp_backend
 from tests.support.observe_helpers import Observed, eventually, observed_proxy
+from tests.support.process import free_port
 from tests.support.proxy import LISTENERS_ON_PORT_0
 
 
@@ -76,12 +77,6 @@ async def backends(*names: str) -> AsyncIterator[list[Backend]]:
         yield started
 
 
-def dead_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def config(servers: list[str], upstream: str = "", extra: str = "") -> str:
     listed = "".join(f"      - {server}\n" for server in servers)
     return (
@@ -111,7 +106,7 @@ async def test_a_dead_server_among_live_ones_costs_clients_nothing(
     """Plain requests and handshakes that meet the dead server go to the next
     one; the dead server is tried once, then left alone for fail_timeout."""
     caplog.set_level(logging.INFO, logger="wsproxy")
-    dead = f"127.0.0.1:{dead_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     async with backends("a", "b") as (a, b):
         servers = [f'"127.0.0.1:{a.port}"', f'"{dead}"', f'"127.0.0.1:{b.port}"']
         async with observed_proxy(config(servers)) as obs:
@@ -136,7 +131,7 @@ async def test_a_dead_server_among_live_ones_costs_clients_nothing(
 
 
 async def test_every_server_dead_is_one_502_after_each_was_tried_once() -> None:
-    dead = [f'"127.0.0.1:{dead_port()}"' for _ in range(3)]
+    dead = [f'"127.0.0.1:{free_port()}"' for _ in range(3)]
     async with observed_proxy(config(dead)) as obs:
         async with obs.http.get(f"http://127.0.0.1:{obs.port}/") as response:
             assert response.status == 502

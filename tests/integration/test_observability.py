@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import struct
 
 import pytest
@@ -34,6 +33,7 @@ from tests.support.observe_helpers import (
     observed_proxy,
     read_frame_sized,
 )
+from tests.support.process import free_port
 from tests.support.proxy import config_text, two_upstreams_text
 from tests.support.wire import (
     accept_for,
@@ -72,13 +72,6 @@ NO_EARLY_WINDOW = "    websocket:\n      early_close_window: 0s\n"
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def _dead_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def _address(writer: asyncio.StreamWriter) -> str:
@@ -164,7 +157,7 @@ async def test_healthz_and_readyz_answer_200_while_serving() -> None:
 
 async def test_readyz_is_503_when_every_upstream_server_is_down() -> None:
     """Guards against a proxy that can only answer 502 still reporting itself ready."""
-    dead = _dead_port()
+    dead = free_port()
     server = f"127.0.0.1:{dead}"
     async with observed_proxy(config_text(dead)) as obs:
         scrape = await obs.scrape()
@@ -574,7 +567,7 @@ async def _handshake_status(port: int, path: str, **overrides: str | None) -> in
 async def test_each_upgrade_result_is_counted_once_from_zero_series() -> None:
     """Guards against missing, double-counted or misfiled upgrade outcomes."""
     backend, _sessions = scripted(_accept_or_forbid)
-    async with backend, observed_proxy(two_upstreams_text(backend.port, _dead_port())) as obs:
+    async with backend, observed_proxy(two_upstreams_text(backend.port, free_port())) as obs:
         results = ("accepted", "upstream_rejected", "upstream_unavailable", "bad_handshake")
         zero = {_labels(route=route, result=r): 0.0 for route in ("/", "/dead") for r in results}
         assert (await obs.scrape()).series("wsproxy_websocket_upgrades_total") == zero

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import shlex
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from tests.support.backends import (
 )
 from tests.support.nginx import running_nginx
 from tests.support.observe_helpers import observed_proxy
+from tests.support.process import free_port
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import Head
 
@@ -377,14 +377,8 @@ async def test_a_usage_error_exits_2_with_one_line(args: list[str], message: str
     assert "Traceback" not in err
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_a_refused_connection_is_one_line() -> None:
-    port = _closed_port()
+    port = free_port()
     code, out, err = await run_probe(f"ws://127.0.0.1:{port}/")
     assert code == 1
     assert err == f"wsproxy probe: cannot connect to 127.0.0.1:{port}: connection refused\n"

@@ -25,6 +25,7 @@ from tests.support.http_backends import RecordingBackend, chunked, raw_request, 
 from tests.support.http_backends import read_response as read_http_response
 from tests.support.http_backends import request_bytes as http_request
 from tests.support.observe_helpers import Observed, Scrape, eventually, observed_proxy
+from tests.support.process import free_port
 from tests.support.proxy import config_text
 from tests.support.wire import (
     Head,
@@ -58,13 +59,6 @@ FAST_STOP = "shutdown:\n  grace_period: 1s\n"
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def _dead_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def _config(upstream_port: int, extra: str = "", route_extra: str = "") -> str:
@@ -392,7 +386,7 @@ async def test_client_leaving_during_the_upstream_handshake_abandons_it_as_499()
 
 async def test_passive_health_recovers_after_fail_timeout_without_any_traffic() -> None:
     """Guards against one failed attempt keeping /readyz at 503 until traffic proves otherwise."""
-    dead = _dead_port()
+    dead = free_port()
     server = f"127.0.0.1:{dead}"
     text = config_text(dead, extra=FAST_STOP, upstream_extra="    fail_timeout: 500ms\n")
     async with observed_proxy(text) as obs:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import pytest
 
 from tests.support.backends import RawBackend, Seen, recording
 from tests.support.http_backends import RecordingBackend, request_bytes
 from tests.support.observe_helpers import observed_proxy
+from tests.support.process import free_port
 from tests.support.proxy import two_upstreams_text
 from tests.support.wire import Head, handshake_request, read_head, read_until_closed
 from tests.support.ws_helpers import LOOPBACK, raw_client
@@ -43,12 +43,6 @@ TARGETS = [
 
 def _config(port: int, dead: int) -> str:
     return two_upstreams_text(port, dead, extra="shutdown:\n  grace_period: 1s\n")
-
-
-def _dead_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 async def _echo_request_line(
@@ -84,7 +78,7 @@ async def test_no_secret_reaches_logs_status_metrics_or_bodies(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     answers: list[bytes] = []
-    dead = _dead_port()
+    dead = free_port()
     async with (
         RecordingBackend() as good,
         RawBackend(_echo_request_line) as garbage,

@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from tests.support.backends import connection_tokens, recording, swoole_like
+from tests.support.process import free_port
 from tests.support.proxy import config_text, running_proxy
 from tests.support.wire import (
     accept_for,
@@ -636,11 +637,8 @@ async def test_backend_chunked_401_reaches_client_as_is() -> None:
 
 async def test_dead_upstream_gets_502_quickly() -> None:
     """Guards against hanging or answering 101 when nothing listens upstream."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        dead_port = probe.getsockname()[1]
     async with (
-        running_proxy(config_text(dead_port)) as (server, port),
+        running_proxy(config_text(free_port())) as (server, port),
         raw_client(port) as (reader, writer),
     ):
         writer.write(handshake_request(LOOPBACK, port))

@@ -5,35 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+# One picker for the tests and the benches (bench/ is a namespace package here).
+from bench.procs import free_port as free_port
 
 #: How long a subprocess may take to start listening or to answer.
 TIMEOUT = 10.0
 #: How long after a stop signal the process must have exited.
 STOP_TIMEOUT = 5.0
-
-
-#: Every port free_port() returned in this process.
-_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, never one this process was given before.
-
-    Once the probing socket is closed the kernel may hand the same port to the
-    next bind: two calls for one configuration (a listener and its admin) then
-    name one address, and wsproxy refuses the file with exit status 2.
-    """
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 class Process:

@@ -1,4 +1,4 @@
-"""The test and bench port pickers never name one port twice.
+"""The port picker of the tests and benches never names one port twice.
 
 A listener and its admin took two ports from two calls; the kernel can give
 the same port to both once the probe socket is closed, and wsproxy then
@@ -8,27 +8,13 @@ repeat itself: a real one does so too rarely to test.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import process
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench_procs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_procs", ROOT / "bench" / "procs.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench import procs
 
 
 class _RepeatingKernel:
@@ -57,11 +43,7 @@ class _RepeatingKernel:
             return ("127.0.0.1", self.port)
 
 
-@pytest.mark.parametrize("module", [process, _bench_procs()], ids=["tests", "bench"])
-def test_a_port_the_kernel_repeats_is_not_handed_out_again(
-    module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(module, "_GIVEN", set())
+def test_a_port_the_kernel_repeats_is_not_handed_out_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procs, "_GIVEN", set())
     monkeypatch.setattr(socket, "socket", _RepeatingKernel([40001, 40001, 40001, 40002]))
-    pick: Callable[[], int] = module.free_port
-    assert [pick(), pick()] == [40001, 40002]
+    assert [procs.free_port(), procs.free_port()] == [40001, 40002]
