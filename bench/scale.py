@@ -10,9 +10,9 @@ upstream side near 28,000), the proxy, then load processes
 N sessions with 500 handshakes in flight. Measured:
 
 - sessions opened per second over the whole burst, connect p50/p99, failures,
-  and the proxy's CPU time per session opened (user and system, /proc): the
-  load processes share the machine's two cores with the proxy, so the rate
-  follows what the proxy spends;
+  and the proxy's CPU time per session opened (its threads' time on a CPU,
+  /proc): the load processes share the machine's cores with the proxy, so
+  a proxy that spends much more per session opens fewer;
 - the kernel's listen-queue overflows during the burst (``ListenOverflows``
   and ``ListenDrops`` of /proc/net/netstat: system-wide, so one proxy runs
   at a time and the backends' queues count too);
@@ -34,7 +34,7 @@ N sessions with 500 handshakes in flight. Measured:
 Python proxy on uvloop and llhttp that reads the handshake, connects, sends
 it on, reads the ``101`` and splices, with nothing else (one process, so only
 for N up to :data:`PER_PROCESS`). What wsproxy spends above it is its own
-work per session; what the floor spends above nginx is Python's.
+work per session; what the floor spends above nginx is, roughly, Python's.
 
 Descriptors: the hard limit here is 20,000 per process, and a proxied
 session holds two, so one proxy process holds at most about 9,990 sessions.
