@@ -28,7 +28,7 @@ from wsproxy.config import Address, Config, ConfigError, ListenSettings, load_co
 from wsproxy.dispatch import Proxy
 from wsproxy.http.front import ClientConnection, FrontSettings
 from wsproxy.listeners import Arrival, Gate, Listener, Preamble, bind, system_backlog
-from wsproxy.memory import Trimmer, tune_collector
+from wsproxy.memory import FullCollections, Trimmer, tune_collector
 from wsproxy.observe import EndReports, Observability
 from wsproxy.sessions import SessionInfo
 from wsproxy.tls import TlsContexts
@@ -488,10 +488,13 @@ async def serve(
     (the channel's end of file), so no worker outlives it.
     """
     server = ProxyServer(config, role=role)
+    collections: FullCollections | None = None
     with stop_signals() as stop, reload_signal() as reload:
         try:
             await server.start()
             tune_collector()  # what start-up made lives as long as the process
+            collections = FullCollections(lambda: len(server.sessions) + len(server.connections))
+            collections.start()
             for scheme, host, port in server.listening:
                 log.info("listening on %s://%s:%d", scheme, host, port)
             if role is None:
@@ -504,6 +507,8 @@ async def serve(
             await _until_stopped(server, stop, reload, path)
             log.info("stopping")
         finally:
+            if collections is not None:
+                collections.close()
             await server.stop()
             publisher = server.observability.metrics.publisher
             if publisher is not None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from wsproxy.memory import Trimmer, tune_malloc
+from wsproxy.memory import CHEAP_BELOW, FullCollections, Trimmer, tune_malloc
 
 
 @pytest.mark.skipif(
@@ -29,12 +29,68 @@ def test_an_operators_environment_wins(monkeypatch: pytest.MonkeyPatch, name: st
 def test_a_serving_process_freezes_start_up_and_spaces_young_collections() -> None:
     # In a process of its own: a frozen test run would never collect again.
     code = (
-        "import gc; from wsproxy.memory import tune_collector, YOUNG_THRESHOLD;"
+        "import gc; from wsproxy.memory import tune_collector, YOUNG_THRESHOLD, OLDEST_THRESHOLD;"
         "tune_collector();"
-        "print(gc.get_freeze_count() > 1000, gc.get_threshold()[0] == YOUNG_THRESHOLD)"
+        "young, _, oldest = gc.get_threshold();"
+        "print(gc.get_freeze_count() > 1000, young == YOUNG_THRESHOLD, oldest == OLDEST_THRESHOLD)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+class Looks:
+    """FullCollections' view of what is open, counting its looks."""
+
+    def __init__(self, open_now: int) -> None:
+        self.open_now = open_now
+        self.looks = 0
+        self.collected = 0
+        self._wanted = 0
+        self._reached = asyncio.Event()
+
+    def load(self) -> int:
+        self.looks += 1
+        if self.looks >= self._wanted:
+            self._reached.set()
+        return self.open_now
+
+    def collect(self) -> int:
+        self.collected += 1
+        return 0
+
+    async def until_looks(self, count: int) -> None:
+        self._wanted = self.looks + count
+        self._reached.clear()
+        await asyncio.wait_for(self._reached.wait(), 5)
+
+
+async def test_full_collections_run_while_little_is_open() -> None:
+    looks = Looks(open_now=CHEAP_BELOW - 1)
+    collections = FullCollections(looks.load, every=0.001, collect=looks.collect)
+    collections.start()
+    try:
+        await looks.until_looks(3)
+    finally:
+        collections.close()
+    assert looks.collected == collections.runs == looks.looks
+
+
+async def test_with_many_open_a_full_collection_waits_until_few_are_or_long_enough() -> None:
+    looks = Looks(open_now=CHEAP_BELOW)
+    collections = FullCollections(looks.load, every=0.001, at_least=3600, collect=looks.collect)
+    collections.start()
+    try:
+        await looks.until_looks(5)
+        assert looks.collected == 0
+        looks.open_now = 10  # the sessions ended
+        await looks.until_looks(2)
+        assert looks.collected >= 1
+        looks.open_now = CHEAP_BELOW * 10
+        collections.at_least = 0.0  # an hour went by
+        await looks.until_looks(2)
+    finally:
+        collections.close()
+    assert looks.collected >= 3
 
 
 class FakeTrim:
