@@ -1,7 +1,10 @@
 """Process and port helpers shared by the benchmarks (no third-party imports).
 
 Kept apart from targets.py, which needs picows through backend.py, so that
-bench/observer.py runs with the runtime dependencies alone.
+bench/observer.py runs with the runtime dependencies alone.  The tests take
+their port picker from here too (tests/support/process.py imports
+``bench.procs.free_port``): one picker, so no two calls in a process name
+one port.
 """
 
 from __future__ import annotations
